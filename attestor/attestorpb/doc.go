@@ -1,0 +1,3 @@
+// Package attestorpb holds the generated gRPC wire protocol of node
+// attestation (attestor.proto). Regenerate with `go generate`.
+package attestorpb

@@ -1,0 +1,63 @@
+package verify
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"fmt"
+
+	"github.com/google/go-tpm/tpm2"
+)
+
+// AK is a parsed attestation key.
+type AK struct {
+	Public tpm2.TPMTPublic
+	Key    *ecdsa.PublicKey
+	// Name is the TPM Name (nameAlg || H(TPMT_PUBLIC)) MakeCredential binds to.
+	Name []byte
+}
+
+// ParseAKPublic parses a TPMT_PUBLIC and requires an ECC NIST P-256
+// restricted signing key with ECDSA-SHA256, generated inside and fixed to the
+// TPM: only such a key signs quotes and nothing else that looks like one.
+func ParseAKPublic(raw []byte) (*AK, error) {
+	pub, err := unmarshalCanonical[tpm2.TPMTPublic]("AK public", raw, MaxPublicSize)
+	if err != nil {
+		return nil, err
+	}
+	a := pub.ObjectAttributes
+	if !a.Restricted || !a.SignEncrypt || a.Decrypt || !a.FixedTPM || !a.FixedParent || !a.SensitiveDataOrigin {
+		return nil, ErrAKAttributes
+	}
+	if pub.Type != tpm2.TPMAlgECC || pub.NameAlg != tpm2.TPMAlgSHA256 {
+		return nil, ErrAKAlgorithm
+	}
+	parms, err := pub.Parameters.ECCDetail()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	if parms.CurveID != tpm2.TPMECCNistP256 || parms.Scheme.Scheme != tpm2.TPMAlgECDSA {
+		return nil, ErrAKAlgorithm
+	}
+	scheme, err := parms.Scheme.Details.ECDSA()
+	if err != nil || scheme.HashAlg != tpm2.TPMAlgSHA256 {
+		return nil, ErrAKAlgorithm
+	}
+	point, err := pub.Unique.ECC()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	if len(point.X.Buffer) != 32 || len(point.Y.Buffer) != 32 {
+		return nil, fmt.Errorf("%w: AK point coordinates must be 32 bytes", ErrMalformed)
+	}
+	// Uncompressed SEC 1 point; parsing checks it is on the curve.
+	sec1 := append(append([]byte{4}, point.X.Buffer...), point.Y.Buffer...)
+	key, err := ecdsa.ParseUncompressedPublicKey(elliptic.P256(), sec1)
+	if err != nil {
+		return nil, fmt.Errorf("%w: AK point: %v", ErrMalformed, err)
+	}
+	name, err := tpm2.ObjectName(pub)
+	if err != nil {
+		return nil, fmt.Errorf("%w: AK name: %v", ErrMalformed, err)
+	}
+	return &AK{Public: *pub, Key: key, Name: name.Buffer}, nil
+}

@@ -1,0 +1,109 @@
+package verify
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/sha256"
+	"crypto/subtle"
+	"fmt"
+	"math/big"
+	"slices"
+
+	"github.com/google/go-tpm/tpm2"
+)
+
+// Quote is a verified quote.
+type Quote struct {
+	Attest    tpm2.TPMSAttest
+	PCRDigest []byte
+	// PCRs holds the SHA-256 values of the quoted PCRs, by index.
+	PCRs map[uint32][]byte
+}
+
+// VerifyQuote checks, in this order, that sig is the AK's ECDSA-SHA256
+// signature over quoted, that quoted is a TPM-generated quote with extraData
+// equal to nonce over exactly the SHA-256 bank PCRs in pcrs, and that values
+// (SHA-256 digests by PCR index) hash to the quoted PCR digest. The nonce's
+// freshness is the caller's business.
+func VerifyQuote(ak *AK, quoted, sig, nonce []byte, pcrs []uint32, values map[uint32][]byte) (*Quote, error) {
+	if len(quoted) > MaxAttestSize {
+		return nil, fmt.Errorf("%w: quote is %d bytes (max %d)", ErrTooLarge, len(quoted), MaxAttestSize)
+	}
+	s, err := unmarshalCanonical[tpm2.TPMTSignature]("quote signature", sig, MaxSignatureSize)
+	if err != nil {
+		return nil, err
+	}
+	if s.SigAlg != tpm2.TPMAlgECDSA {
+		return nil, fmt.Errorf("%w: signature algorithm 0x%x", ErrQuoteSignature, s.SigAlg)
+	}
+	ecc, err := s.Signature.ECDSA()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	if ecc.Hash != tpm2.TPMAlgSHA256 {
+		return nil, fmt.Errorf("%w: signature hash 0x%x", ErrQuoteSignature, ecc.Hash)
+	}
+	digest := sha256.Sum256(quoted)
+	r := new(big.Int).SetBytes(ecc.SignatureR.Buffer)
+	sv := new(big.Int).SetBytes(ecc.SignatureS.Buffer)
+	if !ecdsa.Verify(ak.Key, digest[:], r, sv) {
+		return nil, ErrQuoteSignature
+	}
+
+	// Signed by the AK: now the content can be trusted to be what the TPM saw.
+	att, err := unmarshalCanonical[tpm2.TPMSAttest]("quote", quoted, MaxAttestSize)
+	if err != nil {
+		return nil, err
+	}
+	if att.Magic != tpm2.TPMGeneratedValue || att.Type != tpm2.TPMSTAttestQuote {
+		return nil, ErrQuoteType
+	}
+	if subtle.ConstantTimeCompare(att.ExtraData.Buffer, nonce) != 1 {
+		return nil, ErrQuoteNonce
+	}
+	info, err := att.Attested.Quote()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrQuoteType, err)
+	}
+	want, err := PCRSelection(pcrs)
+	if err != nil {
+		return nil, err
+	}
+	if !bytes.Equal(tpm2.Marshal(info.PCRSelect), tpm2.Marshal(want)) {
+		return nil, ErrQuoteSelection
+	}
+	h := sha256.New()
+	sorted := slices.Sorted(slices.Values(pcrs))
+	for _, i := range sorted {
+		v, ok := values[i]
+		if !ok || len(v) != sha256.Size {
+			return nil, fmt.Errorf("%w: PCR %d value missing or not SHA-256", ErrPCRDigest, i)
+		}
+		h.Write(v)
+	}
+	if len(values) != len(pcrs) {
+		return nil, fmt.Errorf("%w: PCR values for unquoted PCRs", ErrPCRDigest)
+	}
+	if subtle.ConstantTimeCompare(h.Sum(nil), info.PCRDigest.Buffer) != 1 {
+		return nil, ErrPCRDigest
+	}
+	return &Quote{Attest: *att, PCRDigest: info.PCRDigest.Buffer, PCRs: values}, nil
+}
+
+// PCRSelection builds the SHA-256 bank selection of pcrs (sorted, unique,
+// each at most MaxPCR).
+func PCRSelection(pcrs []uint32) (tpm2.TPMLPCRSelection, error) {
+	if len(pcrs) == 0 {
+		return tpm2.TPMLPCRSelection{}, fmt.Errorf("%w: empty PCR selection", ErrPolicy)
+	}
+	bitmap := make([]byte, 3)
+	for _, i := range pcrs {
+		if i > MaxPCR {
+			return tpm2.TPMLPCRSelection{}, fmt.Errorf("%w: PCR %d out of range", ErrPolicy, i)
+		}
+		bitmap[i/8] |= 1 << (i % 8)
+	}
+	return tpm2.TPMLPCRSelection{PCRSelections: []tpm2.TPMSPCRSelection{{
+		Hash: tpm2.TPMAlgSHA256, PCRSelect: bitmap,
+	}}}, nil
+}
