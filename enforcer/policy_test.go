@@ -1,0 +1,193 @@
+package enforcer
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+const goodPolicy = `version: 1
+rules:
+  - name: web-from-frontend
+    from: spiffe://example.org/node/frontend
+    to: spiffe://example.org/node/web
+    protocol: tcp
+    ports: ["8080", "9000-9002"]
+  - name: dns-from-all-nodes
+    from: spiffe://example.org/node/*
+    to: spiffe://example.org/node/web
+    protocol: udp
+    ports: ["53"]
+  - name: ping-web
+    from: spiffe://example.org/node/frontend
+    to: spiffe://example.org/node/web
+    protocol: icmp
+  - name: frontend-to-db
+    from: spiffe://example.org/node/web
+    to: spiffe://example.org/node/db
+    protocol: tcp
+    ports: ["5432"]
+`
+
+func id(t testing.TB, s string) spiffeid.ID {
+	t.Helper()
+	v, err := spiffeid.FromString(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+func TestParsePolicyErrors(t *testing.T) {
+	tests := []struct {
+		name, yaml, want string
+	}{
+		{"empty", "", "empty file"},
+		{"unknown key", "version: 1\nrulez: []\n", "rulez"},
+		{"bad version", "version: 2\nrules: []\n", "version 2"},
+		{"missing name", "version: 1\nrules:\n  - from: spiffe://a/b\n    to: spiffe://a/c\n    protocol: tcp\n    ports: [\"1\"]\n", "name missing"},
+		{"duplicate name", "version: 1\nrules:\n  - {name: x, from: spiffe://a/b, to: spiffe://a/c, protocol: tcp, ports: [\"1\"]}\n  - {name: x, from: spiffe://a/b, to: spiffe://a/c, protocol: tcp, ports: [\"2\"]}\n", "also used by the rule on line 3"},
+		{"bad from", "version: 1\nrules:\n  - {name: x, from: http://a/b, to: spiffe://a/c, protocol: tcp, ports: [\"1\"]}\n", `from "http://a/b"`},
+		{"bad protocol", "version: 1\nrules:\n  - {name: x, from: spiffe://a/b, to: spiffe://a/c, protocol: sctp, ports: [\"1\"]}\n", `protocol "sctp"`},
+		{"port zero", "version: 1\nrules:\n  - {name: x, from: spiffe://a/b, to: spiffe://a/c, protocol: tcp, ports: [\"0\"]}\n", `port "0"`},
+		{"port too big", "version: 1\nrules:\n  - {name: x, from: spiffe://a/b, to: spiffe://a/c, protocol: tcp, ports: [\"65536\"]}\n", `port "65536"`},
+		{"reversed range", "version: 1\nrules:\n  - {name: x, from: spiffe://a/b, to: spiffe://a/c, protocol: tcp, ports: [\"9-1\"]}\n", "reversed"},
+		{"huge range", "version: 1\nrules:\n  - {name: x, from: spiffe://a/b, to: spiffe://a/c, protocol: tcp, ports: [\"1-65535\"]}\n", "more than 4096"},
+		{"icmp with ports", "version: 1\nrules:\n  - {name: x, from: spiffe://a/b, to: spiffe://a/c, protocol: icmp, ports: [\"1\"]}\n", "icmp takes no ports"},
+		{"tcp without ports", "version: 1\nrules:\n  - {name: x, from: spiffe://a/b, to: spiffe://a/c, protocol: tcp}\n", "ports missing"},
+		{"two documents", "version: 1\nrules: []\n---\nversion: 1\n", "more than one"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := ParsePolicy([]byte(tt.yaml))
+			if !errors.Is(err, ErrPolicy) {
+				t.Fatalf("err = %v, want ErrPolicy", err)
+			}
+			if !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("err = %v, want it to mention %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestPolicyGrants(t *testing.T) {
+	p, err := ParsePolicy([]byte(goodPolicy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	web := id(t, "spiffe://example.org/node/web")
+	tests := []struct {
+		name        string
+		local, peer string
+		want        []Grant
+	}{
+		{"frontend to web", "spiffe://example.org/node/web", "spiffe://example.org/node/frontend", []Grant{
+			{0, ProtoICMP, Inbound}, {8080, ProtoTCP, Inbound}, {9000, ProtoTCP, Inbound}, {9001, ProtoTCP, Inbound},
+			{9002, ProtoTCP, Inbound}, {53, ProtoUDP, Inbound}, {0, ProtoICMPv6, Inbound}}},
+		{"prefix rule only", "spiffe://example.org/node/web", "spiffe://example.org/node/other", []Grant{{53, ProtoUDP, Inbound}}},
+		{"prefix matches whole segments", "spiffe://example.org/node/web", "spiffe://example.org/nodex/other", []Grant{}},
+		{"prefix needs the trust domain", "spiffe://example.org/node/web", "spiffe://evil.org/node/frontend", []Grant{}},
+		{"reply direction", "spiffe://example.org/node/frontend", "spiffe://example.org/node/web", []Grant{
+			{0, ProtoICMP, Reply}, {8080, ProtoTCP, Reply}, {9000, ProtoTCP, Reply}, {9001, ProtoTCP, Reply},
+			{9002, ProtoTCP, Reply}, {53, ProtoUDP, Reply}, {0, ProtoICMPv6, Reply}}},
+		{"db sees web", "spiffe://example.org/node/db", web.String(), []Grant{{5432, ProtoTCP, Inbound}, {53, ProtoUDP, Reply}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := p.Grants(id(t, tt.local), id(t, tt.peer))
+			if !reflect.DeepEqual(got, tt.want) {
+				t.Fatalf("Grants = %v\nwant %v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestCheckPolicyFile(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.yaml")
+	bad := filepath.Join(dir, "bad.yaml")
+	if err := os.WriteFile(good, []byte(goodPolicy), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bad, []byte(strings.Replace(goodPolicy, `"8080"`, `"80800"`, 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckPolicyFile(good); err != nil {
+		t.Fatalf("good policy: %v", err)
+	}
+	err := CheckPolicyFile(bad)
+	if !errors.Is(err, ErrPolicy) || !strings.Contains(err.Error(), `rule "web-from-frontend" (line 3)`) || !strings.Contains(err.Error(), bad) {
+		t.Fatalf("bad policy: err = %v, want ErrPolicy naming file, rule and line", err)
+	}
+}
+
+func TestDrift(t *testing.T) {
+	p, err := ParsePolicy([]byte(goodPolicy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs := []FlowRecord{
+		{From: "spiffe://example.org/node/frontend", To: "spiffe://example.org/node/web", Port: 8080, Proto: "tcp", Verdict: "pass"},
+		{From: "spiffe://example.org/node/x", To: "spiffe://example.org/node/web", Port: 53, Proto: "udp", Verdict: "pass"},
+		{From: "spiffe://example.org/node/frontend", To: "spiffe://example.org/node/web", Port: 22, Proto: "tcp", Verdict: "audit"},
+		{From: "spiffe://example.org/node/frontend", To: "spiffe://example.org/node/web", Port: 22, Proto: "tcp", Verdict: "audit"},
+		{To: "spiffe://example.org/node/web", Port: 8080, Proto: "tcp", Verdict: "drop"},
+	}
+	var buf bytes.Buffer
+	for _, r := range recs {
+		if err := WriteFlowRecord(&buf, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	back, err := ReadFlowLog(&buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := Drift(p, back)
+	want := DriftReport{
+		NotAllowed:   []FlowKey{{"spiffe://example.org/node/frontend", "spiffe://example.org/node/web", 22, "tcp"}},
+		Unidentified: []FlowKey{{"invalid IP", "spiffe://example.org/node/web", 8080, "tcp"}},
+		UnusedRules:  []string{"ping-web", "frontend-to-db"},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("Drift = %+v\nwant %+v", got, want)
+	}
+	var out bytes.Buffer
+	if err := got.Format(&out); err != nil || !strings.Contains(out.String(), "rules never used: 2") {
+		t.Fatalf("Format = %q, %v", out.String(), err)
+	}
+}
+
+func TestReadFlowLogRejectsGarbage(t *testing.T) {
+	_, err := ReadFlowLog(strings.NewReader("{\"to\":\"x\"}\nnot json\n"))
+	if err == nil || !strings.Contains(err.Error(), "line 2") {
+		t.Fatalf("err = %v, want line 2", err)
+	}
+}
+
+func FuzzParsePolicy(f *testing.F) {
+	f.Add([]byte(goodPolicy))
+	f.Add([]byte("version: 1\nrules: []\n"))
+	f.Add([]byte("version: 1\nrules:\n  - {name: x, from: spiffe://a/b/*, to: spiffe://a/c, protocol: tcp, ports: [\"1-3\"]}\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		p, err := ParsePolicy(data)
+		if err != nil {
+			if !errors.Is(err, ErrPolicy) {
+				t.Fatalf("error without ErrPolicy: %v", err)
+			}
+			return
+		}
+		// A valid policy never expands a rule beyond the bound.
+		for i := range p.Rules {
+			if n := len(p.Rules[i].grants(Inbound)); n > maxPortsPerRule {
+				t.Fatalf("rule %d expands to %d entries", i, n)
+			}
+		}
+	})
+}
