@@ -1,0 +1,509 @@
+package audit
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"golang.org/x/sys/unix"
+)
+
+// Options tune a Log. Zero values take the defaults.
+type Options struct {
+	// CheckpointEvery writes a signed checkpoint after this many records
+	// (default 1000). It bounds how many records are chain-protected only.
+	CheckpointEvery int
+	// CheckpointInterval writes a checkpoint when records have been unsigned
+	// this long (default 1m).
+	CheckpointInterval time.Duration
+	// Now stamps records (default time.Now).
+	Now func() time.Time
+	// SignerCert certifies the checkpoint key; it is embedded in every
+	// checkpoint so Verify can chain it to VerifyOptions.Roots.
+	SignerCert *x509.Certificate
+}
+
+const (
+	defaultCheckpointEvery    = 1000
+	defaultCheckpointInterval = time.Minute
+	maxBatchRecords           = 4096
+	maxBatchBytes             = 1 << 20
+	// An unterminated tail longer than one batch cannot come from a torn
+	// write; Open refuses to cut it.
+	maxTornBytes = maxBatchBytes + MaxLineBytes
+	tornSample   = 256
+)
+
+// Log is an open audit log. All methods are safe for concurrent use.
+type Log struct {
+	path string
+	f    *os.File
+	fd   int
+	cp   *cpSigner
+	opts Options
+
+	mu     sync.RWMutex // guards closed against sends on reqs
+	closed bool
+	reqs   chan *request
+	done   chan struct{}
+
+	headMu   sync.Mutex
+	headSeq  uint64
+	headHash string
+	failed   error // sticky: set once a write or fsync failed
+	cpErr    error // last automatic checkpoint failure
+	closeErr error
+
+	// Owned by the committer goroutine.
+	seq       uint64
+	prev      string
+	sinceCP   int
+	lastCP    time.Time
+	cpRetryAt int
+	buf       []byte
+	batch     []*request
+}
+
+type request struct {
+	kind, actor string
+	data        json.RawMessage
+	checkpoint  bool
+	rec         Record
+	err         error
+	done        chan struct{}
+}
+
+// Open opens or creates the log at path and takes an exclusive lock on it.
+// It verifies the whole chain (and the checkpoints made by signer's key;
+// checkpoints by other keys are chain-checked only: use Verify with roots
+// for full trust) and refuses a broken log with an error wrapping
+// ErrTampered. An unterminated last line, which a crash can leave and which
+// was never acknowledged, is cut off and an "audit.recovered" record notes
+// its offset, length and SHA-256.
+func Open(path string, signer crypto.Signer, opts Options) (*Log, error) {
+	cp, err := newCPSigner(signer, opts.SignerCert)
+	if err != nil {
+		return nil, err
+	}
+	if opts.CheckpointEvery < 0 || opts.CheckpointInterval < 0 {
+		return nil, errors.New("audit: negative checkpoint option")
+	}
+	if opts.CheckpointEvery == 0 {
+		opts.CheckpointEvery = defaultCheckpointEvery
+	}
+	if opts.CheckpointInterval == 0 {
+		opts.CheckpointInterval = defaultCheckpointInterval
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	_, statErr := os.Stat(path)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("audit: open: %w", err)
+	}
+	l := &Log{path: path, f: f, fd: int(f.Fd()), cp: cp, opts: opts}
+	if err := l.load(errors.Is(statErr, os.ErrNotExist)); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return l, nil
+}
+
+func (l *Log) load(created bool) error {
+	if err := unix.Flock(l.fd, unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		return fmt.Errorf("audit: %s is in use by another process: %w", l.path, err)
+	}
+	if created {
+		if err := syncDir(filepath.Dir(l.path)); err != nil {
+			return err
+		}
+	}
+	fi, err := l.f.Stat()
+	if err != nil {
+		return fmt.Errorf("audit: %w", err)
+	}
+	end, err := lastNewline(l.f, fi.Size())
+	if err != nil {
+		return err
+	}
+	torn := fi.Size() - end
+	if torn > maxTornBytes {
+		return fmt.Errorf("%w: %s: last %d bytes have no newline, far more than a torn write; run verify", ErrCorrupt, l.path, torn)
+	}
+
+	v, _ := newVerifier(VerifyOptions{})
+	v.keys[l.cp.keyID] = l.cp.pub
+	v.allowUnknownKeys = true
+	if err := v.run(io.NewSectionReader(l.f, 0, end)); err != nil {
+		return err
+	}
+	if err := v.result(); err != nil {
+		return fmt.Errorf("audit: refusing to open %s: %w", l.path, err)
+	}
+	l.seq, l.prev = v.rep.HeadSeq, v.rep.HeadHash
+	if l.seq == 0 {
+		l.prev = GenesisPrev
+	}
+	l.headSeq, l.headHash = l.seq, v.rep.HeadHash
+	l.sinceCP = int(l.seq - v.lastAnyCP)
+	l.lastCP = time.Now()
+
+	var recovered json.RawMessage
+	if torn > 0 {
+		if recovered, err = l.cutTorn(end, torn); err != nil {
+			return err
+		}
+	}
+	l.reqs = make(chan *request, maxBatchRecords)
+	l.done = make(chan struct{})
+	go l.commitLoop()
+	if recovered != nil {
+		req := &request{kind: KindRecovered, actor: "system", data: recovered, done: make(chan struct{})}
+		l.reqs <- req
+		<-req.done
+		if req.err != nil {
+			l.Close()
+			return req.err
+		}
+	}
+	return nil
+}
+
+// cutTorn truncates the unterminated tail and describes what was cut.
+func (l *Log) cutTorn(end, n int64) (json.RawMessage, error) {
+	h := sha256.New()
+	sample := make([]byte, min(n, tornSample))
+	if _, err := l.f.ReadAt(sample, end); err != nil {
+		return nil, fmt.Errorf("audit: read torn tail: %w", err)
+	}
+	if _, err := io.Copy(h, io.NewSectionReader(l.f, end, n)); err != nil {
+		return nil, fmt.Errorf("audit: read torn tail: %w", err)
+	}
+	if err := l.f.Truncate(end); err != nil {
+		return nil, fmt.Errorf("audit: truncate torn tail: %w", err)
+	}
+	if err := l.f.Sync(); err != nil {
+		return nil, fmt.Errorf("audit: sync after truncating torn tail: %w", err)
+	}
+	return json.Marshal(struct {
+		Reason string `json:"reason"`
+		Offset int64  `json:"offset"`
+		Bytes  int64  `json:"bytes"`
+		SHA256 string `json:"sha256"`
+		Head   []byte `json:"head"`
+	}{"unterminated last line (crash during an unacknowledged write)", end, n, hex.EncodeToString(h.Sum(nil)), sample})
+}
+
+// lastNewline returns the offset just past the last newline (0 if none),
+// scanning back at most maxTornBytes+1 bytes.
+func lastNewline(f *os.File, size int64) (int64, error) {
+	buf := make([]byte, 64<<10)
+	for off := size; off > 0 && size-off <= maxTornBytes; {
+		n := min(int64(len(buf)), off)
+		off -= n
+		if _, err := f.ReadAt(buf[:n], off); err != nil {
+			return 0, fmt.Errorf("audit: read tail: %w", err)
+		}
+		for i := n - 1; i >= 0; i-- {
+			if buf[i] == '\n' {
+				return off + i + 1, nil
+			}
+		}
+	}
+	if size <= maxTornBytes {
+		return 0, nil
+	}
+	return 0, fmt.Errorf("%w: no newline in the last %d bytes; run verify", ErrCorrupt, maxTornBytes)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("audit: sync dir: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("audit: sync dir: %w", err)
+	}
+	return nil
+}
+
+// Append adds a record and returns it once it is durable. data is marshalled
+// to JSON (a json.RawMessage is used as is) and compacted. Concurrent calls
+// share one write and fsync. If ctx ends first the error is ctx's, and the
+// record may or may not have been committed.
+func (l *Log) Append(ctx context.Context, kind, actor string, data any) (Record, error) {
+	if err := checkText("kind", kind, MaxKindBytes); err != nil {
+		return Record{}, err
+	}
+	if kind == KindCheckpoint || len(kind) >= 6 && kind[:6] == "audit." {
+		return Record{}, fmt.Errorf("%w: kind %q is reserved", ErrInvalid, kind)
+	}
+	if err := checkText("actor", actor, MaxActorBytes); err != nil {
+		return Record{}, err
+	}
+	raw, err := encodeData(data)
+	if err != nil {
+		return Record{}, err
+	}
+	return l.submit(ctx, &request{kind: kind, actor: actor, data: raw, done: make(chan struct{})})
+}
+
+// Checkpoint writes a signed checkpoint now and returns it once durable.
+func (l *Log) Checkpoint(ctx context.Context) (Record, error) {
+	return l.submit(ctx, &request{checkpoint: true, done: make(chan struct{})})
+}
+
+func (l *Log) submit(ctx context.Context, req *request) (Record, error) {
+	l.mu.RLock()
+	if l.closed {
+		l.mu.RUnlock()
+		return Record{}, ErrClosed
+	}
+	select {
+	case l.reqs <- req:
+		l.mu.RUnlock()
+	case <-ctx.Done():
+		l.mu.RUnlock()
+		return Record{}, ctx.Err()
+	}
+	select {
+	case <-req.done:
+		return req.rec, req.err
+	case <-ctx.Done():
+		return Record{}, ctx.Err()
+	}
+}
+
+func checkText(what, s string, limit int) error {
+	switch {
+	case s == "":
+		return fmt.Errorf("%w: empty %s", ErrInvalid, what)
+	case len(s) > limit:
+		return fmt.Errorf("%w: %s longer than %d bytes", ErrInvalid, what, limit)
+	case !utf8.ValidString(s):
+		return fmt.Errorf("%w: %s is not valid UTF-8", ErrInvalid, what)
+	}
+	return nil
+}
+
+func encodeData(data any) (json.RawMessage, error) {
+	var raw []byte
+	switch d := data.(type) {
+	case nil:
+		return nil, nil
+	case json.RawMessage:
+		raw = d
+	default:
+		b, err := json.Marshal(d)
+		if err != nil {
+			return nil, fmt.Errorf("%w: data: %w", ErrInvalid, err)
+		}
+		raw = b
+	}
+	buf := bytes.NewBuffer(make([]byte, 0, len(raw)))
+	if err := json.Compact(buf, raw); err != nil {
+		return nil, fmt.Errorf("%w: data is not valid JSON: %w", ErrInvalid, err)
+	}
+	if buf.String() == "null" {
+		return nil, nil
+	}
+	if buf.Len() > MaxDataBytes {
+		return nil, fmt.Errorf("%w: data is %d bytes, limit %d", ErrInvalid, buf.Len(), MaxDataBytes)
+	}
+	return buf.Bytes(), nil
+}
+
+// Head returns the last durable record's seq and hash (0 and "" when empty).
+func (l *Log) Head() (seq uint64, hash string) {
+	l.headMu.Lock()
+	defer l.headMu.Unlock()
+	return l.headSeq, l.headHash
+}
+
+// CheckpointErr returns the error of the last automatic checkpoint that
+// failed (nil once one succeeds). Records are still committed while the
+// signer fails; they are chain-protected only until a checkpoint succeeds.
+func (l *Log) CheckpointErr() error {
+	l.headMu.Lock()
+	defer l.headMu.Unlock()
+	return l.cpErr
+}
+
+// Close drains pending appends, writes a final checkpoint if any record is
+// unsigned, fsyncs and releases the file.
+func (l *Log) Close() error {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return ErrClosed
+	}
+	l.closed = true
+	close(l.reqs)
+	l.mu.Unlock()
+	<-l.done
+	err := l.closeErr
+	if cerr := l.f.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("audit: close: %w", cerr)
+	}
+	return err
+}
+
+func (l *Log) commitLoop() {
+	defer close(l.done)
+	tick := time.NewTicker(max(l.opts.CheckpointInterval/4, 10*time.Millisecond))
+	defer tick.Stop()
+	for {
+		select {
+		case req, ok := <-l.reqs:
+			if !ok {
+				l.closeErr = l.finalCheckpoint()
+				return
+			}
+			l.batch = append(l.batch[:0], req)
+			size := len(req.data)
+		drain:
+			for len(l.batch) < maxBatchRecords && size < maxBatchBytes {
+				select {
+				case r, ok := <-l.reqs:
+					if !ok {
+						break drain
+					}
+					l.batch = append(l.batch, r)
+					size += len(r.data) + 256
+				default:
+					break drain
+				}
+			}
+			l.commit(l.batch)
+			clear(l.batch)
+		case <-tick.C:
+			if l.sinceCP > 0 && time.Since(l.lastCP) >= l.opts.CheckpointInterval {
+				l.commit(nil)
+			}
+		}
+	}
+}
+
+func (l *Log) finalCheckpoint() error {
+	if l.failed != nil {
+		return l.failed
+	}
+	if l.sinceCP == 0 {
+		return nil
+	}
+	req := &request{checkpoint: true, done: make(chan struct{})}
+	l.commit([]*request{req})
+	return req.err
+}
+
+// commit writes one batch with a single write and fdatasync. A nil batch
+// means a timed checkpoint.
+func (l *Log) commit(batch []*request) {
+	if l.failed != nil {
+		for _, r := range batch {
+			r.err = l.failed
+			close(r.done)
+		}
+		return
+	}
+	l.buf = l.buf[:0]
+	startSeq, startPrev, startSince := l.seq, l.prev, l.sinceCP
+	autoCP := func() {
+		if _, err := l.addCheckpoint(); err != nil {
+			// Keep committing records; retry after another interval's worth.
+			l.cpRetryAt = l.sinceCP + l.opts.CheckpointEvery
+			l.lastCP = time.Now()
+			l.setCPErr(err)
+			return
+		}
+		l.setCPErr(nil)
+	}
+	if batch == nil && l.sinceCP > 0 {
+		autoCP()
+	}
+	for _, r := range batch {
+		if r.checkpoint {
+			r.rec, r.err = l.addCheckpoint()
+			continue
+		}
+		r.rec = l.add(r.kind, r.actor, r.data)
+		if l.sinceCP >= l.opts.CheckpointEvery && l.sinceCP >= l.cpRetryAt {
+			autoCP()
+		}
+	}
+	if len(l.buf) > 0 {
+		if err := l.write(); err != nil {
+			l.failed = fmt.Errorf("%w: write failed, reopen the log to recover: %w", ErrClosed, err)
+			l.seq, l.prev, l.sinceCP = startSeq, startPrev, startSince
+			for _, r := range batch {
+				r.err, r.rec = l.failed, Record{}
+			}
+		}
+	}
+	l.headMu.Lock()
+	if l.failed == nil {
+		l.headSeq, l.headHash = l.seq, l.prev
+	}
+	l.headMu.Unlock()
+	for _, r := range batch {
+		close(r.done)
+	}
+}
+
+func (l *Log) setCPErr(err error) {
+	l.headMu.Lock()
+	l.cpErr = err
+	l.headMu.Unlock()
+}
+
+func (l *Log) write() error {
+	if _, err := l.f.Write(l.buf); err != nil {
+		return err
+	}
+	return unix.Fdatasync(l.fd)
+}
+
+// add encodes the next record into the batch buffer.
+func (l *Log) add(kind, actor string, data json.RawMessage) Record {
+	seq := l.seq + 1
+	now := l.opts.Now().UTC()
+	ts := formatTime(now)
+	w := wire{Seq: seq, Time: ts, Kind: kind, Actor: actor, Data: data, Prev: l.prev}
+	w.Hash = hashRecord(seq, ts, kind, actor, data, l.prev)
+	l.buf = appendLine(l.buf, &w)
+	l.seq, l.prev = seq, w.Hash
+	l.sinceCP++
+	return Record{Seq: seq, Time: now, Kind: kind, Actor: actor, Data: data, Prev: w.Prev, Hash: w.Hash}
+}
+
+func (l *Log) addCheckpoint() (Record, error) {
+	seq := l.seq + 1
+	ts := formatTime(l.opts.Now())
+	w := wire{Seq: seq, Time: ts, Kind: KindCheckpoint, Actor: "system", Data: l.cp.data, Prev: l.prev}
+	w.Hash = hashRecord(seq, ts, w.Kind, w.Actor, w.Data, w.Prev)
+	sig, err := l.cp.sign(rand.Reader, seq, w.Hash)
+	if err != nil {
+		return Record{}, err
+	}
+	w.Sig, w.Cert = sig, l.cp.cert
+	l.buf = appendLine(l.buf, &w)
+	l.seq, l.prev = seq, w.Hash
+	l.sinceCP, l.cpRetryAt = 0, 0
+	l.lastCP = time.Now()
+	return w.record(), nil
+}

@@ -1,0 +1,394 @@
+package audit
+
+import (
+	"bufio"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"sort"
+)
+
+// VerifyOptions are the trust anchors for checkpoint signatures; at least one
+// of Roots or Keys is required.
+type VerifyOptions struct {
+	// Roots: a checkpoint's embedded signer certificate must chain here
+	// (validity checked at the checkpoint's time).
+	Roots *x509.CertPool
+	// Keys are trusted directly (matched by the key ID in the checkpoint).
+	Keys []crypto.PublicKey
+	// RequireCheckpointAtEnd fails a log whose last record is not a valid
+	// checkpoint: records after the last checkpoint are protected by the hash
+	// chain only and could have been rewritten or truncated.
+	RequireCheckpointAtEnd bool
+}
+
+// Problem kinds.
+const (
+	ProblemEdited       = "edited"
+	ProblemDropped      = "dropped"
+	ProblemReordered    = "reordered"
+	ProblemInserted     = "inserted"
+	ProblemBadSignature = "bad-signature"
+	ProblemTruncated    = "truncated"
+	ProblemMalformed    = "malformed"
+)
+
+// Problem locates one integrity failure. Seq is the affected record (0 when a
+// line cannot be parsed); Line is 1-based.
+type Problem struct {
+	Seq    uint64
+	Line   int
+	Kind   string
+	Detail string
+}
+
+func (p Problem) String() string {
+	return fmt.Sprintf("line %d seq %d: %s: %s", p.Line, p.Seq, p.Kind, p.Detail)
+}
+
+// Report summarises a verification.
+type Report struct {
+	Records     int // parsed record lines
+	Checkpoints int // checkpoints whose signature verified
+	// LastCheckpointSeq is the last checkpoint whose signature verified.
+	LastCheckpointSeq uint64
+	Problems          []Problem
+	// ProblemsOmitted counts problems beyond the first maxProblems.
+	ProblemsOmitted int
+	Lines           int
+	// HeadSeq and HeadHash are the highest in-sequence record; keep them
+	// outside the appliance to detect truncation to an earlier checkpoint.
+	HeadSeq  uint64
+	HeadHash string
+}
+
+const (
+	maxProblems = 1000
+	linkWindow  = 1 << 16 // records kept for reorder and link checks
+	maxGaps     = 1024
+)
+
+// Verify reads a log and checks every record: canonical encoding, hash,
+// contiguous seq, chain links and checkpoint signatures. The returned error
+// wraps ErrTampered iff the report has problems; an I/O error from r is
+// returned as is. Lines longer than MaxLineBytes are reported, not buffered.
+func Verify(r io.Reader, opts VerifyOptions) (Report, error) {
+	v, err := newVerifier(opts)
+	if err != nil {
+		return Report{}, err
+	}
+	if opts.Roots == nil && len(opts.Keys) == 0 {
+		return Report{}, errors.New("audit: verify needs trust anchors (Roots or Keys)")
+	}
+	if err := v.run(r); err != nil {
+		return v.rep, err
+	}
+	return v.rep, v.result()
+}
+
+type link struct {
+	hash, prev string
+	line       int
+	checkpoint bool // a checkpoint whose signature verified (or, when opening, was made by another key)
+}
+
+type gap struct {
+	lo, hi uint64
+	line   int // where the missing records should have been
+}
+
+type verifier struct {
+	opts             VerifyOptions
+	keys             map[string]*ecdsa.PublicKey
+	allowUnknownKeys bool // Open: checkpoints by other (earlier) keys are chain-checked only
+	rep              Report
+	expect           uint64 // highest seq seen + 1
+	known            map[uint64]*link
+	alt              map[uint64]*link // second record claiming a seq, until a successor decides
+	gaps             []gap
+	lastAnyCP        uint64 // last checkpoint by any key (Open schedules from it)
+}
+
+func newVerifier(opts VerifyOptions) (*verifier, error) {
+	v := &verifier{opts: opts, keys: map[string]*ecdsa.PublicKey{}, expect: 1,
+		known: map[uint64]*link{}, alt: map[uint64]*link{}}
+	for _, k := range opts.Keys {
+		ek, ok := k.(*ecdsa.PublicKey)
+		if !ok {
+			return nil, fmt.Errorf("audit: trusted key is %T, want *ecdsa.PublicKey", k)
+		}
+		id, err := keyID(ek)
+		if err != nil {
+			return nil, fmt.Errorf("audit: trusted key: %w", err)
+		}
+		v.keys[id] = ek
+	}
+	return v, nil
+}
+
+func (v *verifier) result() error {
+	if len(v.rep.Problems) == 0 {
+		return nil
+	}
+	n := len(v.rep.Problems) + v.rep.ProblemsOmitted
+	return fmt.Errorf("%w: %d problem(s), first: %s", ErrTampered, n, v.rep.Problems[0])
+}
+
+func (v *verifier) problem(seq uint64, line int, kind, format string, args ...any) {
+	if len(v.rep.Problems) >= maxProblems {
+		v.rep.ProblemsOmitted++
+		return
+	}
+	v.rep.Problems = append(v.rep.Problems, Problem{Seq: seq, Line: line, Kind: kind, Detail: fmt.Sprintf(format, args...)})
+}
+
+func (v *verifier) run(r io.Reader) error {
+	br := bufio.NewReaderSize(r, 64<<10)
+	var buf []byte
+	for {
+		line, tooLong, err := readLine(br, &buf)
+		if len(line) == 0 && !tooLong && err == io.EOF {
+			break
+		}
+		if err != nil && err != io.EOF {
+			return fmt.Errorf("audit: read log: %w", err)
+		}
+		v.rep.Lines++
+		switch {
+		case tooLong:
+			v.problem(0, v.rep.Lines, ProblemMalformed, "line longer than %d bytes", MaxLineBytes)
+		case err == io.EOF:
+			v.problem(0, v.rep.Lines, ProblemTruncated, "last line is incomplete (%d bytes, no newline): torn write", len(line))
+		default:
+			v.line(v.rep.Lines, line)
+		}
+		if err == io.EOF {
+			break
+		}
+	}
+	v.finish()
+	return nil
+}
+
+// readLine returns the next line without its newline. err is io.EOF when
+// the line had no newline (or there was nothing left).
+func readLine(br *bufio.Reader, buf *[]byte) (line []byte, tooLong bool, err error) {
+	*buf = (*buf)[:0]
+	for {
+		frag, err := br.ReadSlice('\n')
+		if !tooLong {
+			if len(*buf)+len(frag) > MaxLineBytes+1 {
+				tooLong = true
+				*buf = (*buf)[:0]
+			} else {
+				*buf = append(*buf, frag...)
+			}
+		}
+		switch err {
+		case nil:
+			if tooLong {
+				return nil, true, nil
+			}
+			return (*buf)[:len(*buf)-1], false, nil
+		case bufio.ErrBufferFull:
+			continue
+		default:
+			return *buf, tooLong, err
+		}
+	}
+}
+
+func (v *verifier) line(ln int, b []byte) {
+	w, err := parseLine(b)
+	if err != nil {
+		v.problem(0, ln, ProblemMalformed, "%v", err)
+		return
+	}
+	if w.Seq == math.MaxUint64 {
+		v.problem(w.Seq, ln, ProblemMalformed, "seq out of range")
+		return
+	}
+	isCP := w.Kind == KindCheckpoint
+	if !isCP && (w.Sig != nil || w.Cert != nil) {
+		v.problem(w.Seq, ln, ProblemMalformed, "signature fields on a %q record", w.Kind)
+		return
+	}
+	v.rep.Records++
+	selfOK := hashRecord(w.Seq, w.Time, w.Kind, w.Actor, w.Data, w.Prev) == w.Hash
+	l := &link{hash: w.Hash, prev: w.Prev, line: ln}
+
+	switch {
+	case w.Seq >= v.expect:
+		if w.Seq > v.expect {
+			v.addGap(v.expect, w.Seq-1, ln)
+		}
+		v.expect = w.Seq + 1
+	case v.fillGap(w.Seq):
+		v.problem(w.Seq, ln, ProblemReordered, "record %d is at line %d, after record %d", w.Seq, ln, v.expect-1)
+	default:
+		old, ok := v.known[w.Seq]
+		if !ok {
+			v.problem(w.Seq, ln, ProblemInserted, "record %d reappears far out of order (last seq %d)", w.Seq, v.expect-1)
+			return
+		}
+		if old.hash == w.Hash {
+			v.problem(w.Seq, ln, ProblemInserted, "duplicate of record %d at line %d", w.Seq, old.line)
+			return
+		}
+		if _, dup := v.alt[w.Seq]; dup {
+			v.problem(w.Seq, ln, ProblemInserted, "third record claiming seq %d", w.Seq)
+			return
+		}
+		if next, ok := v.known[w.Seq+1]; ok {
+			if next.prev == w.Hash && selfOK {
+				// The successor links here: the earlier record was the forgery.
+				v.problem(w.Seq, old.line, ProblemInserted, "forged record %d: record %d at line %d links to the record %d at line %d instead", w.Seq, w.Seq+1, next.line, w.Seq, ln)
+				v.known[w.Seq] = l
+				v.checkCP(w, l)
+				return
+			}
+			v.problem(w.Seq, ln, ProblemInserted, "second record claiming seq %d (first at line %d)", w.Seq, old.line)
+			return
+		}
+		v.alt[w.Seq] = l
+		v.checkCP(w, l)
+		return
+	}
+	if !selfOK {
+		v.problem(w.Seq, ln, ProblemEdited, "record %d content does not match its hash", w.Seq)
+	}
+	v.checkCP(w, l)
+	v.known[w.Seq] = l
+	v.link(w.Seq)
+	if len(v.known) > 2*linkWindow {
+		v.evict()
+	}
+}
+
+func (v *verifier) checkCP(w *wire, l *link) {
+	if w.Kind != KindCheckpoint {
+		return
+	}
+	untrusted, err := v.checkCheckpoint(w)
+	if err != nil {
+		v.problem(w.Seq, l.line, ProblemBadSignature, "%v", err)
+		return
+	}
+	l.checkpoint = true
+	v.lastAnyCP = max(v.lastAnyCP, w.Seq)
+	if !untrusted {
+		v.rep.Checkpoints++
+		v.rep.LastCheckpointSeq = max(v.rep.LastCheckpointSeq, w.Seq)
+	}
+}
+
+// link checks record s against its neighbours. A broken link is blamed on
+// the earlier record: the usual cause is a record edited with its own hash
+// recomputed, which its successor's prev still contradicts.
+func (v *verifier) link(s uint64) {
+	cur := v.known[s]
+	if s == 1 {
+		if cur.prev != GenesisPrev {
+			v.problem(1, cur.line, ProblemEdited, "record 1 does not start the chain (prev is not the genesis value)")
+		}
+	} else if p, ok := v.known[s-1]; ok {
+		a, hasAlt := v.alt[s-1]
+		switch {
+		case p.hash == cur.prev && hasAlt:
+			v.problem(s-1, a.line, ProblemInserted, "forged record %d: record %d at line %d links to the record %d at line %d instead", s-1, s, cur.line, s-1, p.line)
+			delete(v.alt, s-1)
+		case p.hash != cur.prev && hasAlt && a.hash == cur.prev:
+			v.problem(s-1, p.line, ProblemInserted, "forged record %d: record %d at line %d links to the record %d at line %d instead", s-1, s, cur.line, s-1, a.line)
+			delete(v.alt, s-1)
+			v.known[s-1] = a
+			v.link(s - 1)
+		case p.hash != cur.prev:
+			v.problem(s-1, p.line, ProblemEdited, "record %d was rewritten: record %d (line %d) links to a different hash", s-1, s, cur.line)
+		}
+	}
+	if n, ok := v.known[s+1]; ok && n.prev != cur.hash {
+		v.problem(s, cur.line, ProblemEdited, "record %d was rewritten: record %d (line %d) links to a different hash", s, s+1, n.line)
+	}
+}
+
+func (v *verifier) addGap(lo, hi uint64, line int) {
+	if len(v.gaps) >= maxGaps {
+		g := v.gaps[0]
+		v.dropped(g)
+		v.gaps = v.gaps[1:]
+	}
+	v.gaps = append(v.gaps, gap{lo, hi, line})
+}
+
+func (v *verifier) dropped(g gap) {
+	if g.lo == g.hi {
+		v.problem(g.lo, g.line, ProblemDropped, "record %d is missing (expected before line %d)", g.lo, g.line)
+	} else {
+		v.problem(g.lo, g.line, ProblemDropped, "records %d..%d are missing (expected before line %d)", g.lo, g.hi, g.line)
+	}
+}
+
+func (v *verifier) fillGap(s uint64) bool {
+	for i, g := range v.gaps {
+		if s < g.lo || s > g.hi {
+			continue
+		}
+		switch {
+		case g.lo == g.hi:
+			v.gaps = append(v.gaps[:i], v.gaps[i+1:]...)
+		case s == g.lo:
+			v.gaps[i].lo++
+		case s == g.hi:
+			v.gaps[i].hi--
+		default:
+			v.gaps = append(v.gaps[:i+1], v.gaps[i:]...)
+			v.gaps[i].hi = s - 1
+			v.gaps[i+1].lo = s + 1
+		}
+		return true
+	}
+	return false
+}
+
+func (v *verifier) evict() {
+	floor := v.expect - linkWindow
+	for s := range v.known {
+		if s < floor && s != v.expect-1 {
+			delete(v.known, s)
+		}
+	}
+	for s, a := range v.alt {
+		if s < floor {
+			v.problem(s, a.line, ProblemInserted, "second record claiming seq %d", s)
+			delete(v.alt, s)
+		}
+	}
+}
+
+func (v *verifier) finish() {
+	for s, a := range v.alt {
+		v.problem(s, a.line, ProblemInserted, "second record claiming seq %d (no successor links to it)", s)
+	}
+	v.alt = map[uint64]*link{}
+	for _, g := range v.gaps {
+		v.dropped(g)
+	}
+	v.gaps = nil
+	head := v.expect - 1
+	if h, ok := v.known[head]; ok {
+		v.rep.HeadSeq, v.rep.HeadHash = head, h.hash
+	}
+	if v.opts.RequireCheckpointAtEnd {
+		switch h, ok := v.known[head]; {
+		case head == 0:
+			v.problem(0, v.rep.Lines, ProblemTruncated, "log has no records")
+		case !ok || !h.checkpoint:
+			v.problem(head, v.rep.Lines, ProblemTruncated, "log does not end with a valid checkpoint: records %d..%d are protected by the hash chain only (truncated, or not closed cleanly)", v.rep.LastCheckpointSeq+1, head)
+		}
+	}
+	sort.SliceStable(v.rep.Problems, func(i, j int) bool { return v.rep.Problems[i].Line < v.rep.Problems[j].Line })
+}
