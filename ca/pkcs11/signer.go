@@ -2,6 +2,7 @@ package pkcs11
 
 import (
 	"crypto"
+	"errors"
 	"fmt"
 	"io"
 	"sync/atomic"
@@ -56,7 +57,11 @@ func (s *signer) Sign(rand io.Reader, digest []byte, opts crypto.SignerOpts) ([]
 		return err
 	})
 	if err != nil {
-		return nil, s.t.wrap(fmt.Sprintf("sign with %q", s.label), err, false)
+		err = s.t.wrap(fmt.Sprintf("sign with %q", s.label), err, false)
+		if errors.Is(err, ErrHSMUnavailable) {
+			s.t.kickSupervisor()
+		}
+		return nil, err
 	}
 	return sig, nil
 }

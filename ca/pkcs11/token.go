@@ -64,6 +64,7 @@ type Token struct {
 	closed  bool
 
 	probe atomic.Pointer[keyRef] // a key handle Ping checks
+	kick  chan struct{}          // wakes Supervise
 }
 
 // Open loads the module the URI names (module-path, or module-name looked up
@@ -107,7 +108,7 @@ func Open(u *URI, opts ...Option) (*Token, error) {
 		LibraryVersion: u.LibraryVersion, SlotDescription: u.SlotDescription,
 		SlotManufacturer: u.SlotManufacturer, Slot: u.Slot,
 		ModulePath: u.ModulePath, ModuleName: u.ModuleName, PinSource: u.PinSource}
-	t := &Token{uri: sel, module: module, pin: pin, opts: o}
+	t := &Token{uri: sel, module: module, pin: pin, opts: o, kick: make(chan struct{}, 1)}
 	if err := t.open(); err != nil {
 		return nil, err
 	}
