@@ -340,7 +340,7 @@ func BenchmarkPerPacket(b *testing.B) {
 		enf += measure(d.Program(), retPass)
 	}
 	n := time.Duration(b.N)
-	b.ReportMetric(float64((enf/n).Nanoseconds()), "ns/pkt-enforcer")
-	b.ReportMetric(float64((empty/n).Nanoseconds()), "ns/pkt-empty")
-	b.ReportMetric(float64(((enf-empty)/n).Nanoseconds()), "ns/pkt-added")
+	b.ReportMetric(float64((enf / n).Nanoseconds()), "ns/pkt-enforcer")
+	b.ReportMetric(float64((empty / n).Nanoseconds()), "ns/pkt-empty")
+	b.ReportMetric(float64(((enf - empty) / n).Nanoseconds()), "ns/pkt-added")
 }

@@ -118,5 +118,5 @@ func arpFrame() []byte {
 // copies ingress_ifindex into the test skb.
 type skbCtx struct {
 	Len, PktType, Mark, QueueMapping, Protocol, VlanPresent, VlanTCI, VlanProto, Priority uint32
-	IngressIfindex, Ifindex                                                             uint32
+	IngressIfindex, Ifindex                                                               uint32
 }

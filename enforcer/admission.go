@@ -1,0 +1,677 @@
+package enforcer
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/big"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/palisade-id/palisade/ca/tlspolicy"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"golang.org/x/sys/unix"
+)
+
+// Admission wire protocol, after the mutual TLS 1.3 handshake: the server
+// sends one status byte, then (status OK) the admission expiry as
+// big-endian Unix nanoseconds, then closes. The server closes first so the
+// TIME_WAIT state lands on its side and the client can reuse its port.
+const (
+	statusOK     byte = 0
+	statusDenied byte = 1
+
+	handshakeTimeout = 5 * time.Second
+	maxConcurrent    = 64
+)
+
+// PeerTable is what admission writes to; *Datapath implements it.
+type PeerTable interface {
+	PutPeer(PeerEntry) error
+	DeletePeer(ifindex int, addr netip.Addr) error
+	Peers() ([]PeerEntry, error)
+	SyncPolicy(map[PolicyKey]bool) error
+	AdmissionIfindex(netip.AddrPort) (int, error)
+}
+
+// AdmitterOptions configures NewAdmitter.
+type AdmitterOptions struct {
+	Table    PeerTable
+	SVID     x509svid.Source // this node's SVID (node attestation)
+	Verifier *Verifier
+	Policy   *Policy
+	// AdmissionPort is both the listening port and the source port of
+	// outgoing admissions, so the datapath passes both directions.
+	AdmissionPort uint16
+	// MaxAdmission caps an admission's lifetime below the SVID's not-after.
+	MaxAdmission time.Duration
+	// StatePath, if set, is a file where admissions are kept across
+	// restarts (written atomically).
+	StatePath string
+	Logger    *slog.Logger
+}
+
+type peerKey struct {
+	ifindex int
+	addr    netip.Addr
+}
+
+type admission struct {
+	peerKey
+	Verified
+	expires  time.Time
+	identity uint32
+}
+
+// Admitter runs both sides of mutual admission and keeps the kernel's peer
+// and policy maps in step with verified identities, the policy, expiry and
+// revocation.
+type Admitter struct {
+	o   AdmitterOptions
+	log *slog.Logger
+
+	mu         sync.Mutex
+	policy     *Policy
+	admitted   map[peerKey]*admission
+	identities map[string]uint32 // grant-set signature → identity
+	grants     map[uint32][]Grant
+	nextID     uint32
+}
+
+// NewAdmitter checks options and adopts admissions from StatePath: kernel
+// entries without a record (whose revocation could not be checked) are
+// removed, and the rest are re-checked now.
+func NewAdmitter(o AdmitterOptions) (*Admitter, error) {
+	if o.Table == nil || o.SVID == nil || o.Verifier == nil || o.Policy == nil {
+		return nil, fmt.Errorf("%w: admitter needs a table, SVID source, verifier and policy", ErrConfig)
+	}
+	if o.AdmissionPort == 0 || o.MaxAdmission <= 0 {
+		return nil, fmt.Errorf("%w: admission port and max admission must be set", ErrConfig)
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	a := &Admitter{o: o, log: o.Logger, policy: o.Policy, admitted: map[peerKey]*admission{}}
+	if err := a.adopt(); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+func (a *Admitter) localID() (spiffeid.ID, error) {
+	s, err := a.o.SVID.GetX509SVID()
+	if err != nil {
+		return spiffeid.ID{}, fmt.Errorf("enforcer: own SVID: %w", err)
+	}
+	return s.ID, nil
+}
+
+func (a *Admitter) tlsCert() (*tls.Certificate, error) {
+	s, err := a.o.SVID.GetX509SVID()
+	if err != nil {
+		return nil, fmt.Errorf("enforcer: own SVID: %w", err)
+	}
+	c := &tls.Certificate{PrivateKey: s.PrivateKey, Leaf: s.Certificates[0]}
+	for _, x := range s.Certificates {
+		c.Certificate = append(c.Certificate, x.Raw)
+	}
+	return c, nil
+}
+
+// tlsConfig verifies the peer's SVID in VerifyConnection (chain, trust
+// domain, revocation) and hands the result to *out.
+func (a *Admitter) tlsConfig(server bool, out *Verified) *tls.Config {
+	cfg := &tls.Config{
+		// Verification is SPIFFE's, not hostname-based: done below.
+		InsecureSkipVerify: true,
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			v, err := a.o.Verifier.Verify(cs.PeerCertificates)
+			if err != nil {
+				return err
+			}
+			*out = v
+			return nil
+		},
+	}
+	if server {
+		cfg.ClientAuth = tls.RequireAnyClientCert
+		cfg.GetCertificate = func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return a.tlsCert() }
+	} else {
+		cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return a.tlsCert() }
+	}
+	return tlspolicy.Apply(cfg)
+}
+
+func reusePort(_, _ string, c syscall.RawConn) error {
+	var serr error
+	err := c.Control(func(fd uintptr) {
+		if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); serr != nil {
+			return
+		}
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+	})
+	if err != nil {
+		return err
+	}
+	return serr
+}
+
+// ListenAdmission opens the admission listener on addr (host:port). The
+// socket allows outgoing admissions to share the port.
+func ListenAdmission(ctx context.Context, addr string) (net.Listener, error) {
+	lc := net.ListenConfig{Control: reusePort}
+	ln, err := lc.Listen(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("enforcer: admission listener: %w", err)
+	}
+	return ln, nil
+}
+
+// Serve accepts admissions on ln until ctx ends.
+func (a *Admitter) Serve(ctx context.Context, ln net.Listener) error {
+	go func() { <-ctx.Done(); ln.Close() }()
+	sem := make(chan struct{}, maxConcurrent)
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return fmt.Errorf("enforcer: accept: %w", err)
+		}
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem }()
+			if err := a.serveConn(ctx, c); err != nil {
+				a.log.Warn("admission refused", "remote", c.RemoteAddr().String(), "err", err)
+			}
+		}()
+	}
+}
+
+func (a *Admitter) serveConn(ctx context.Context, c net.Conn) error {
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(handshakeTimeout))
+	var v Verified
+	tc := tls.Server(c, a.tlsConfig(true, &v))
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return fmt.Errorf("handshake: %w", err)
+	}
+	remote, err := netip.ParseAddrPort(c.RemoteAddr().String())
+	if err != nil {
+		return err
+	}
+	resp := make([]byte, 9)
+	exp, err := a.admitVerified(v, remote)
+	if err != nil {
+		resp[0] = statusDenied
+		_, _ = tc.Write(resp[:1])
+		return err
+	}
+	binary.BigEndian.PutUint64(resp[1:], uint64(exp.UnixNano()))
+	if _, err := tc.Write(resp); err != nil {
+		return fmt.Errorf("send admission: %w", err)
+	}
+	a.log.Info("peer admitted", "peer", v.ID.String(), "addr", remote.Addr().String(), "expires", exp)
+	return tc.Close()
+}
+
+// Admit admits this node to the peer's agent at addr and, mutually, the
+// peer here. It returns the earlier of the two expiries: re-admit before
+// it. The TCP source port is the admission port.
+func (a *Admitter) Admit(ctx context.Context, addr netip.AddrPort) (time.Time, error) {
+	ctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
+	defer cancel()
+	local := &net.TCPAddr{Port: int(a.o.AdmissionPort)}
+	if addr.Addr().Is4() {
+		local.IP = net.IPv4zero
+	}
+	d := net.Dialer{LocalAddr: local, Control: reusePort}
+	c, err := d.DialContext(ctx, "tcp", addr.String())
+	if err != nil {
+		return time.Time{}, fmt.Errorf("enforcer: dial %v: %w", addr, err)
+	}
+	defer c.Close()
+	return a.admitConn(ctx, c, addr)
+}
+
+func (a *Admitter) admitConn(ctx context.Context, c net.Conn, addr netip.AddrPort) (time.Time, error) {
+	if dl, ok := ctx.Deadline(); ok {
+		_ = c.SetDeadline(dl)
+	}
+	var v Verified
+	tc := tls.Client(c, a.tlsConfig(false, &v))
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return time.Time{}, fmt.Errorf("%w: handshake with %v: %w", ErrNotAdmitted, addr, err)
+	}
+	resp := make([]byte, 9)
+	if _, err := io.ReadFull(tc, resp[:1]); err != nil {
+		return time.Time{}, fmt.Errorf("%w: %v refused us: %w", ErrNotAdmitted, addr, err)
+	}
+	if resp[0] != statusOK {
+		return time.Time{}, fmt.Errorf("%w: %v refused us (status %d)", ErrNotAdmitted, addr, resp[0])
+	}
+	if _, err := io.ReadFull(tc, resp[1:]); err != nil {
+		return time.Time{}, fmt.Errorf("%w: %v: %w", ErrNotAdmitted, addr, err)
+	}
+	remoteExp := time.Unix(0, int64(binary.BigEndian.Uint64(resp[1:])))
+	// Wait for the server's TCP FIN (after its close_notify) before
+	// closing, so TIME_WAIT is on its side and our port can be reused.
+	_, _ = io.Copy(io.Discard, tc)
+	_, _ = io.Copy(io.Discard, c)
+	localExp, err := a.admitVerified(v, addr)
+	if err != nil {
+		return remoteExp, err
+	}
+	if localExp.Before(remoteExp) {
+		return localExp, nil
+	}
+	return remoteExp, nil
+}
+
+// admitVerified writes the peer entry keyed by the interface the datapath
+// saw the admission connection on.
+func (a *Admitter) admitVerified(v Verified, remote netip.AddrPort) (time.Time, error) {
+	ifindex, err := a.o.Table.AdmissionIfindex(remote)
+	if err != nil {
+		return time.Time{}, err
+	}
+	local, err := a.localID()
+	if err != nil {
+		return time.Time{}, err
+	}
+	exp := v.NotAfter
+	if m := time.Now().Add(a.o.MaxAdmission); m.Before(exp) {
+		exp = m
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	grants := a.policy.Grants(local, v.ID)
+	if len(grants) == 0 {
+		return time.Time{}, fmt.Errorf("%w: policy allows nothing between %s and %s", ErrNotAdmitted, v.ID, local)
+	}
+	id, err := a.identityLocked(grants)
+	if err != nil {
+		return time.Time{}, err
+	}
+	ad := &admission{peerKey: peerKey{ifindex, remote.Addr().Unmap()}, Verified: v, expires: exp, identity: id}
+	if err := a.o.Table.PutPeer(PeerEntry{Ifindex: ifindex, Addr: ad.addr, Identity: id, Expires: exp}); err != nil {
+		return time.Time{}, err
+	}
+	a.admitted[ad.peerKey] = ad
+	a.saveLocked()
+	return exp, nil
+}
+
+func signature(gs []Grant) string {
+	var b strings.Builder
+	for _, g := range gs {
+		fmt.Fprintf(&b, "%d/%d/%d,", g.Dir, g.Proto, g.Port)
+	}
+	return b.String()
+}
+
+// identityLocked maps a grant set to a numeric identity, writing its
+// policy entries to the kernel the first time it is seen. Peers with the
+// same grants share an identity, which keeps the policy map small.
+func (a *Admitter) identityLocked(gs []Grant) (uint32, error) {
+	sig := signature(gs)
+	if id, ok := a.identities[sig]; ok {
+		return id, nil
+	}
+	if a.identities == nil {
+		a.identities = map[string]uint32{}
+		a.grants = map[uint32][]Grant{}
+	}
+	a.nextID++
+	id := a.nextID
+	a.identities[sig] = id
+	a.grants[id] = gs
+	if err := a.o.Table.SyncPolicy(a.entriesLocked()); err != nil {
+		delete(a.identities, sig)
+		delete(a.grants, id)
+		return 0, err
+	}
+	return id, nil
+}
+
+func (a *Admitter) entriesLocked() map[PolicyKey]bool {
+	m := map[PolicyKey]bool{}
+	for id, gs := range a.grants {
+		for _, g := range gs {
+			m[PolicyKey{Identity: id, Port: g.Port, Proto: g.Proto, Dir: g.Dir}] = true
+		}
+	}
+	return m
+}
+
+// SetPolicy swaps the policy: every admitted peer is re-evaluated;
+// peers the new policy allows nothing are removed.
+func (a *Admitter) SetPolicy(p *Policy) error {
+	local, err := a.localID()
+	if err != nil {
+		return err
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.policy = p
+	return a.rebuildLocked(local)
+}
+
+// rebuildLocked renumbers identities from scratch and rewrites the maps:
+// new entries are added before peers move, stale ones removed last.
+func (a *Admitter) rebuildLocked(local spiffeid.ID) error {
+	old := a.entriesLocked()
+	a.identities, a.grants, a.nextID = map[string]uint32{}, map[uint32][]Grant{}, 1000*(a.nextID/1000+1)
+	var errs []error
+	keep := map[peerKey]uint32{}
+	for k, ad := range a.admitted {
+		gs := a.policy.Grants(local, ad.ID)
+		if len(gs) == 0 {
+			continue
+		}
+		sig := signature(gs)
+		id, ok := a.identities[sig]
+		if !ok {
+			a.nextID++
+			id = a.nextID
+			a.identities[sig] = id
+			a.grants[id] = gs
+		}
+		keep[k] = id
+	}
+	union := a.entriesLocked()
+	for k := range old {
+		union[k] = true
+	}
+	if err := a.o.Table.SyncPolicy(union); err != nil {
+		return err
+	}
+	for k, ad := range a.admitted {
+		id, ok := keep[k]
+		if !ok {
+			errs = append(errs, a.o.Table.DeletePeer(k.ifindex, k.addr))
+			delete(a.admitted, k)
+			continue
+		}
+		ad.identity = id
+		if err := a.o.Table.PutPeer(PeerEntry{Ifindex: k.ifindex, Addr: k.addr, Identity: id, Expires: ad.expires}); err != nil {
+			errs = append(errs, err)
+			_ = a.o.Table.DeletePeer(k.ifindex, k.addr)
+			delete(a.admitted, k)
+		}
+	}
+	errs = append(errs, a.o.Table.SyncPolicy(a.entriesLocked()))
+	a.saveLocked()
+	return errors.Join(errs...)
+}
+
+// Recheck removes admissions that expired, were revoked, banned, or whose
+// revocation status cannot be established (fail closed). The revocation
+// feed calls it after each update; RecheckLoop calls it periodically.
+// It returns the number of admissions removed.
+func (a *Admitter) Recheck() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	removed := 0
+	now := time.Now()
+	for k, ad := range a.admitted {
+		reason := ""
+		if !now.Before(ad.expires) {
+			reason = "expired"
+		} else if err := a.o.Verifier.Recheck(ad.Verified); err != nil {
+			reason = err.Error()
+		}
+		if reason == "" {
+			continue
+		}
+		if err := a.o.Table.DeletePeer(k.ifindex, k.addr); err != nil {
+			a.log.Error("cannot remove admission", "peer", ad.ID.String(), "err", err)
+			continue
+		}
+		delete(a.admitted, k)
+		removed++
+		a.log.Info("admission removed", "peer", ad.ID.String(), "addr", k.addr.String(), "reason", reason)
+	}
+	if removed > 0 {
+		a.saveLocked()
+	}
+	return removed
+}
+
+// RecheckLoop runs Recheck every interval until ctx ends.
+func (a *Admitter) RecheckLoop(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			a.Recheck()
+		}
+	}
+}
+
+// Maintain admits this node to each peer before any workload traffic and
+// re-admits at two thirds of the remaining admission time, retrying
+// failures with backoff, until ctx ends.
+func (a *Admitter) Maintain(ctx context.Context, peers []netip.AddrPort) {
+	var wg sync.WaitGroup
+	for _, p := range peers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			backoff := 500 * time.Millisecond
+			for {
+				exp, err := a.Admit(ctx, p)
+				wait := backoff
+				if err != nil {
+					a.log.Warn("admission to peer failed", "peer", p.String(), "err", err)
+					backoff = min(backoff*2, 30*time.Second)
+				} else {
+					backoff = 500 * time.Millisecond
+					wait = max(time.Until(exp)*2/3, time.Second)
+				}
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(wait):
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// Admitted lists current admissions (for status output).
+func (a *Admitter) Admitted() []AdmittedPeer {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := make([]AdmittedPeer, 0, len(a.admitted))
+	for _, ad := range a.admitted {
+		out = append(out, AdmittedPeer{ID: ad.ID, Ifindex: ad.ifindex, Addr: ad.addr, Identity: ad.identity, Expires: ad.expires})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Addr.Less(out[j].Addr) })
+	return out
+}
+
+// AdmittedPeer is one admission, for status output and flow records.
+type AdmittedPeer struct {
+	ID       spiffeid.ID
+	Ifindex  int
+	Addr     netip.Addr
+	Identity uint32
+	Expires  time.Time
+}
+
+// PeerID returns the SPIFFE ID admitted for (ifindex, addr), if any.
+func (a *Admitter) PeerID(ifindex int, addr netip.Addr) (spiffeid.ID, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	ad, ok := a.admitted[peerKey{ifindex, addr.Unmap()}]
+	if !ok {
+		return spiffeid.ID{}, false
+	}
+	return ad.ID, true
+}
+
+// Persistence: a JSON file rewritten atomically after every change.
+
+type stateCert struct {
+	Serial    string `json:"serial"`
+	IssuerSKI string `json:"issuer_ski"`
+}
+
+type stateEntry struct {
+	Ifindex  int         `json:"ifindex"`
+	Addr     netip.Addr  `json:"addr"`
+	ID       string      `json:"spiffe_id"`
+	NotAfter time.Time   `json:"not_after"`
+	Expires  time.Time   `json:"expires"`
+	Certs    []stateCert `json:"certs"`
+}
+
+func (a *Admitter) saveLocked() {
+	if a.o.StatePath == "" {
+		return
+	}
+	var st []stateEntry
+	for _, ad := range a.admitted {
+		e := stateEntry{Ifindex: ad.ifindex, Addr: ad.addr, ID: ad.ID.String(), NotAfter: ad.NotAfter, Expires: ad.expires}
+		for _, c := range ad.Certs {
+			e.Certs = append(e.Certs, stateCert{Serial: c.Serial.Text(16), IssuerSKI: hex.EncodeToString(c.IssuerSKI)})
+		}
+		st = append(st, e)
+	}
+	if err := writeFileAtomic(a.o.StatePath, st); err != nil {
+		a.log.Error("cannot save admissions", "path", a.o.StatePath, "err", err)
+	}
+}
+
+func writeFileAtomic(path string, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(filepath.Dir(path), ".admissions-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(f.Name(), path); err != nil {
+		return err
+	}
+	d, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// adopt reloads saved admissions, keeps those still in the kernel map,
+// deletes kernel entries it has no record of, then re-checks revocation.
+func (a *Admitter) adopt() error {
+	kernel, err := a.o.Table.Peers()
+	if err != nil {
+		return err
+	}
+	saved := map[peerKey]stateEntry{}
+	if a.o.StatePath != "" {
+		b, err := os.ReadFile(a.o.StatePath)
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("enforcer: read admission state: %w", err)
+		}
+		if err == nil {
+			var st []stateEntry
+			if err := json.Unmarshal(b, &st); err != nil {
+				// Unreadable state: forget it; the kernel entries go below.
+				a.log.Error("admission state unreadable; dropping adopted admissions", "err", err)
+			}
+			for _, e := range st {
+				saved[peerKey{e.Ifindex, e.Addr.Unmap()}] = e
+			}
+		}
+	}
+	for _, k := range kernel {
+		key := peerKey{k.Ifindex, k.Addr}
+		e, ok := saved[key]
+		var ad *admission
+		if ok {
+			ad, err = e.admission()
+		}
+		if !ok || err != nil {
+			if derr := a.o.Table.DeletePeer(k.Ifindex, k.Addr); derr != nil {
+				return derr
+			}
+			continue
+		}
+		a.admitted[key] = ad
+	}
+	local, err := a.localID()
+	if err != nil {
+		return err
+	}
+	a.mu.Lock()
+	err = a.rebuildLocked(local)
+	a.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	a.Recheck()
+	return nil
+}
+
+func (e stateEntry) admission() (*admission, error) {
+	id, err := spiffeid.FromString(e.ID)
+	if err != nil {
+		return nil, err
+	}
+	ad := &admission{peerKey: peerKey{e.Ifindex, e.Addr.Unmap()}, expires: e.Expires,
+		Verified: Verified{ID: id, NotAfter: e.NotAfter}}
+	if len(e.Certs) == 0 {
+		return nil, errors.New("no certificates recorded")
+	}
+	for _, c := range e.Certs {
+		s, ok := new(big.Int).SetString(c.Serial, 16)
+		ski, err := hex.DecodeString(c.IssuerSKI)
+		if !ok || err != nil {
+			return nil, errors.New("bad certificate reference")
+		}
+		ad.Certs = append(ad.Certs, CertRef{Serial: s, IssuerSKI: ski})
+	}
+	return ad, nil
+}

@@ -1,0 +1,461 @@
+package enforcer
+
+import (
+	"context"
+	"crypto"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"math/big"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/palisade-id/palisade/ca/tlspolicy"
+	"github.com/palisade-id/palisade/test/testca"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+)
+
+// fakeTable is an in-memory PeerTable: admission logic without root.
+type fakeTable struct {
+	mu     sync.Mutex
+	peers  map[peerKey]PeerEntry
+	policy map[PolicyKey]bool
+}
+
+func newFakeTable() *fakeTable {
+	return &fakeTable{peers: map[peerKey]PeerEntry{}, policy: map[PolicyKey]bool{}}
+}
+
+func (f *fakeTable) PutPeer(e PeerEntry) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.peers[peerKey{e.Ifindex, e.Addr}] = e
+	return nil
+}
+
+func (f *fakeTable) DeletePeer(i int, a netip.Addr) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.peers, peerKey{i, a})
+	return nil
+}
+
+func (f *fakeTable) Peers() ([]PeerEntry, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []PeerEntry
+	for _, e := range f.peers {
+		out = append(out, e)
+	}
+	return out, nil
+}
+
+func (f *fakeTable) SyncPolicy(m map[PolicyKey]bool) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.policy = map[PolicyKey]bool{}
+	for k := range m {
+		f.policy[k] = true
+	}
+	return nil
+}
+
+func (f *fakeTable) AdmissionIfindex(netip.AddrPort) (int, error) { return 1, nil }
+
+func (f *fakeTable) get(a netip.Addr) (PeerEntry, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	e, ok := f.peers[peerKey{1, a}]
+	return e, ok
+}
+
+// fakeRevocation is a revocation list plus a ban list.
+type fakeRevocation struct {
+	mu      sync.Mutex
+	serials map[string]bool
+	banned  map[string]bool
+	fail    error
+}
+
+func newFakeRevocation() *fakeRevocation {
+	return &fakeRevocation{serials: map[string]bool{}, banned: map[string]bool{}}
+}
+
+func (f *fakeRevocation) Revoked(serial *big.Int, _ []byte) (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.serials[serial.String()], f.fail
+}
+
+func (f *fakeRevocation) Banned(id spiffeid.ID) (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.banned[id.String()], nil
+}
+
+func (f *fakeRevocation) revoke(s *big.Int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.serials[s.String()] = true
+}
+
+const admissionPolicy = `version: 1
+rules:
+  - name: client-to-server
+    from: spiffe://example.org/node/client
+    to: spiffe://example.org/node/server
+    protocol: tcp
+    ports: ["8080"]
+`
+
+type side struct {
+	a     *Admitter
+	table *fakeTable
+	rev   *fakeRevocation
+	addr  netip.Addr
+}
+
+func svidFor(t testing.TB, chain []*x509.Certificate, key crypto.Signer) *x509svid.SVID {
+	t.Helper()
+	id, err := x509svid.IDFromCert(chain[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &x509svid.SVID{ID: id, Certificates: chain, PrivateKey: key}
+}
+
+func freePort(t testing.TB) uint16 {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return uint16(ln.Addr().(*net.TCPAddr).Port)
+}
+
+func newSide(t *testing.T, ca *testca.CA, svid *x509svid.SVID, port uint16, state string) *side {
+	t.Helper()
+	p, err := ParsePolicy([]byte(admissionPolicy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &side{table: newFakeTable(), rev: newFakeRevocation()}
+	s.a, err = NewAdmitter(AdmitterOptions{
+		Table: s.table,
+		SVID:  svid,
+		Verifier: &Verifier{TrustDomain: spiffeid.RequireTrustDomainFromString("example.org"),
+			Bundle:     x509bundle.FromX509Authorities(spiffeid.RequireTrustDomainFromString("example.org"), []*x509.Certificate{ca.Root()}),
+			Revocation: s.rev, Bans: s.rev},
+		Policy:        p,
+		AdmissionPort: port,
+		MaxAdmission:  time.Hour,
+		StatePath:     state,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func serve(t *testing.T, s *side, addr string) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	ln, err := ListenAdmission(ctx, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); _ = s.a.Serve(ctx, ln) }()
+	t.Cleanup(func() { cancel(); <-done })
+}
+
+var (
+	clientAddr = netip.MustParseAddr("127.0.0.1")
+	serverAddr = netip.MustParseAddr("127.0.0.2")
+)
+
+func TestMutualAdmission(t *testing.T) {
+	ca := testca.New(t, "example.org")
+	port := freePort(t)
+	_, schain, skey := ca.MintX509SVID(t, "spiffe://example.org/node/server", 10*time.Minute)
+	_, cchain, ckey := ca.MintX509SVID(t, "spiffe://example.org/node/client", time.Hour)
+	srv := newSide(t, ca, svidFor(t, schain, skey), port, "")
+	cli := newSide(t, ca, svidFor(t, cchain, ckey), port, "")
+	serve(t, srv, netip.AddrPortFrom(serverAddr, port).String())
+
+	exp, err := cli.a.Admit(context.Background(), netip.AddrPortFrom(serverAddr, port))
+	if err != nil {
+		t.Fatalf("Admit: %v", err)
+	}
+	// The server's SVID expires first: both sides' earliest expiry.
+	if d := exp.Sub(schain[0].NotAfter); d > time.Second || d < -time.Second {
+		t.Fatalf("expiry = %v, want the server SVID's not-after %v", exp, schain[0].NotAfter)
+	}
+	se, ok := srv.table.get(clientAddr)
+	if !ok {
+		t.Fatal("server did not admit the client")
+	}
+	// Client SVID lives an hour; MaxAdmission is an hour: expiry ~ now+1h.
+	if d := time.Until(se.Expires); d < 59*time.Minute || d > time.Hour {
+		t.Fatalf("client entry expires in %v, want about an hour", d)
+	}
+	if !srv.table.policy[PolicyKey{se.Identity, 8080, ProtoTCP, Inbound}] {
+		t.Fatalf("server policy map %v lacks inbound 8080 for identity %d", srv.table.policy, se.Identity)
+	}
+	ce, ok := cli.table.get(serverAddr)
+	if !ok {
+		t.Fatal("client did not admit the server (mutual admission)")
+	}
+	if !cli.table.policy[PolicyKey{ce.Identity, 8080, ProtoTCP, Reply}] || ce.Expires.After(schain[0].NotAfter) {
+		t.Fatalf("client entry %+v / policy %v: want reply 8080 expiring by the server SVID", ce, cli.table.policy)
+	}
+	if id, ok := srv.a.PeerID(1, clientAddr); !ok || id.String() != "spiffe://example.org/node/client" {
+		t.Fatalf("PeerID = %v, %v", id, ok)
+	}
+
+	// Revocation removes the admission at the next recheck.
+	srv.rev.revoke(cchain[0].SerialNumber)
+	if n := srv.a.Recheck(); n != 1 {
+		t.Fatalf("Recheck removed %d, want 1", n)
+	}
+	if _, ok := srv.table.get(clientAddr); ok {
+		t.Fatal("revoked client still admitted")
+	}
+	// And re-admission is refused.
+	if _, err := cli.a.Admit(context.Background(), netip.AddrPortFrom(serverAddr, port)); !errors.Is(err, ErrNotAdmitted) {
+		t.Fatalf("re-admission after revocation: %v, want ErrNotAdmitted", err)
+	}
+}
+
+func TestAdmissionRefusals(t *testing.T) {
+	ca := testca.New(t, "example.org")
+	evil := testca.New(t, "evil.org")
+	port := freePort(t)
+	_, schain, skey := ca.MintX509SVID(t, "spiffe://example.org/node/server", time.Hour)
+	srv := newSide(t, ca, svidFor(t, schain, skey), port, "")
+	serve(t, srv, netip.AddrPortFrom(serverAddr, port).String())
+
+	_, revokedChain, revokedKey := ca.MintX509SVID(t, "spiffe://example.org/node/client", time.Hour)
+	srv.rev.revoke(revokedChain[0].SerialNumber)
+	_, bannedChain, bannedKey := ca.MintX509SVID(t, "spiffe://example.org/node/banned", time.Hour)
+	srv.rev.banned["spiffe://example.org/node/banned"] = true
+	_, expChain, expKey := ca.MintX509SVIDWith(t, "spiffe://example.org/node/client", time.Hour,
+		testca.SVIDOptions{NotBefore: time.Now().Add(-2 * time.Hour), NotAfter: time.Now().Add(-time.Minute)})
+	_, foreignChain, foreignKey := evil.MintX509SVID(t, "spiffe://evil.org/node/client", time.Hour)
+	// A foreign CA minting a name in our trust domain: chains to nothing we trust.
+	_, spoofChain, spoofKey := testca.New(t, "example.org").MintX509SVID(t, "spiffe://example.org/node/client", time.Hour)
+	selfCert, selfKey := testca.SelfSigned(t, "spiffe://example.org/node/client", time.Hour)
+	_, nopolChain, nopolKey := ca.MintX509SVID(t, "spiffe://example.org/node/stranger", time.Hour)
+
+	tests := []struct {
+		name  string
+		chain []*x509.Certificate
+		key   crypto.Signer
+	}{
+		{"revoked SVID", revokedChain, revokedKey},
+		{"banned node", bannedChain, bannedKey},
+		{"expired SVID", expChain, expKey},
+		{"foreign trust domain", foreignChain, foreignKey},
+		{"foreign CA", spoofChain, spoofKey},
+		{"self-signed look-alike", []*x509.Certificate{selfCert}, selfKey},
+		{"no policy for the peer", nopolChain, nopolKey},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			// A distinct loopback source per case, so entries cannot mask each other.
+			src := netip.MustParseAddr("127.0.1." + strconv.Itoa(i+1))
+			cli := &side{table: newFakeTable()}
+			// The client side trusts everything (the server must refuse).
+			cli.a = &Admitter{o: AdmitterOptions{Table: cli.table, SVID: svidFor(t, tt.chain, tt.key),
+				Verifier: &Verifier{TrustDomain: spiffeid.RequireTrustDomainFromString("example.org"),
+					Bundle:     x509bundle.FromX509Authorities(spiffeid.RequireTrustDomainFromString("example.org"), []*x509.Certificate{ca.Root()}),
+					Revocation: newFakeRevocation()}, AdmissionPort: port, MaxAdmission: time.Hour},
+				policy: srv.a.policy, admitted: map[peerKey]*admission{}}
+			_, err := admitFrom(cli.a, src, netip.AddrPortFrom(serverAddr, port))
+			if !errors.Is(err, ErrNotAdmitted) {
+				t.Fatalf("Admit = %v, want ErrNotAdmitted", err)
+			}
+			t.Logf("refused: %v", err)
+			if _, ok := srv.table.get(src); ok {
+				t.Fatal("server admitted the peer")
+			}
+		})
+	}
+	if len(srv.table.peers) != 0 {
+		t.Fatalf("server table = %v, want empty", srv.table.peers)
+	}
+}
+
+// admitFrom is Admit from a chosen source address.
+func admitFrom(a *Admitter, src netip.Addr, dst netip.AddrPort) (time.Time, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), handshakeTimeout)
+	defer cancel()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: src.AsSlice()}}
+	c, err := d.DialContext(ctx, "tcp", dst.String())
+	if err != nil {
+		return time.Time{}, err
+	}
+	defer c.Close()
+	return a.admitConn(ctx, c, dst)
+}
+
+func TestAdmissionWithoutClientCertificate(t *testing.T) {
+	ca := testca.New(t, "example.org")
+	port := freePort(t)
+	_, schain, skey := ca.MintX509SVID(t, "spiffe://example.org/node/server", time.Hour)
+	srv := newSide(t, ca, svidFor(t, schain, skey), port, "")
+	serve(t, srv, netip.AddrPortFrom(serverAddr, port).String())
+	c, err := tls.Dial("tcp", netip.AddrPortFrom(serverAddr, port).String(),
+		tlspolicy.Apply(&tls.Config{InsecureSkipVerify: true}))
+	if err == nil {
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		_, err = c.Read(make([]byte, 1))
+		c.Close()
+	}
+	if err == nil {
+		t.Fatal("server answered a client without a certificate")
+	}
+	if len(srv.table.peers) != 0 {
+		t.Fatal("server admitted a client without a certificate")
+	}
+}
+
+func TestAdmissionStateSurvivesRestart(t *testing.T) {
+	ca := testca.New(t, "example.org")
+	port := freePort(t)
+	state := filepath.Join(t.TempDir(), "admissions.json")
+	_, schain, skey := ca.MintX509SVID(t, "spiffe://example.org/node/server", time.Hour)
+	_, cchain, ckey := ca.MintX509SVID(t, "spiffe://example.org/node/client", time.Hour)
+	srv := newSide(t, ca, svidFor(t, schain, skey), port, state)
+	cli := newSide(t, ca, svidFor(t, cchain, ckey), port, "")
+	serve(t, srv, netip.AddrPortFrom(serverAddr, port).String())
+	if _, err := cli.a.Admit(context.Background(), netip.AddrPortFrom(serverAddr, port)); err != nil {
+		t.Fatal(err)
+	}
+	// A kernel entry nobody recorded: its revocation cannot be checked.
+	orphan := netip.MustParseAddr("127.0.9.9")
+	if err := srv.table.PutPeer(PeerEntry{Ifindex: 1, Addr: orphan, Identity: 77, Expires: time.Now().Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	// "Restart": a new admitter over the same kernel table and state file.
+	srv.rev.revoke(big.NewInt(12345)) // unrelated
+	again, err := NewAdmitter(srv.a.o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := srv.table.get(orphan); ok {
+		t.Fatal("unrecorded kernel entry survived adoption")
+	}
+	e, ok := srv.table.get(clientAddr)
+	if !ok {
+		t.Fatal("recorded admission lost on restart")
+	}
+	if !srv.table.policy[PolicyKey{e.Identity, 8080, ProtoTCP, Inbound}] {
+		t.Fatalf("policy %v lacks the adopted identity %d", srv.table.policy, e.Identity)
+	}
+	// Revocation still works for adopted admissions.
+	srv.rev.revoke(cchain[0].SerialNumber)
+	if n := again.Recheck(); n != 1 {
+		t.Fatalf("Recheck after adoption removed %d, want 1", n)
+	}
+}
+
+func TestSetPolicyRemovesPeersWithoutRules(t *testing.T) {
+	ca := testca.New(t, "example.org")
+	port := freePort(t)
+	_, schain, skey := ca.MintX509SVID(t, "spiffe://example.org/node/server", time.Hour)
+	_, cchain, ckey := ca.MintX509SVID(t, "spiffe://example.org/node/client", time.Hour)
+	srv := newSide(t, ca, svidFor(t, schain, skey), port, "")
+	cli := newSide(t, ca, svidFor(t, cchain, ckey), port, "")
+	serve(t, srv, netip.AddrPortFrom(serverAddr, port).String())
+	if _, err := cli.a.Admit(context.Background(), netip.AddrPortFrom(serverAddr, port)); err != nil {
+		t.Fatal(err)
+	}
+	wider, err := ParsePolicy([]byte(admissionPolicy + `  - name: more
+    from: spiffe://example.org/node/client
+    to: spiffe://example.org/node/server
+    protocol: udp
+    ports: ["53"]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.a.SetPolicy(wider); err != nil {
+		t.Fatal(err)
+	}
+	e, _ := srv.table.get(clientAddr)
+	if !srv.table.policy[PolicyKey{e.Identity, 53, ProtoUDP, Inbound}] || !srv.table.policy[PolicyKey{e.Identity, 8080, ProtoTCP, Inbound}] || len(srv.table.policy) != 2 {
+		t.Fatalf("policy after widening = %v (identity %d)", srv.table.policy, e.Identity)
+	}
+	empty, err := ParsePolicy([]byte("version: 1\nrules: []\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.a.SetPolicy(empty); err != nil {
+		t.Fatal(err)
+	}
+	if len(srv.table.peers) != 0 || len(srv.table.policy) != 0 {
+		t.Fatalf("after empty policy: peers %v policy %v, want none", srv.table.peers, srv.table.policy)
+	}
+}
+
+func TestVerifierReasons(t *testing.T) {
+	ca := testca.New(t, "example.org")
+	rev := newFakeRevocation()
+	td := spiffeid.RequireTrustDomainFromString("example.org")
+	v := &Verifier{TrustDomain: td, Bundle: x509bundle.FromX509Authorities(td, []*x509.Certificate{ca.Root()}), Revocation: rev, Bans: rev}
+	_, good, _ := ca.MintX509SVID(t, "spiffe://example.org/node/a", time.Hour)
+	_, revoked, _ := ca.MintX509SVID(t, "spiffe://example.org/node/b", time.Hour)
+	rev.revoke(revoked[0].SerialNumber)
+	_, banned, _ := ca.MintX509SVID(t, "spiffe://example.org/node/banned", time.Hour)
+	rev.banned["spiffe://example.org/node/banned"] = true
+	_, interRevoked, _ := testca.New(t, "example.org").MintX509SVID(t, "spiffe://example.org/node/c", time.Hour)
+	self, _ := testca.SelfSigned(t, "spiffe://example.org/node/a", time.Hour)
+	tests := []struct {
+		name    string
+		chain   []*x509.Certificate
+		wantErr error
+	}{
+		{"good", good, nil},
+		{"revoked leaf", revoked, ErrRevoked},
+		{"banned", banned, ErrRevoked},
+		{"leaf only, intermediate missing", good[:1], ErrNotAdmitted},
+		{"other CA, same trust domain", interRevoked, ErrNotAdmitted},
+		{"self-signed", []*x509.Certificate{self}, ErrNotAdmitted},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := v.Verify(tt.chain)
+			if tt.wantErr == nil {
+				if err != nil {
+					t.Fatalf("Verify: %v", err)
+				}
+				if got.ID.String() != "spiffe://example.org/node/a" || len(got.Certs) != 2 || !got.NotAfter.Equal(good[0].NotAfter) {
+					t.Fatalf("Verified = %+v", got)
+				}
+				return
+			}
+			if !errors.Is(err, tt.wantErr) {
+				t.Fatalf("Verify = %v, want %v", err, tt.wantErr)
+			}
+		})
+	}
+	// An intermediate's revocation counts too.
+	rev.revoke(good[1].SerialNumber)
+	if _, err := v.Verify(good); !errors.Is(err, ErrRevoked) {
+		t.Fatalf("revoked intermediate: %v, want ErrRevoked", err)
+	}
+	// Unknown revocation status fails closed.
+	rev.fail = errors.New("CRL stale")
+	if _, err := v.Verify(banned); !errors.Is(err, ErrNotAdmitted) {
+		t.Fatalf("unknown status: %v, want ErrNotAdmitted", err)
+	}
+}
