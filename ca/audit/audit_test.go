@@ -167,7 +167,7 @@ func TestVerifyDetectsTampering(t *testing.T) {
 		{"swap two lines", func(t *testing.T, l []string) []string {
 			l[7], l[8] = l[8], l[7]
 			return l
-		}, false, false, Problem{Seq: 8, Line: 9, Kind: ProblemReordered}, 1},
+		}, false, false, Problem{Seq: 9, Line: 8, Kind: ProblemReordered}, 1},
 		{"move a line far back", func(t *testing.T, l []string) []string {
 			moved := l[2]
 			l = append(l[:2:2], l[3:]...)
@@ -185,6 +185,17 @@ func TestVerifyDetectsTampering(t *testing.T) {
 			rehash(f)
 			return append(l[:8:8], append([]string{encode(f)}, l[8:]...)...)
 		}, false, false, Problem{Seq: 8, Line: 9, Kind: ProblemInserted}, 1},
+		{"insert a forged record with a future seq", func(t *testing.T, l []string) []string {
+			prev := mustParse(t, l[3])
+			f := &wire{Seq: 500, Time: prev.Time, Kind: "entry.deleted", Actor: "operator:uid=0", Prev: prev.Hash}
+			rehash(f)
+			return append(l[:4:4], append([]string{encode(f)}, l[4:]...)...)
+		}, false, false, Problem{Seq: 500, Line: 5, Kind: ProblemInserted}, 1},
+		{"move a line far ahead", func(t *testing.T, l []string) []string {
+			moved := l[14]
+			l = append(l[:14:14], l[15:]...)
+			return append(l[:2:2], append([]string{moved}, l[2:]...)...)
+		}, false, false, Problem{Seq: 15, Line: 3, Kind: ProblemReordered}, 1},
 		{"duplicate a line", func(t *testing.T, l []string) []string {
 			return append(l[:4:4], append([]string{l[3]}, l[4:]...)...)
 		}, false, false, Problem{Seq: 4, Line: 5, Kind: ProblemInserted}, 1},

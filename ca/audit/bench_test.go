@@ -1,9 +1,12 @@
 package audit
 
 import (
+	"bytes"
 	"context"
+	"crypto"
 	"crypto/elliptic"
 	"fmt"
+	"os"
 	"path/filepath"
 	"testing"
 )
@@ -50,4 +53,23 @@ func benchAppend(b *testing.B, parallelism int) {
 	if err := l.Close(); err != nil {
 		b.Fatal(err)
 	}
+}
+
+// BenchmarkVerify measures verification (and so Open) throughput in records/s.
+func BenchmarkVerify(b *testing.B) {
+	key := newKey(b, elliptic.P256())
+	path := writeLog(b, key, 20000, Options{})
+	data, err := os.ReadFile(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	opts := VerifyOptions{Keys: []crypto.PublicKey{key.Public()}, RequireCheckpointAtEnd: true}
+	b.SetBytes(int64(len(data)))
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := Verify(bytes.NewReader(data), opts); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.N)*20000/b.Elapsed().Seconds(), "records/s")
 }

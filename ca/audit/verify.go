@@ -109,13 +109,14 @@ type verifier struct {
 	expect           uint64 // highest seq seen + 1
 	known            map[uint64]*link
 	alt              map[uint64]*link // second record claiming a seq, until a successor decides
+	early            map[uint64]*item // records found ahead of their place
 	gaps             []gap
 	lastAnyCP        uint64 // last checkpoint by any key (Open schedules from it)
 }
 
 func newVerifier(opts VerifyOptions) (*verifier, error) {
 	v := &verifier{opts: opts, keys: map[string]*ecdsa.PublicKey{}, expect: 1,
-		known: map[uint64]*link{}, alt: map[uint64]*link{}}
+		known: map[uint64]*link{}, alt: map[uint64]*link{}, early: map[uint64]*item{}}
 	for _, k := range opts.Keys {
 		ek, ok := k.(*ecdsa.PublicKey)
 		if !ok {
@@ -149,6 +150,7 @@ func (v *verifier) problem(seq uint64, line int, kind, format string, args ...an
 func (v *verifier) run(r io.Reader) error {
 	br := bufio.NewReaderSize(r, 64<<10)
 	var buf []byte
+	var held *item
 	for {
 		line, tooLong, err := readLine(br, &buf)
 		if len(line) == 0 && !tooLong && err == io.EOF {
@@ -164,11 +166,19 @@ func (v *verifier) run(r io.Reader) error {
 		case err == io.EOF:
 			v.problem(0, v.rep.Lines, ProblemTruncated, "last line is incomplete (%d bytes, no newline): torn write", len(line))
 		default:
-			v.line(v.rep.Lines, line)
+			if it := v.parse(v.rep.Lines, line); it != nil {
+				if held != nil {
+					v.process(held, it)
+				}
+				held = it
+			}
 		}
 		if err == io.EOF {
 			break
 		}
+	}
+	if held != nil {
+		v.process(held, nil)
 	}
 	v.finish()
 	return nil
@@ -202,64 +212,114 @@ func readLine(br *bufio.Reader, buf *[]byte) (line []byte, tooLong bool, err err
 	}
 }
 
-func (v *verifier) line(ln int, b []byte) {
+// item is a parsed record waiting to be placed in the sequence.
+type item struct {
+	w      *wire
+	line   int
+	selfOK bool
+	before uint64 // for a record ahead of its place: the seq that followed it
+}
+
+// parse turns a line into an item; malformed lines are reported here.
+func (v *verifier) parse(ln int, b []byte) *item {
 	w, err := parseLine(b)
 	if err != nil {
 		v.problem(0, ln, ProblemMalformed, "%v", err)
-		return
+		return nil
 	}
 	if w.Seq == math.MaxUint64 {
 		v.problem(w.Seq, ln, ProblemMalformed, "seq out of range")
-		return
+		return nil
 	}
-	isCP := w.Kind == KindCheckpoint
-	if !isCP && (w.Sig != nil || w.Cert != nil) {
+	if w.Kind != KindCheckpoint && (w.Sig != nil || w.Cert != nil) {
 		v.problem(w.Seq, ln, ProblemMalformed, "signature fields on a %q record", w.Kind)
-		return
+		return nil
 	}
 	v.rep.Records++
-	selfOK := hashRecord(w.Seq, w.Time, w.Kind, w.Actor, w.Data, w.Prev) == w.Hash
-	l := &link{hash: w.Hash, prev: w.Prev, line: ln}
+	return &item{w: w, line: ln, selfOK: hashRecord(w.Seq, w.Time, w.Kind, w.Actor, w.Data, w.Prev) == w.Hash}
+}
 
-	switch {
-	case w.Seq >= v.expect:
-		if w.Seq > v.expect {
-			v.addGap(v.expect, w.Seq-1, ln)
-		}
-		v.expect = w.Seq + 1
-	case v.fillGap(w.Seq):
-		v.problem(w.Seq, ln, ProblemReordered, "record %d is at line %d, after record %d", w.Seq, ln, v.expect-1)
-	default:
-		old, ok := v.known[w.Seq]
-		if !ok {
-			v.problem(w.Seq, ln, ProblemInserted, "record %d reappears far out of order (last seq %d)", w.Seq, v.expect-1)
-			return
-		}
-		if old.hash == w.Hash {
-			v.problem(w.Seq, ln, ProblemInserted, "duplicate of record %d at line %d", w.Seq, old.line)
-			return
-		}
-		if _, dup := v.alt[w.Seq]; dup {
-			v.problem(w.Seq, ln, ProblemInserted, "third record claiming seq %d", w.Seq)
-			return
-		}
-		if next, ok := v.known[w.Seq+1]; ok {
-			if next.prev == w.Hash && selfOK {
-				// The successor links here: the earlier record was the forgery.
-				v.problem(w.Seq, old.line, ProblemInserted, "forged record %d: record %d at line %d links to the record %d at line %d instead", w.Seq, w.Seq+1, next.line, w.Seq, ln)
-				v.known[w.Seq] = l
-				v.checkCP(w, l)
-				return
-			}
-			v.problem(w.Seq, ln, ProblemInserted, "second record claiming seq %d (first at line %d)", w.Seq, old.line)
-			return
-		}
-		v.alt[w.Seq] = l
-		v.checkCP(w, l)
-		return
+// process places a record in the sequence. peek is the next parsed record
+// (nil at the end): it tells a record that jumped ahead of its place (the
+// log carries on with the expected seq) from records dropped before it.
+func (v *verifier) process(it, peek *item) {
+	s := it.w.Seq
+	for s > v.expect && v.takeEarly(v.expect) {
 	}
-	if !selfOK {
-		v.problem(w.Seq, ln, ProblemEdited, "record %d content does not match its hash", w.Seq)
+	switch {
+	case s == v.expect:
+		v.expect++
+		v.accept(it)
+		if e, ok := v.early[s]; ok {
+			delete(v.early, s)
+			v.duplicate(e)
+		}
+	case s > v.expect:
+		if _, taken := v.early[s]; !taken && peek != nil && peek.w.Seq == v.expect && len(v.early) < maxGaps {
+			it.before = v.expect
+			v.early[s] = it
+			return
+		}
+		v.addGap(v.expect, s-1, it.line)
+		v.expect = s + 1
+		v.accept(it)
+	case v.fillGap(s):
+		v.problem(s, it.line, ProblemReordered, "record %d is at line %d, after record %d", s, it.line, v.expect-1)
+		v.accept(it)
+	default:
+		v.duplicate(it)
+	}
+}
+
+// takeEarly accepts record s if it appeared ahead of its place.
+func (v *verifier) takeEarly(s uint64) bool {
+	e, ok := v.early[s]
+	if !ok {
+		return false
+	}
+	delete(v.early, s)
+	v.problem(s, e.line, ProblemReordered, "record %d is at line %d, ahead of record %d", s, e.line, s-1)
+	v.expect = s + 1
+	v.accept(e)
+	return true
+}
+
+// duplicate handles a record whose seq is already taken. Which of the two
+// is forged is decided by which one the successor links to.
+func (v *verifier) duplicate(it *item) {
+	s, ln := it.w.Seq, it.line
+	l := &link{hash: it.w.Hash, prev: it.w.Prev, line: ln}
+	old, ok := v.known[s]
+	switch {
+	case !ok:
+		v.problem(s, ln, ProblemInserted, "record %d reappears far out of order (last seq %d)", s, v.expect-1)
+	case old.hash == it.w.Hash:
+		v.problem(s, ln, ProblemInserted, "duplicate of record %d at line %d", s, old.line)
+	case v.alt[s] != nil:
+		v.problem(s, ln, ProblemInserted, "third record claiming seq %d", s)
+	default:
+		next, ok := v.known[s+1]
+		switch {
+		case !ok:
+			v.alt[s] = l // decided when the successor arrives, or at the end
+			v.checkCP(it.w, l)
+		case next.prev == it.w.Hash && it.selfOK:
+			// The successor links here: the record placed first was forged.
+			v.problem(s, old.line, ProblemInserted, "forged record %d: record %d at line %d links to the record %d at line %d instead", s, s+1, next.line, s, ln)
+			v.known[s] = l
+			v.checkCP(it.w, l)
+		default:
+			v.problem(s, ln, ProblemInserted, "second record claiming seq %d (first at line %d)", s, old.line)
+		}
+	}
+}
+
+// accept records an in-place record and checks its hash, signature and links.
+func (v *verifier) accept(it *item) {
+	w := it.w
+	l := &link{hash: w.Hash, prev: w.Prev, line: it.line}
+	if !it.selfOK {
+		v.problem(w.Seq, it.line, ProblemEdited, "record %d content does not match its hash", w.Seq)
 	}
 	v.checkCP(w, l)
 	v.known[w.Seq] = l
@@ -370,6 +430,17 @@ func (v *verifier) evict() {
 }
 
 func (v *verifier) finish() {
+	for v.takeEarly(v.expect) {
+	}
+	early := make([]*item, 0, len(v.early))
+	for _, e := range v.early {
+		early = append(early, e)
+	}
+	sort.Slice(early, func(i, j int) bool { return early[i].line < early[j].line })
+	for _, e := range early {
+		v.problem(e.w.Seq, e.line, ProblemInserted, "record %d at line %d is out of sequence: record %d follows it and the log never reaches %d", e.w.Seq, e.line, e.before, e.w.Seq)
+	}
+	v.early = nil
 	for s, a := range v.alt {
 		v.problem(s, a.line, ProblemInserted, "second record claiming seq %d (no successor links to it)", s)
 	}
