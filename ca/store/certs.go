@@ -1,0 +1,354 @@
+package store
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"math/big"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// CertStatus is a recorded certificate's state. Revocation is final.
+type CertStatus int
+
+const (
+	CertValid CertStatus = iota + 1
+	CertRevoked
+)
+
+func (c CertStatus) String() string {
+	switch c {
+	case CertValid:
+		return "valid"
+	case CertRevoked:
+		return "revoked"
+	}
+	return fmt.Sprintf("CertStatus(%d)", int(c))
+}
+
+// Certificate kinds.
+const (
+	KindX509SVID     = "x509-svid"
+	KindNodeSVID     = "node-svid"
+	KindIntermediate = "intermediate"
+	KindOCSPSigner   = "ocsp-signer"
+)
+
+// CertRecord is one issued certificate.
+type CertRecord struct {
+	Serial      *big.Int
+	SPIFFEID    string
+	NodeID      string
+	EntryID     string
+	IssuerKeyID string
+	Kind        string
+	NotBefore   time.Time
+	NotAfter    time.Time
+	Status      CertStatus
+	RevokedAt   time.Time
+	Reason      int // RFC 5280 CRLReason
+	RevokeSeq   uint64
+}
+
+// RFC 5280 CRLReason codes are 0-10, 7 unused.
+func checkReason(reason int) error {
+	if reason < 0 || reason > 10 || reason == 7 {
+		return fmt.Errorf("%w: CRL reason %d is not an RFC 5280 CRLReason", ErrInvalid, reason)
+	}
+	return nil
+}
+
+func checkRecord(r *CertRecord) ([]byte, error) {
+	key, err := serialKey(r.Serial)
+	if err != nil {
+		return nil, err
+	}
+	switch r.Kind {
+	case KindX509SVID, KindNodeSVID, KindIntermediate, KindOCSPSigner:
+	default:
+		return nil, fmt.Errorf("%w: serial %x: kind %q", ErrInvalid, r.Serial, r.Kind)
+	}
+	if r.Kind == KindX509SVID || r.Kind == KindNodeSVID {
+		if err := checkSPIFFEID("SPIFFE ID", r.SPIFFEID); err != nil {
+			return nil, fmt.Errorf("serial %x: %w", r.Serial, err)
+		}
+	}
+	for _, f := range []struct{ name, v string }{{"SPIFFE ID", r.SPIFFEID}, {"node ID", r.NodeID}, {"entry ID", r.EntryID}} {
+		if f.v != "" {
+			if err := checkID(f.name, f.v); err != nil {
+				return nil, fmt.Errorf("serial %x: %w", r.Serial, err)
+			}
+		}
+	}
+	if err := validKeyID(r.IssuerKeyID); err != nil {
+		return nil, fmt.Errorf("serial %x: issuer: %w", r.Serial, err)
+	}
+	if r.NotBefore.IsZero() || !r.NotAfter.After(r.NotBefore) {
+		return nil, fmt.Errorf("%w: serial %x: validity %s – %s", ErrInvalid, r.Serial, r.NotBefore, r.NotAfter)
+	}
+	if r.Status == 0 {
+		r.Status = CertValid
+	}
+	if r.Status != CertValid {
+		return nil, fmt.Errorf("%w: serial %x: new records must be valid (status %s); use Revoke", ErrInvalid, r.Serial, r.Status)
+	}
+	if !r.RevokedAt.IsZero() || r.Reason != 0 || r.RevokeSeq != 0 {
+		return nil, fmt.Errorf("%w: serial %x: revocation fields set on a new record", ErrInvalid, r.Serial)
+	}
+	return key, nil
+}
+
+// RecordIssued durably records a certificate before it is handed out. It
+// joins concurrent callers into one commit. ErrSerialExists if the serial
+// was ever recorded: the CA must sign again with a fresh serial.
+func (s *Store) RecordIssued(rec CertRecord) error {
+	key, err := checkRecord(&rec)
+	if err != nil {
+		return err
+	}
+	val := encodeCert(&rec)
+	return s.batch("record issued", func(tx *bolt.Tx) error {
+		certs := tx.Bucket(bucketCerts)
+		if certs.Get(key) != nil {
+			return fmt.Errorf("%w: %x", ErrSerialExists, rec.Serial)
+		}
+		if err := certs.Put(key, val); err != nil {
+			return err
+		}
+		subj := tx.Bucket(bucketCertSubject)
+		if rec.NodeID != "" {
+			if err := subj.Put(compositeKey(rec.NodeID, key), nil); err != nil {
+				return err
+			}
+		}
+		if rec.SPIFFEID != "" && rec.SPIFFEID != rec.NodeID {
+			if err := subj.Put(compositeKey(rec.SPIFFEID, key), nil); err != nil {
+				return err
+			}
+		}
+		meta := tx.Bucket(bucketMeta)
+		return putU64(meta, keyNCerts, u64(meta.Get(keyNCerts))+1)
+	})
+}
+
+func (s *Store) getCert(tx *bolt.Tx, key []byte) (CertRecord, error) {
+	v := tx.Bucket(bucketCerts).Get(key)
+	if v == nil {
+		return CertRecord{}, fmt.Errorf("%w: %x", ErrCertNotFound, new(big.Int).SetBytes(key))
+	}
+	r, err := decodeCert(key, v)
+	if err != nil {
+		return CertRecord{}, fmt.Errorf("%s: %w", s.path, err)
+	}
+	return r, nil
+}
+
+// Cert returns the record for serial, or ErrCertNotFound.
+func (s *Store) Cert(serial *big.Int) (CertRecord, error) {
+	key, err := serialKey(serial)
+	if err != nil {
+		return CertRecord{}, err
+	}
+	var r CertRecord
+	err = s.view("cert", func(tx *bolt.Tx) (err error) {
+		r, err = s.getCert(tx, key)
+		return err
+	})
+	return r, err
+}
+
+// revoke marks r revoked inside tx: record, per-issuer index, log, counters.
+func (s *Store) revoke(tx *bolt.Tx, key []byte, r *CertRecord, reason int, at time.Time) error {
+	meta := tx.Bucket(bucketMeta)
+	seq := u64(meta.Get(keyRevSeq)) + 1
+	r.Status, r.Reason, r.RevokedAt, r.RevokeSeq = CertRevoked, reason, at.UTC(), seq
+	val := encodeCert(r)
+	if err := tx.Bucket(bucketCerts).Put(key, val); err != nil {
+		return err
+	}
+	ib, err := tx.Bucket(bucketRevoked).CreateBucketIfNotExists([]byte(r.IssuerKeyID))
+	if err != nil {
+		return fmt.Errorf("store: revoked index for %s: %w", r.IssuerKeyID, err)
+	}
+	if err := ib.Put(key, val); err != nil {
+		return err
+	}
+	if err := tx.Bucket(bucketRevLog).Put(binary.BigEndian.AppendUint64(nil, seq), key); err != nil {
+		return err
+	}
+	if err := putU64(meta, keyRevSeq, seq); err != nil {
+		return err
+	}
+	return putU64(meta, keyNRevoked, u64(meta.Get(keyNRevoked))+1)
+}
+
+func checkRevoke(reason int, at time.Time) error {
+	if err := checkReason(reason); err != nil {
+		return err
+	}
+	if at.IsZero() {
+		return fmt.Errorf("%w: zero revocation time", ErrInvalid)
+	}
+	return nil
+}
+
+// Revoke marks serial revoked at at with an RFC 5280 reason and appends it
+// to the revocation log. ErrCertNotFound, ErrAlreadyRevoked.
+func (s *Store) Revoke(serial *big.Int, reason int, at time.Time) (CertRecord, error) {
+	key, err := serialKey(serial)
+	if err != nil {
+		return CertRecord{}, err
+	}
+	if err := checkRevoke(reason, at); err != nil {
+		return CertRecord{}, err
+	}
+	var r CertRecord
+	err = s.update("revoke", func(tx *bolt.Tx) (err error) {
+		if r, err = s.getCert(tx, key); err != nil {
+			return err
+		}
+		if r.Status == CertRevoked {
+			return fmt.Errorf("%w: %x (seq %d)", ErrAlreadyRevoked, serial, r.RevokeSeq)
+		}
+		return s.revoke(tx, key, &r, reason, at)
+	})
+	if err != nil {
+		return CertRecord{}, err
+	}
+	return r, nil
+}
+
+// RevokeNode revokes, in one transaction, every valid certificate not yet
+// expired at at whose NodeID or SPIFFEID is nodeID: the node's own SVIDs and
+// every workload SVID issued through it. It returns the revoked records in
+// serial order (none is not an error).
+func (s *Store) RevokeNode(nodeID string, reason int, at time.Time) ([]CertRecord, error) {
+	if err := checkID("node ID", nodeID); err != nil {
+		return nil, err
+	}
+	if err := checkRevoke(reason, at); err != nil {
+		return nil, err
+	}
+	var out []CertRecord
+	err := s.update("revoke node", func(tx *bolt.Tx) error {
+		out = out[:0] // the transaction may not be retried, but stay safe
+		p := compositeKey(nodeID, nil)
+		var keys [][]byte
+		c := tx.Bucket(bucketCertSubject).Cursor()
+		for k, _ := c.Seek(p); k != nil && bytes.HasPrefix(k, p); k, _ = c.Next() {
+			if len(k) == len(p)+serialLen {
+				keys = append(keys, append([]byte(nil), k[len(p):]...))
+			}
+		}
+		for _, key := range keys {
+			r, err := s.getCert(tx, key)
+			if err != nil {
+				return err
+			}
+			if r.Status != CertValid || !at.Before(r.NotAfter) || (r.NodeID != nodeID && r.SPIFFEID != nodeID) {
+				continue
+			}
+			if err := s.revoke(tx, key, &r, reason, at); err != nil {
+				return err
+			}
+			out = append(out, r)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// ForEachRevoked calls fn for every certificate issuedby issuerKeyID that
+// was revoked, in serial order, from that issuer's index (no scan of the
+// valid records). fn runs inside a read transaction; its error stops the walk
+// and is returned.
+func (s *Store) ForEachRevoked(issuerKeyID string, fn func(CertRecord) error) error {
+	if err := validKeyID(issuerKeyID); err != nil {
+		return err
+	}
+	if fn == nil {
+		return fmt.Errorf("%w: nil callback", ErrInvalid)
+	}
+	return s.view("revoked scan", func(tx *bolt.Tx) error {
+		ib := tx.Bucket(bucketRevoked).Bucket([]byte(issuerKeyID))
+		if ib == nil {
+			return nil
+		}
+		c := ib.Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			r, err := decodeCert(k, v)
+			if err != nil {
+				return fmt.Errorf("%s: revoked/%s: %w", s.path, issuerKeyID, err)
+			}
+			if err := fn(r); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// ForEachCert calls fn for every recorded certificate in serial order. fn
+// runs inside a read transaction; its error stops the walk and is returned.
+func (s *Store) ForEachCert(fn func(CertRecord) error) error {
+	if fn == nil {
+		return fmt.Errorf("%w: nil callback", ErrInvalid)
+	}
+	return s.view("cert scan", func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketCerts).Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			r, err := decodeCert(k, v)
+			if err != nil {
+				return fmt.Errorf("%s: %w", s.path, err)
+			}
+			if err := fn(r); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// MaxRevocationsPage caps RevocationsSince's limit.
+const MaxRevocationsPage = 10000
+
+// RevocationsSince returns up to limit revocations with RevokeSeq > seq, in
+// RevokeSeq order. Sequence numbers are gap-free, so a consumer that stores
+// the last one it applied never misses a revocation.
+func (s *Store) RevocationsSince(seq uint64, limit int) ([]CertRecord, error) {
+	if limit <= 0 || limit > MaxRevocationsPage {
+		return nil, fmt.Errorf("%w: limit %d (want 1-%d)", ErrInvalid, limit, MaxRevocationsPage)
+	}
+	var out []CertRecord
+	err := s.view("revocations since", func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketRevLog).Cursor()
+		start := binary.BigEndian.AppendUint64(nil, seq+1)
+		if seq == ^uint64(0) {
+			return nil
+		}
+		for k, v := c.Seek(start); k != nil && len(out) < limit; k, v = c.Next() {
+			r, err := s.getCert(tx, v)
+			if err != nil {
+				return fmt.Errorf("%w: revocation log %x: %v", ErrCorrupt, k, err)
+			}
+			out = append(out, r)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// LastRevocationSeq is the RevokeSeq of the latest revocation (0: none).
+func (s *Store) LastRevocationSeq() (uint64, error) {
+	var seq uint64
+	err := s.view("last revocation", func(tx *bolt.Tx) error {
+		seq = u64(tx.Bucket(bucketMeta).Get(keyRevSeq))
+		return nil
+	})
+	return seq, err
+}

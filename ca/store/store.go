@@ -1,0 +1,264 @@
+package store
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
+)
+
+// Group-commit defaults (see Options). A durable RecordIssued costs one
+// fdatasync whatever the batch size, so throughput is callers-per-batch over
+// the commit time. The delay only matters while the writer is idle: while a
+// commit runs, the next batch fills anyway. It is kept well below an fsync so
+// a lone caller pays little extra latency; the size bounds the work (and the
+// retry cost when one call fails) of a single transaction.
+const (
+	DefaultMaxBatchDelay = 200 * time.Microsecond
+	DefaultMaxBatchSize  = 256
+	DefaultTimeout       = time.Second
+)
+
+// Options tune Open. The zero value is the production setting.
+type Options struct {
+	// Timeout bounds the wait for the file lock (default 1s), then ErrLocked.
+	Timeout time.Duration
+	// NoSync skips fsync. Tests only: a crash may lose acknowledged writes.
+	NoSync bool
+	// Verify runs a full page-level consistency check at open (reads the
+	// whole file; for `store check`-style tooling and recovery drills).
+	Verify bool
+	// MaxBatchDelay and MaxBatchSize tune RecordIssued's group commit
+	// (defaults DefaultMaxBatchDelay, DefaultMaxBatchSize).
+	MaxBatchDelay time.Duration
+	MaxBatchSize  int
+}
+
+// Store is the CA's database. It is safe for concurrent use; methods that
+// take a callback run it inside a read transaction, so the callback must not
+// call Store methods that write.
+type Store struct {
+	db   *bolt.DB
+	path string
+}
+
+// Open opens or creates the database at path (mode 0600).
+func Open(path string, opts Options) (*Store, error) {
+	if path == "" {
+		return nil, fmt.Errorf("%w: empty database path", ErrInvalid)
+	}
+	if opts.Timeout <= 0 {
+		opts.Timeout = DefaultTimeout
+	}
+	if opts.MaxBatchDelay <= 0 {
+		opts.MaxBatchDelay = DefaultMaxBatchDelay
+	}
+	if opts.MaxBatchSize <= 0 {
+		opts.MaxBatchSize = DefaultMaxBatchSize
+	}
+	s := &Store{path: path}
+	db, err := s.openBolt(opts)
+	if err != nil {
+		return nil, err
+	}
+	db.MaxBatchDelay = opts.MaxBatchDelay
+	db.MaxBatchSize = opts.MaxBatchSize
+	s.db = db
+	if err := s.check(opts); err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Store) openBolt(opts Options) (db *bolt.DB, err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if p := recover(); p != nil {
+			if db != nil {
+				_ = db.Close()
+			}
+			db, err = nil, fmt.Errorf("%w: %s: open: %v", ErrCorrupt, s.path, p)
+		}
+	}()
+	db, err = bolt.Open(s.path, 0o600, &bolt.Options{Timeout: opts.Timeout, NoSync: opts.NoSync, NoFreelistSync: false})
+	switch {
+	case err == nil:
+		return db, nil
+	case errors.Is(err, berrors.ErrTimeout):
+		return nil, fmt.Errorf("%w: %s (waited %s)", ErrLocked, s.path, opts.Timeout)
+	case errors.Is(err, berrors.ErrInvalid), errors.Is(err, berrors.ErrChecksum),
+		errors.Is(err, berrors.ErrVersionMismatch), errors.Is(err, berrors.ErrInvalidMapping):
+		return nil, fmt.Errorf("%w: %s: open: %w", ErrCorrupt, s.path, err)
+	}
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return nil, fmt.Errorf("store: open %s: %w", s.path, err)
+	}
+	// Anything else bbolt says about an existing file is about its content.
+	return nil, fmt.Errorf("%w: %s: open: %w", ErrCorrupt, s.path, err)
+}
+
+// check verifies the file is whole and initialises or validates the schema.
+func (s *Store) check(opts Options) error {
+	fi, err := os.Stat(s.path)
+	if err != nil {
+		return fmt.Errorf("store: stat %s: %w", s.path, err)
+	}
+	var need int64
+	if err := s.view("size check", func(tx *bolt.Tx) error { need = tx.Size(); return nil }); err != nil {
+		return err
+	}
+	if fi.Size() < need {
+		return fmt.Errorf("%w: %s: truncated: file is %d bytes, its pages need %d", ErrCorrupt, s.path, fi.Size(), need)
+	}
+	if err := s.update("schema", initSchema); err != nil {
+		if !strings.Contains(err.Error(), s.path) {
+			err = fmt.Errorf("%s: %w", s.path, err)
+		}
+		return err
+	}
+	if opts.Verify {
+		return s.view("verify", func(tx *bolt.Tx) error {
+			var errs []error
+			for e := range tx.Check() {
+				errs = append(errs, e)
+				if len(errs) == 10 {
+					break
+				}
+			}
+			if len(errs) > 0 {
+				return fmt.Errorf("%w: %s: consistency check: %w", ErrCorrupt, s.path, errors.Join(errs...))
+			}
+			return s.verifyCounters(tx)
+		})
+	}
+	return nil
+}
+
+// verifyCounters recounts certs/ and revoked/ against the meta counters.
+func (s *Store) verifyCounters(tx *bolt.Tx) error {
+	meta := tx.Bucket(bucketMeta)
+	var certs, revoked uint64
+	if err := tx.Bucket(bucketCerts).ForEach(func(k, v []byte) error {
+		r, err := decodeCert(k, v)
+		if err != nil {
+			return err
+		}
+		certs++
+		if r.Status == CertRevoked {
+			revoked++
+		}
+		return nil
+	}); err != nil {
+		return fmt.Errorf("%s: %w", s.path, err)
+	}
+	if c := u64(meta.Get(keyNCerts)); c != certs {
+		return fmt.Errorf("%w: %s: counter says %d certificates, found %d", ErrCorrupt, s.path, c, certs)
+	}
+	if c := u64(meta.Get(keyNRevoked)); c != revoked {
+		return fmt.Errorf("%w: %s: counter says %d revoked, found %d", ErrCorrupt, s.path, c, revoked)
+	}
+	return nil
+}
+
+// Path is the database file.
+func (s *Store) Path() string { return s.path }
+
+// Close releases the file. Pending batched writes complete first.
+func (s *Store) Close() error {
+	if err := s.db.Close(); err != nil {
+		return fmt.Errorf("store: close %s: %w", s.path, err)
+	}
+	return nil
+}
+
+// Stats are record counts.
+type Stats struct {
+	Entries       int
+	Certs         uint64
+	Revoked       uint64
+	Intermediates int
+}
+
+// Stats counts records. Certificate counts are maintained counters, so this
+// is cheap with millions of serials.
+func (s *Store) Stats() (Stats, error) {
+	var st Stats
+	err := s.view("stats", func(tx *bolt.Tx) error {
+		meta := tx.Bucket(bucketMeta)
+		st.Certs = u64(meta.Get(keyNCerts))
+		st.Revoked = u64(meta.Get(keyNRevoked))
+		st.Entries = tx.Bucket(bucketEntries).Stats().KeyN
+		st.Intermediates = tx.Bucket(bucketIntermediates).Stats().KeyN
+		return nil
+	})
+	return st, err
+}
+
+const maxMetaKey = 256
+
+func checkMetaKey(key string) error {
+	if key == "" {
+		return fmt.Errorf("%w: empty meta key", ErrInvalid)
+	}
+	if len(key) > maxMetaKey {
+		return fmt.Errorf("%w: meta key longer than %d bytes", ErrInvalid, maxMetaKey)
+	}
+	return nil
+}
+
+// GetMeta returns the value PutMeta stored under key, or ErrMetaNotFound.
+func (s *Store) GetMeta(key string) ([]byte, error) {
+	if err := checkMetaKey(key); err != nil {
+		return nil, err
+	}
+	var out []byte
+	err := s.view("get meta", func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketKV).Get([]byte(key))
+		if v == nil {
+			return fmt.Errorf("%w: %q", ErrMetaNotFound, key)
+		}
+		out = append([]byte{}, v...)
+		return nil
+	})
+	return out, err
+}
+
+// PutMeta stores val (nil counts as empty) under key, durably.
+func (s *Store) PutMeta(key string, val []byte) error {
+	if err := checkMetaKey(key); err != nil {
+		return err
+	}
+	if val == nil {
+		val = []byte{}
+	}
+	return s.update("put meta", func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketKV).Put([]byte(key), val)
+	})
+}
+
+// UpdateMeta atomically replaces key's value by fn(old) (old is nil when
+// absent; fn must not retain it). An error from fn aborts with nothing
+// written. Use it for counters such as CRL numbers, which must never repeat.
+func (s *Store) UpdateMeta(key string, fn func(old []byte) ([]byte, error)) error {
+	if err := checkMetaKey(key); err != nil {
+		return err
+	}
+	return s.update("update meta", func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketKV)
+		nv, err := fn(b.Get([]byte(key)))
+		if err != nil {
+			return err
+		}
+		if nv == nil {
+			nv = []byte{}
+		}
+		return b.Put([]byte(key), nv)
+	})
+}
