@@ -12,9 +12,8 @@ import (
 
 // keyRef is a key handle valid for one generation of the Token's Context.
 type keyRef struct {
-	key   crypto11.Signer
-	gen   uint64
-	label string
+	key crypto11.Signer
+	gen uint64
 }
 
 // signer is a crypto.Signer backed by a key pair on a Token. It survives
@@ -30,9 +29,9 @@ type signer struct {
 
 func (t *Token) newSigner(label string, id []byte, k crypto11.Signer, gen uint64) *signer {
 	s := &signer{t: t, label: label, id: id, pub: k.Public()}
-	ref := &keyRef{key: k, gen: gen, label: label}
+	ref := &keyRef{key: k, gen: gen}
 	s.ref.Store(ref)
-	t.probe.Store(ref)
+	t.probe.Store(s)
 	return s
 }
 
@@ -87,8 +86,7 @@ func (s *signer) current(ctx *crypto11.Context, gen uint64) (*keyRef, error) {
 	if !ok || !eq.Equal(keys[0].Public()) {
 		return nil, fmt.Errorf("%w: %s: public key changed after reopen", ErrKeyNotFound, describeKey(s.label, s.id))
 	}
-	ref := &keyRef{key: keys[0], gen: gen, label: s.label}
+	ref := &keyRef{key: keys[0], gen: gen}
 	s.ref.Store(ref)
-	s.t.probe.Store(ref)
 	return ref, nil
 }

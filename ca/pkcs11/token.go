@@ -47,6 +47,11 @@ func WithSessionWait(d time.Duration) Option { return func(o *options) { o.sessi
 // (default DefaultModuleDirs).
 func WithModuleDirs(dirs ...string) Option { return func(o *options) { o.moduleDirs = dirs } }
 
+// genMu makes "is the label free? then create" atomic for all Tokens of
+// this process. Key generation is rare; other processes sharing the token
+// are not covered.
+var genMu sync.Mutex
+
 // Token is an open, logged-in PKCS#11 token. It is safe for concurrent use.
 type Token struct {
 	uri    *URI // the token-selecting part of the URI Open got, no PIN value
@@ -54,7 +59,8 @@ type Token struct {
 	pin    string
 	opts   options
 
-	genMu sync.Mutex // one key generation at a time: label check, then create
+	label string   // the token's label, fixed at Open
+	raw   *p11.Ctx // module handle of our own for C_GetTokenInfo in Ping
 
 	mu      sync.RWMutex // write-held by Close and Reopen
 	ctx     *crypto11.Context
@@ -63,7 +69,7 @@ type Token struct {
 	lastErr error // why ctx is nil after a failed Reopen
 	closed  bool
 
-	probe atomic.Pointer[keyRef] // a key handle Ping checks
+	probe atomic.Pointer[signer] // a key Ping reads
 	kick  chan struct{}          // wakes Supervise
 }
 
@@ -111,6 +117,13 @@ func Open(u *URI, opts ...Option) (*Token, error) {
 	t := &Token{uri: sel, module: module, pin: pin, opts: o, kick: make(chan struct{}, 1)}
 	if err := t.open(); err != nil {
 		return nil, err
+	}
+	t.label = clean(t.found.info.Label)
+	// The module is initialised now; this handle only maps it, so it
+	// survives Reopen's finalise and initialise.
+	if t.raw = p11.New(module); t.raw == nil {
+		t.Close()
+		return nil, fmt.Errorf("%w: %s: cannot load library a second time", ErrModule, module)
 	}
 	return t, nil
 }
@@ -182,7 +195,9 @@ func (t *Token) Close() error {
 		return nil
 	}
 	t.closed = true
-	return t.closeCtx()
+	err := t.closeCtx()
+	t.raw.Destroy()
+	return err
 }
 
 // Reopen closes the PKCS#11 context and configures a new one: the way back
@@ -207,11 +222,7 @@ func (t *Token) Reopen() error {
 
 // String names the token and module, for errors and logs.
 func (t *Token) String() string {
-	label := clean(t.found.info.Label)
-	if label == "" {
-		label = t.uri.Token
-	}
-	return fmt.Sprintf("token %q (module %s)", label, t.module)
+	return fmt.Sprintf("token %q (module %s)", t.label, t.module)
 }
 
 // withCtx runs f with the current Context, holding it open.
@@ -227,12 +238,20 @@ func (t *Token) withCtx(f func(ctx *crypto11.Context, gen uint64) error) error {
 	return f(t.ctx, t.gen)
 }
 
-// Ping checks that the token still answers: a session operation
-// (C_GenerateRandom) and, once a key has been used, a read of that key's
-// handle, which fails when the token's objects have gone away. It wraps
-// ErrHSMUnavailable or ErrClosed.
+// Ping checks that the token still answers: the slot still holds this
+// token (C_GetTokenInfo), a session operation works (C_GenerateRandom) and,
+// once a key has been handed out, that key's handle can be read, which
+// fails when the token's objects have gone away. It wraps ErrHSMUnavailable
+// or ErrClosed.
 func (t *Token) Ping() error {
 	err := t.withCtx(func(ctx *crypto11.Context, gen uint64) error {
+		ti, err := t.raw.GetTokenInfo(t.found.slot)
+		if err != nil {
+			return fmt.Errorf("C_GetTokenInfo: %w", err)
+		}
+		if clean(ti.Label) != t.label || clean(ti.SerialNumber) != clean(t.found.info.SerialNumber) {
+			return fmt.Errorf("slot %d now holds token %q serial %q", t.found.slot, clean(ti.Label), clean(ti.SerialNumber))
+		}
 		r, err := ctx.NewRandomReader()
 		if err != nil {
 			return err
@@ -241,9 +260,13 @@ func (t *Token) Ping() error {
 		if _, err := io.ReadFull(r, b[:]); err != nil {
 			return fmt.Errorf("C_GenerateRandom: %w", err)
 		}
-		if ref := t.probe.Load(); ref != nil && ref.gen == gen {
+		if s := t.probe.Load(); s != nil {
+			ref, err := s.current(ctx, gen)
+			if err != nil {
+				return fmt.Errorf("find key %q: %w", s.label, err)
+			}
 			if _, err := ctx.GetAttribute(ref.key, crypto11.CkaSign); err != nil {
-				return fmt.Errorf("read key %q: %w", ref.label, err)
+				return fmt.Errorf("read key %q: %w", s.label, err)
 			}
 		}
 		return nil
@@ -261,7 +284,7 @@ func (t *Token) KeyURI(label string) string {
 	u := *t.uri
 	u.Object, u.Type = label, "private"
 	if u.Token == "" {
-		u.Token = clean(t.found.info.Label)
+		u.Token = t.label
 	}
 	return u.String()
 }
@@ -288,8 +311,8 @@ func (t *Token) GenerateSignerAlg(label string, alg Algorithm) (crypto.Signer, e
 	if _, err := rand.Read(id); err != nil {
 		return nil, err
 	}
-	t.genMu.Lock()
-	defer t.genMu.Unlock()
+	genMu.Lock()
+	defer genMu.Unlock()
 	var s *signer
 	err = t.withCtx(func(ctx *crypto11.Context, gen uint64) error {
 		existing, err := ctx.FindKeyPairs(nil, []byte(label))

@@ -529,3 +529,35 @@ func TestReopenWhileGone(t *testing.T) {
 		t.Fatalf("Sign after recovery: %v", err)
 	}
 }
+
+// TestPingWithoutKeys: Ping notices a vanished token before any key has
+// been handed out (nothing to probe but the slot).
+func TestPingWithoutKeys(t *testing.T) {
+	tok := openToken(t)
+	if err := tok.Ping(); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(hsm.Dir, "tokens")
+	if err := os.Rename(dir, dir+".gone"); err != nil {
+		t.Fatal(err)
+	}
+	back := false
+	t.Cleanup(func() {
+		if !back {
+			os.Rename(dir+".gone", dir)
+		}
+	})
+	if err := tok.Ping(); !errors.Is(err, ErrHSMUnavailable) {
+		t.Fatalf("Ping with the token gone: %v, want ErrHSMUnavailable", err)
+	}
+	if err := os.Rename(dir+".gone", dir); err != nil {
+		t.Fatal(err)
+	}
+	back = true
+	if err := tok.Reopen(); err != nil {
+		t.Fatal(err)
+	}
+	if err := tok.Ping(); err != nil {
+		t.Fatalf("Ping after Reopen: %v", err)
+	}
+}
