@@ -1,0 +1,228 @@
+package enforcer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+)
+
+// Deps are what the agent gets from other parts of Palisade.
+type Deps struct {
+	// SVID is this node's X509-SVID (node attestation), rotated by its owner.
+	SVID x509svid.Source
+	// Revocation answers CRL/OCSP status (revocation package).
+	Revocation RevocationChecker
+	// Bans is optional.
+	Bans BanChecker
+	// Bundle overrides Config.TrustBundle when set.
+	Bundle x509bundle.Source
+	Logger *slog.Logger
+}
+
+// Agent runs the enforcer on a node: datapath, admission server,
+// pre-admission to peers, revocation re-checks and the flow log.
+type Agent struct {
+	cfg   Config
+	deps  Deps
+	log   *slog.Logger
+	dp    *Datapath
+	adm   *Admitter
+	local spiffeid.ID
+	ln    net.Listener
+
+	mu     sync.Mutex
+	policy *Policy
+}
+
+// NewAgent loads (or adopts) the pinned datapath, configures it, adopts
+// saved admissions, attaches to the interfaces and opens the admission
+// listener. cfg must have passed SetDefaults and Validate. On error the
+// already pinned state is left as it was: enforcement stays on.
+func NewAgent(ctx context.Context, cfg Config, deps Deps) (*Agent, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if deps.SVID == nil || deps.Revocation == nil {
+		return nil, fmt.Errorf("%w: agent needs an SVID source and a revocation checker", ErrConfig)
+	}
+	if deps.Logger == nil {
+		deps.Logger = slog.New(slog.DiscardHandler)
+	}
+	td := spiffeid.RequireTrustDomainFromString(cfg.TrustDomain)
+	if deps.Bundle == nil {
+		b, err := x509bundle.Load(td, cfg.TrustBundle)
+		if err != nil {
+			return nil, fmt.Errorf("%w: trust_bundle: %w", ErrConfig, err)
+		}
+		deps.Bundle = b
+	}
+	pol, err := LoadPolicy(cfg.PolicyFile)
+	if err != nil {
+		return nil, err
+	}
+	svid, err := deps.SVID.GetX509SVID()
+	if err != nil {
+		return nil, fmt.Errorf("enforcer: own SVID: %w", err)
+	}
+	mode, _ := ParseMode(cfg.Mode)
+	a := &Agent{cfg: cfg, deps: deps, log: deps.Logger, policy: pol, local: svid.ID}
+	a.dp, err = OpenDatapath(DatapathOptions{PinDir: cfg.PinDir})
+	if err != nil {
+		return nil, err
+	}
+	fail := func(err error) (*Agent, error) {
+		if a.ln != nil {
+			a.ln.Close()
+		}
+		a.dp.Close()
+		return nil, err
+	}
+	if err := a.dp.SetConfig(mode, cfg.AdmissionPort); err != nil {
+		return fail(err)
+	}
+	a.adm, err = NewAdmitter(AdmitterOptions{
+		Table: a.dp, SVID: deps.SVID, Policy: pol,
+		Verifier:      &Verifier{TrustDomain: td, Bundle: deps.Bundle, Revocation: deps.Revocation, Bans: deps.Bans},
+		AdmissionPort: cfg.AdmissionPort, MaxAdmission: cfg.MaxAdmission,
+		StatePath: filepath.Join(cfg.StateDir, "admissions.json"), Logger: deps.Logger,
+	})
+	if err != nil {
+		return fail(err)
+	}
+	for _, name := range cfg.Interfaces {
+		ifc, err := net.InterfaceByName(name)
+		if err != nil {
+			return fail(fmt.Errorf("enforcer: interface %q: %w", name, err))
+		}
+		how, err := a.dp.Attach(ifc.Index, AttachMode(cfg.Attach))
+		if err != nil {
+			return fail(err)
+		}
+		a.log.Info("enforcing", "interface", name, "hook", string(how), "mode", cfg.Mode)
+	}
+	a.ln, err = ListenAdmission(ctx, cfg.listenAddr())
+	if err != nil {
+		return fail(err)
+	}
+	return a, nil
+}
+
+// Datapath exposes the datapath (status, counters).
+func (a *Agent) Datapath() *Datapath { return a.dp }
+
+// Admitter exposes admission (status; Recheck for the revocation feed).
+func (a *Agent) Admitter() *Admitter { return a.adm }
+
+// AdmissionAddr is the bound admission listener address.
+func (a *Agent) AdmissionAddr() net.Addr { return a.ln.Addr() }
+
+// ReloadPolicy re-reads the policy file and applies it; a bad file
+// changes nothing.
+func (a *Agent) ReloadPolicy() error {
+	p, err := LoadPolicy(a.cfg.PolicyFile)
+	if err != nil {
+		return err
+	}
+	if err := a.adm.SetPolicy(p); err != nil {
+		return err
+	}
+	a.mu.Lock()
+	a.policy = p
+	a.mu.Unlock()
+	return nil
+}
+
+// Run serves admissions, admits this node to its peers, re-checks
+// revocation and writes the flow log until ctx ends. It then closes file
+// descriptors only: pinned program, maps and links keep enforcing.
+func (a *Agent) Run(ctx context.Context) error {
+	peers, _ := a.cfg.PeerAddrs()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errc := make(chan error, 2)
+	wg.Add(4)
+	go func() { defer wg.Done(); errc <- a.adm.Serve(ctx, a.ln) }()
+	go func() { defer wg.Done(); a.adm.RecheckLoop(ctx, a.cfg.RecheckInterval) }()
+	go func() { defer wg.Done(); a.adm.Maintain(ctx, peers) }()
+	go func() { defer wg.Done(); errc <- a.recordFlows(ctx) }()
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+		cancel()
+	}
+	wg.Wait()
+	a.dp.Close()
+	return err
+}
+
+// recordFlows turns kernel flow events into flow log records.
+func (a *Agent) recordFlows(ctx context.Context) error {
+	fr, err := a.dp.Flows()
+	if err != nil {
+		return err
+	}
+	go func() { <-ctx.Done(); fr.Close() }()
+	var w io.Writer = io.Discard
+	if a.cfg.FlowLog != "" {
+		if err := os.MkdirAll(filepath.Dir(a.cfg.FlowLog), 0o700); err != nil {
+			return fmt.Errorf("enforcer: flow log: %w", err)
+		}
+		f, err := os.OpenFile(a.cfg.FlowLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		if err != nil {
+			return fmt.Errorf("enforcer: flow log: %w", err)
+		}
+		defer f.Close()
+		w = f
+	}
+	for {
+		ev, err := fr.Read()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("enforcer: read flows: %w", err)
+		}
+		a.mu.Lock()
+		pol := a.policy
+		a.mu.Unlock()
+		rec := a.record(pol, ev)
+		if err := WriteFlowRecord(w, rec); err != nil {
+			a.log.Error("flow log write failed", "err", err)
+		}
+	}
+}
+
+// record orients an event like a policy rule (initiator first).
+func (a *Agent) record(pol *Policy, ev FlowEvent) FlowRecord {
+	r := FlowRecord{Time: ev.Time, To: a.local.String(), FromAddr: ev.Src, ToAddr: ev.Dst,
+		Port: ev.DstPort, Proto: protoName(ev.Proto), Verdict: ev.Verdict.String(), Reason: ev.Reason.String(), Ifindex: ev.Ifindex}
+	if ev.Proto == ProtoICMP || ev.Proto == ProtoICMPv6 {
+		r.Port = 0
+	}
+	peer, ok := a.adm.PeerID(ev.Ifindex, ev.Src)
+	if !ok || ev.Identity == 0 {
+		return r
+	}
+	r.From = peer.String()
+	if ev.Verdict == VerdictPass && len(pol.Allows(peer, a.local, r.Port, ev.Proto)) == 0 {
+		// Passed through a Reply entry: local opened it to peer.
+		r.From, r.To = a.local.String(), peer.String()
+		r.FromAddr, r.ToAddr = ev.Dst, ev.Src
+		if r.Port != 0 {
+			r.Port = ev.SrcPort
+		}
+	}
+	return r
+}

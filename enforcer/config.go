@@ -1,0 +1,149 @@
+package enforcer
+
+import (
+	"fmt"
+	"net/netip"
+	"path/filepath"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// Config is the enforcer section of the agent's YAML config.
+type Config struct {
+	// Interfaces to enforce on (ingress), by name.
+	Interfaces []string `yaml:"interfaces"`
+	// Attach: auto (TCX, tc clsact fallback), tcx or tc.
+	Attach string `yaml:"attach"`
+	// Mode: enforce or audit.
+	Mode string `yaml:"mode"`
+	// PinDir on bpffs holds maps, program and links across restarts.
+	PinDir string `yaml:"pin_dir"`
+	// StateDir holds admissions.json (durable admission records).
+	StateDir string `yaml:"state_dir"`
+	// AdmissionAddress is the listen address, host only (empty: all).
+	AdmissionAddress string `yaml:"admission_address"`
+	// AdmissionPort is the listening and dialing port of admission.
+	AdmissionPort uint16 `yaml:"admission_port"`
+	// MaxAdmission caps an admission below the SVID's not-after.
+	MaxAdmission time.Duration `yaml:"max_admission"`
+	// RecheckInterval between revocation re-checks of admitted peers.
+	RecheckInterval time.Duration `yaml:"recheck_interval"`
+	// TrustDomain of admitted peers, e.g. example.org.
+	TrustDomain string `yaml:"trust_domain"`
+	// TrustBundle is a PEM file of trust anchors (unless the agent
+	// passes a bundle source in Deps).
+	TrustBundle string `yaml:"trust_bundle"`
+	// PolicyFile is the policy-as-code file.
+	PolicyFile string `yaml:"policy_file"`
+	// Peers this node admits itself to ahead of traffic: "addr" or
+	// "addr:port" / "[v6]:port" (port defaults to AdmissionPort).
+	Peers []string `yaml:"peers"`
+	// FlowLog is the JSON Lines flow log (`palisade flows`). Empty: none.
+	FlowLog string `yaml:"flow_log"`
+}
+
+// Defaults.
+const (
+	DefaultPinDir          = "/sys/fs/bpf/palisade"
+	DefaultStateDir        = "/var/lib/palisade/enforcer"
+	DefaultAdmissionPort   = 7443
+	DefaultMaxAdmission    = time.Hour
+	DefaultRecheckInterval = 250 * time.Millisecond
+)
+
+// SetDefaults fills unset fields.
+func (c *Config) SetDefaults() {
+	if c.Attach == "" {
+		c.Attach = string(AttachAuto)
+	}
+	if c.Mode == "" {
+		c.Mode = "enforce"
+	}
+	if c.PinDir == "" {
+		c.PinDir = DefaultPinDir
+	}
+	if c.StateDir == "" {
+		c.StateDir = DefaultStateDir
+	}
+	if c.AdmissionPort == 0 {
+		c.AdmissionPort = DefaultAdmissionPort
+	}
+	if c.MaxAdmission == 0 {
+		c.MaxAdmission = DefaultMaxAdmission
+	}
+	if c.RecheckInterval == 0 {
+		c.RecheckInterval = DefaultRecheckInterval
+	}
+}
+
+// Validate checks the config (after SetDefaults).
+func (c *Config) Validate() error {
+	bad := func(format string, a ...any) error {
+		return fmt.Errorf("%w: %s", ErrConfig, fmt.Sprintf(format, a...))
+	}
+	if len(c.Interfaces) == 0 {
+		return bad("interfaces: at least one")
+	}
+	switch AttachMode(c.Attach) {
+	case AttachAuto, AttachTCX, AttachTC:
+	default:
+		return bad("attach %q (want auto, tcx or tc)", c.Attach)
+	}
+	if _, err := ParseMode(c.Mode); err != nil {
+		return err
+	}
+	if !filepath.IsAbs(c.PinDir) || !filepath.IsAbs(c.StateDir) {
+		return bad("pin_dir and state_dir must be absolute paths")
+	}
+	if c.AdmissionAddress != "" {
+		if _, err := netip.ParseAddr(c.AdmissionAddress); err != nil {
+			return bad("admission_address %q: %v", c.AdmissionAddress, err)
+		}
+	}
+	if c.AdmissionPort == 0 {
+		return bad("admission_port missing")
+	}
+	if c.MaxAdmission < time.Minute {
+		return bad("max_admission %v is under a minute", c.MaxAdmission)
+	}
+	if c.RecheckInterval <= 0 || c.RecheckInterval > time.Second {
+		return bad("recheck_interval %v: want (0, 1s] so revocation applies within a second", c.RecheckInterval)
+	}
+	if _, err := spiffeid.TrustDomainFromString(c.TrustDomain); err != nil {
+		return bad("trust_domain %q: %v", c.TrustDomain, err)
+	}
+	if c.PolicyFile == "" {
+		return bad("policy_file missing")
+	}
+	if _, err := c.PeerAddrs(); err != nil {
+		return err
+	}
+	return nil
+}
+
+// PeerAddrs parses Peers.
+func (c *Config) PeerAddrs() ([]netip.AddrPort, error) {
+	var out []netip.AddrPort
+	for _, p := range c.Peers {
+		if ap, err := netip.ParseAddrPort(p); err == nil {
+			out = append(out, ap)
+			continue
+		}
+		a, err := netip.ParseAddr(p)
+		if err != nil {
+			return nil, fmt.Errorf("%w: peer %q: want an address or address:port", ErrConfig, p)
+		}
+		out = append(out, netip.AddrPortFrom(a, c.AdmissionPort))
+	}
+	return out, nil
+}
+
+func (c *Config) listenAddr() string {
+	return netip.AddrPortFrom(func() netip.Addr {
+		if c.AdmissionAddress == "" {
+			return netip.IPv6Unspecified()
+		}
+		return netip.MustParseAddr(c.AdmissionAddress)
+	}(), c.AdmissionPort).String()
+}
