@@ -110,8 +110,8 @@ func (c *Config) Validate() error {
 	if c.RecheckInterval <= 0 || c.RecheckInterval > time.Second {
 		return bad("recheck_interval %v: want (0, 1s] so revocation applies within a second", c.RecheckInterval)
 	}
-	if _, err := spiffeid.TrustDomainFromString(c.TrustDomain); err != nil {
-		return bad("trust_domain %q: %v", c.TrustDomain, err)
+	if td, err := spiffeid.TrustDomainFromString(c.TrustDomain); err != nil || td.Name() != c.TrustDomain {
+		return bad("trust_domain %q: want a bare trust domain name like example.org", c.TrustDomain)
 	}
 	if c.PolicyFile == "" {
 		return bad("policy_file missing")
