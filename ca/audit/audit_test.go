@@ -6,6 +6,7 @@ import (
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -396,10 +397,16 @@ func TestOpenRecovery(t *testing.T) {
 			if rec.Kind != KindRecovered || uint64(len(lines))+1 != seq {
 				t.Fatalf("line after the old tail is %s (seq %d), want %s; head %d", rec.Kind, rec.Seq, KindRecovered, seq)
 			}
-			var d struct{ Offset, Bytes int64 }
+			var d struct {
+				Offset, Bytes int64
+				SavedAs       string `json:"saved_as"`
+			}
 			json.Unmarshal(rec.Data, &d)
 			if d.Bytes != int64(len(tail)) || d.Offset != int64(len(joinLines(lines))) {
 				t.Fatalf("recovered record says %+v, cut %d bytes at %d", d, len(tail), len(joinLines(lines)))
+			}
+			if saved, err := os.ReadFile(filepath.Join(filepath.Dir(path), d.SavedAs)); err != nil || string(saved) != tail {
+				t.Fatalf("torn tail not preserved in %q: %v", d.SavedAs, err)
 			}
 		})
 	}
@@ -557,4 +564,42 @@ func TestLifecycle(t *testing.T) {
 			t.Fatalf("record 2 is %s", w.Kind)
 		}
 	})
+}
+
+func TestVerifyRoots(t *testing.T) {
+	key := newKey(t, elliptic.P256())
+	pool, cert := newChain(t, key)
+	otherPool, _ := newChain(t, newKey(t, elliptic.P256()))
+	future := func() time.Time { return time.Date(2101, 1, 1, 0, 0, 0, 0, time.UTC) }
+	tests := []struct {
+		name    string
+		roots   *x509.CertPool
+		now     func() time.Time
+		noCert  bool
+		wantErr bool
+	}{
+		{"chains to roots", pool, nil, false, false},
+		{"other roots", otherPool, nil, false, true},
+		{"certificate expired at checkpoint time", pool, future, false, true},
+		{"no certificate embedded", pool, nil, true, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			opts := Options{CheckpointEvery: 4, SignerCert: cert, Now: tc.now}
+			if tc.noCert {
+				opts.SignerCert = nil
+			}
+			b, _ := os.ReadFile(writeLog(t, key, 9, opts))
+			rep, err := verifyBytes(b, VerifyOptions{Roots: tc.roots, RequireCheckpointAtEnd: true})
+			if !tc.wantErr {
+				if err != nil || rep.Checkpoints != 3 {
+					t.Fatalf("err %v, %d checkpoints\n%s", err, rep.Checkpoints, problemList(rep.Problems))
+				}
+				return
+			}
+			if !errors.Is(err, ErrTampered) || rep.Problems[0].Kind != ProblemBadSignature || rep.Problems[0].Seq != 5 {
+				t.Fatalf("want bad-signature at seq 5, got %v\n%s", err, problemList(rep.Problems))
+			}
+		})
+	}
 }

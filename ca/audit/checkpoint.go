@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 )
 
 // checkpointData is the Data of a checkpoint record. It is covered by the
@@ -142,7 +143,7 @@ func (v *verifier) checkCheckpoint(w *wire) (untrusted bool, err error) {
 	var pub *ecdsa.PublicKey
 	trusted := false
 	if w.Cert != nil {
-		cert, err := x509.ParseCertificate(w.Cert)
+		cert, err := v.parseCert(w.Cert)
 		if err != nil {
 			return false, fmt.Errorf("checkpoint certificate: %w", err)
 		}
@@ -156,8 +157,7 @@ func (v *verifier) checkCheckpoint(w *wire) (untrusted bool, err error) {
 		pub = k
 		if v.opts.Roots != nil {
 			t, _ := parseTime(w.Time)
-			if _, err := cert.Verify(x509.VerifyOptions{Roots: v.opts.Roots, CurrentTime: t,
-				KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+			if err := v.chainCert(cert, t); err != nil {
 				if len(v.keys) == 0 {
 					return false, fmt.Errorf("checkpoint certificate does not chain to the trusted roots: %w", err)
 				}
@@ -189,4 +189,49 @@ func (v *verifier) checkCheckpoint(w *wire) (untrusted bool, err error) {
 		return false, errors.New("checkpoint signature does not verify: the chain up to here was rewritten, or the signature was forged")
 	}
 	return false, nil
+}
+
+// certWindow caches a certificate that chained to the roots and the span in
+// which its whole chain is valid, so each checkpoint does not rebuild it.
+type certWindow struct {
+	cert     *x509.Certificate
+	from, to time.Time
+}
+
+func (v *verifier) parseCert(der []byte) (*x509.Certificate, error) {
+	if c, ok := v.certs[string(der)]; ok {
+		return c.cert, nil
+	}
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, err
+	}
+	if len(v.certs) < 64 {
+		v.certs[string(der)] = &certWindow{cert: c}
+	}
+	return c, nil
+}
+
+func (v *verifier) chainCert(cert *x509.Certificate, at time.Time) error {
+	cw := v.certs[string(cert.Raw)]
+	if cw != nil && !cw.from.IsZero() && !at.Before(cw.from) && !at.After(cw.to) {
+		return nil
+	}
+	chains, err := cert.Verify(x509.VerifyOptions{Roots: v.opts.Roots, CurrentTime: at,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
+	if err != nil {
+		return err
+	}
+	if cw != nil {
+		cw.from, cw.to = cert.NotBefore, cert.NotAfter
+		for _, c := range chains[0] {
+			if c.NotBefore.After(cw.from) {
+				cw.from = c.NotBefore
+			}
+			if c.NotAfter.Before(cw.to) {
+				cw.to = c.NotAfter
+			}
+		}
+	}
+	return nil
 }

@@ -30,9 +30,10 @@ func newKey(t testing.TB, c elliptic.Curve) *ecdsa.PrivateKey {
 func newChain(t testing.TB, key crypto.Signer) (*x509.CertPool, *x509.Certificate) {
 	t.Helper()
 	rootKey := newKey(t, elliptic.P256())
-	now := time.Now()
+	// Wide validity: records carry the fixed test clock's time.
+	from, to := time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC), time.Date(2100, 1, 1, 0, 0, 0, 0, time.UTC)
 	rootTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "audit test root"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour), IsCA: true, BasicConstraintsValid: true,
+		NotBefore: from, NotAfter: to, IsCA: true, BasicConstraintsValid: true,
 		KeyUsage: x509.KeyUsageCertSign}
 	rootDER, err := x509.CreateCertificate(rand.Reader, rootTmpl, rootTmpl, rootKey.Public(), rootKey)
 	if err != nil {
@@ -40,7 +41,7 @@ func newChain(t testing.TB, key crypto.Signer) (*x509.CertPool, *x509.Certificat
 	}
 	root, _ := x509.ParseCertificate(rootDER)
 	leafTmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "audit checkpoint"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour), KeyUsage: x509.KeyUsageDigitalSignature}
+		NotBefore: from, NotAfter: to, KeyUsage: x509.KeyUsageDigitalSignature}
 	leafDER, err := x509.CreateCertificate(rand.Reader, leafTmpl, root, key.Public(), rootKey)
 	if err != nil {
 		t.Fatal(err)

@@ -44,7 +44,6 @@ const (
 	// An unterminated tail longer than one batch cannot come from a torn
 	// write; Open refuses to cut it.
 	maxTornBytes = maxBatchBytes + MaxLineBytes
-	tornSample   = 256
 )
 
 // Log is an open audit log. All methods are safe for concurrent use.
@@ -91,8 +90,8 @@ type request struct {
 // checkpoints by other keys are chain-checked only: use Verify with roots
 // for full trust) and refuses a broken log with an error wrapping
 // ErrTampered. An unterminated last line, which a crash can leave and which
-// was never acknowledged, is cut off and an "audit.recovered" record notes
-// its offset, length and SHA-256.
+// was never acknowledged, is moved to "<path>.torn-<offset>" and an
+// "audit.recovered" record notes its offset, length and SHA-256.
 func Open(path string, signer crypto.Signer, opts Options) (*Log, error) {
 	cp, err := newCPSigner(signer, opts.SignerCert)
 	if err != nil {
@@ -183,15 +182,27 @@ func (l *Log) load(created bool) error {
 	return nil
 }
 
-// cutTorn truncates the unterminated tail and describes what was cut.
+// cutTorn moves the unterminated tail into a sidecar file (evidence is never
+// destroyed, only set aside), truncates the log and describes what was cut.
 func (l *Log) cutTorn(end, n int64) (json.RawMessage, error) {
-	h := sha256.New()
-	sample := make([]byte, min(n, tornSample))
-	if _, err := l.f.ReadAt(sample, end); err != nil {
-		return nil, fmt.Errorf("audit: read torn tail: %w", err)
+	side := fmt.Sprintf("%s.torn-%d", l.path, end)
+	sf, err := os.OpenFile(side, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("audit: save torn tail: %w", err)
 	}
-	if _, err := io.Copy(h, io.NewSectionReader(l.f, end, n)); err != nil {
-		return nil, fmt.Errorf("audit: read torn tail: %w", err)
+	h := sha256.New()
+	_, err = io.Copy(io.MultiWriter(sf, h), io.NewSectionReader(l.f, end, n))
+	if err == nil {
+		err = sf.Sync()
+	}
+	if cerr := sf.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = syncDir(filepath.Dir(l.path))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("audit: save torn tail to %s: %w", side, err)
 	}
 	if err := l.f.Truncate(end); err != nil {
 		return nil, fmt.Errorf("audit: truncate torn tail: %w", err)
@@ -200,12 +211,12 @@ func (l *Log) cutTorn(end, n int64) (json.RawMessage, error) {
 		return nil, fmt.Errorf("audit: sync after truncating torn tail: %w", err)
 	}
 	return json.Marshal(struct {
-		Reason string `json:"reason"`
-		Offset int64  `json:"offset"`
-		Bytes  int64  `json:"bytes"`
-		SHA256 string `json:"sha256"`
-		Head   []byte `json:"head"`
-	}{"unterminated last line (crash during an unacknowledged write)", end, n, hex.EncodeToString(h.Sum(nil)), sample})
+		Reason  string `json:"reason"`
+		Offset  int64  `json:"offset"`
+		Bytes   int64  `json:"bytes"`
+		SHA256  string `json:"sha256"`
+		SavedAs string `json:"saved_as"`
+	}{"unterminated last line (crash during an unacknowledged write)", end, n, hex.EncodeToString(h.Sum(nil)), filepath.Base(side)})
 }
 
 // lastNewline returns the offset just past the last newline (0 if none),

@@ -110,13 +110,14 @@ type verifier struct {
 	known            map[uint64]*link
 	alt              map[uint64]*link // second record claiming a seq, until a successor decides
 	early            map[uint64]*item // records found ahead of their place
+	certs            map[string]*certWindow
 	gaps             []gap
 	lastAnyCP        uint64 // last checkpoint by any key (Open schedules from it)
 }
 
 func newVerifier(opts VerifyOptions) (*verifier, error) {
 	v := &verifier{opts: opts, keys: map[string]*ecdsa.PublicKey{}, expect: 1,
-		known: map[uint64]*link{}, alt: map[uint64]*link{}, early: map[uint64]*item{}}
+		known: map[uint64]*link{}, alt: map[uint64]*link{}, early: map[uint64]*item{}, certs: map[string]*certWindow{}}
 	for _, k := range opts.Keys {
 		ek, ok := k.(*ecdsa.PublicKey)
 		if !ok {
