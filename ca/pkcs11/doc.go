@@ -7,5 +7,12 @@
 // It is the only package that imports crypto11; everything else signs
 // through crypto.Signer. Failures are reported with the sentinel errors in
 // errors.go so callers can tell a wrong PIN from a missing token from an HSM
-// that went away mid-run (ErrHSMUnavailable, recovered with Token.Reopen).
+// that went away mid-run (ErrHSMUnavailable).
+//
+// A crypto11 Context does not recover once its token has gone away:
+// Token.Reopen replaces it, and Signers handed out before find their keys
+// again. Token.Supervise does this on its own (ping, reopen, report). Keep
+// one Token per module per process: the module is only re-initialised
+// when its last Token closes, and some modules (SoftHSM2) only see a
+// returning token after that.
 package pkcs11

@@ -108,7 +108,15 @@ func preflight(module string, u *URI, pin string) (found, error) {
 	}
 	defer ctx.Destroy()
 	if registry.modules[module] == 0 {
-		if err := ctx.Initialize(); err != nil {
+		err := ctx.Initialize()
+		if errors.Is(err, p11.Error(p11.CKR_CRYPTOKI_ALREADY_INITIALIZED)) {
+			// Left initialised by a Context whose Close failed half-way
+			// (crypto11 skips the rest after a C_Finalize error); no one
+			// else uses it, so start over.
+			_ = ctx.Finalize()
+			err = ctx.Initialize()
+		}
+		if err != nil {
 			return f, fmt.Errorf("%w: %s: C_Initialize: %w", ErrModule, module, err)
 		}
 		defer ctx.Finalize()
