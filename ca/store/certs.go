@@ -32,6 +32,7 @@ func (c CertStatus) String() string {
 const (
 	KindX509SVID     = "x509-svid"
 	KindNodeSVID     = "node-svid"
+	KindServerSVID   = "server-svid" // the appliance's own service identities
 	KindIntermediate = "intermediate"
 	KindOCSPSigner   = "ocsp-signer"
 )
@@ -66,11 +67,11 @@ func checkRecord(r *CertRecord) ([]byte, error) {
 		return nil, err
 	}
 	switch r.Kind {
-	case KindX509SVID, KindNodeSVID, KindIntermediate, KindOCSPSigner:
+	case KindX509SVID, KindNodeSVID, KindServerSVID, KindIntermediate, KindOCSPSigner:
 	default:
 		return nil, fmt.Errorf("%w: serial %x: kind %q", ErrInvalid, r.Serial, r.Kind)
 	}
-	if r.Kind == KindX509SVID || r.Kind == KindNodeSVID {
+	if r.Kind == KindX509SVID || r.Kind == KindNodeSVID || r.Kind == KindServerSVID {
 		if err := checkSPIFFEID("SPIFFE ID", r.SPIFFEID); err != nil {
 			return nil, fmt.Errorf("serial %x: %w", r.Serial, err)
 		}
@@ -140,7 +141,7 @@ func (s *Store) getCert(tx *bolt.Tx, key []byte) (CertRecord, error) {
 	}
 	r, err := decodeCert(key, v)
 	if err != nil {
-		return CertRecord{}, fmt.Errorf("%s: %w", s.path, err)
+		return CertRecord{}, s.corrupt(err)
 	}
 	return r, nil
 }
@@ -283,7 +284,7 @@ func (s *Store) ForEachRevoked(issuerKeyID string, fn func(CertRecord) error) er
 		for k, v := c.First(); k != nil; k, v = c.Next() {
 			r, err := decodeCert(k, v)
 			if err != nil {
-				return fmt.Errorf("%s: revoked/%s: %w", s.path, issuerKeyID, err)
+				return s.corrupt(err)
 			}
 			if err := fn(r); err != nil {
 				return err
@@ -304,7 +305,7 @@ func (s *Store) ForEachCert(fn func(CertRecord) error) error {
 		for k, v := c.First(); k != nil; k, v = c.Next() {
 			r, err := decodeCert(k, v)
 			if err != nil {
-				return fmt.Errorf("%s: %w", s.path, err)
+				return s.corrupt(err)
 			}
 			if err := fn(r); err != nil {
 				return err

@@ -82,6 +82,21 @@ func Create(dir, label string) (*Token, error) {
 	return tok, nil
 }
 
+// Another initialises one more token labelled label beside tok, sharing
+// its configuration and PIN. Create every token a test binary needs before
+// the PKCS#11 library is first initialised: modules may not see tokens that
+// appear later.
+func (tok *Token) Another(label string) (*Token, error) {
+	cmd := exec.Command("softhsm2-util", "--init-token", "--free", "--label", label, "--so-pin", tok.SOPIN, "--pin", tok.PIN)
+	cmd.Env = append(os.Environ(), "SOFTHSM2_CONF="+tok.ConfPath)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("softhsm: init token %s: %v: %s", label, err, strings.TrimSpace(string(out)))
+	}
+	t2 := *tok
+	t2.Label = label
+	return &t2, nil
+}
+
 // NewToken creates a token in a fresh temporary directory for t. It skips
 // (or fails under PALISADE_TEST_STRICT=1) when SoftHSM2 is not installed.
 func NewToken(t testing.TB) *Token {

@@ -37,3 +37,23 @@ func TestPctEncode(t *testing.T) {
 		})
 	}
 }
+
+func TestAnotherSharesConfAndPIN(t *testing.T) {
+	tok := NewToken(t)
+	other, err := tok.Another("second")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if other.ConfPath != tok.ConfPath || other.PIN != tok.PIN || other.Label != "second" {
+		t.Fatalf("unexpected token %+v", other)
+	}
+	out, err := exec.Command("softhsm2-util", "--show-slots").CombinedOutput()
+	if err != nil {
+		t.Fatalf("show-slots: %v: %s", err, out)
+	}
+	for _, l := range []string{tok.Label, "second"} {
+		if !strings.Contains(string(out), "Label:            "+l) {
+			t.Fatalf("token %q not listed:\n%s", l, out)
+		}
+	}
+}

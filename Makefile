@@ -1,0 +1,67 @@
+# Palisade. `make demo` runs the appliance end to end on embedded defaults;
+# `make test` runs every test. Both install what they need (Debian 12, root).
+
+SHELL := /bin/bash
+GO ?= go
+BIN := $(CURDIR)/bin
+export PATH := $(PATH):/usr/sbin:/sbin
+
+# Debian packages the tests, the demo and the benchmarks use.
+APT_PACKAGES := softhsm2 opensc openssl swtpm swtpm-tools tpm2-tools clang llvm libbpf-dev \
+	bpftool iperf3 wrk iproute2 protobuf-compiler ca-certificates
+
+.PHONY: all deps build vet generate-check test test-unit test-integration fuzz demo bench clean
+
+all: build
+
+# Installs missing packages only; `apt-get update` runs first whenever
+# something is missing.
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+build:
+	$(GO) build -o $(BIN)/ ./cmd/...
+
+vet:
+	$(GO) vet ./...
+	$(GO) vet -tags integration ./test/...
+
+# Generated code (bpf2go, protobuf) is committed; regenerating it must not
+# change it.
+generate-check: deps
+	$(GO) generate ./enforcer/...
+	git diff --exit-code -- enforcer
+
+test: deps vet generate-check test-unit test-integration fuzz
+
+test-unit:
+	PALISADE_TEST_STRICT=1 $(GO) test -count=1 -timeout 20m ./...
+
+test-integration: build
+	PALISADE_TEST_STRICT=1 PALISADE_BIN=$(BIN) $(GO) test -count=1 -p 1 -timeout 40m -tags integration ./test/...
+
+# A short coverage-guided run of each fuzz target on top of the seed corpora
+# that test-unit already ran.
+FUZZ_TIME ?= 10s
+fuzz:
+	@mkdir -p $(BIN)
+	@$(GO) test -list 'Fuzz.*' ./... | awk '/^Fuzz/ {f[n++]=$$1} /^ok/ {for (i = 0; i < n; i++) print f[i], $$2; n = 0}' | \
+	while read fn pkg; do \
+		echo "fuzz $$pkg $$fn ($(FUZZ_TIME))"; \
+		PALISADE_TEST_STRICT=1 $(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZ_TIME) $$pkg > $(BIN)/fuzz.log 2>&1 || { cat $(BIN)/fuzz.log; exit 1; }; \
+	done
+
+demo: deps build
+	BIN=$(BIN) bash test/demo/demo.sh
+
+bench: deps build
+	$(GO) run ./test/bench/issuance
+
+clean:
+	rm -rf $(BIN) demo-out

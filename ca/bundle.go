@@ -1,0 +1,51 @@
+package ca
+
+import (
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+)
+
+// BundleRefreshHint tells bundle consumers how often to poll.
+const BundleRefreshHint = 5 * time.Minute
+
+// Bundle returns the trust bundle: the root as the X.509 authority and the
+// JWT keys of every live generation (the next one included, so it is
+// published before it signs anything).
+func (c *CA) Bundle() *spiffebundle.Bundle {
+	b := spiffebundle.New(c.td)
+	b.AddX509Authority(c.root)
+	c.mu.RLock()
+	for _, s := range c.live {
+		_ = b.AddJWTAuthority(s.jwtKID, s.jwtSigner.Public())
+	}
+	seq := c.bundleSq
+	c.mu.RUnlock()
+	b.SetRefreshHint(BundleRefreshHint)
+	b.SetSequenceNumber(seq)
+	return b
+}
+
+// BundleJSON returns the bundle in SPIFFE bundle (JWKS) format.
+func (c *CA) BundleJSON() ([]byte, error) {
+	out, err := c.Bundle().Marshal()
+	if err != nil {
+		return nil, fmt.Errorf("ca: marshal bundle: %w", err)
+	}
+	return out, nil
+}
+
+// BundlePEM returns the X.509 trust anchors as PEM.
+func (c *CA) BundlePEM() []byte { return CertsPEM([]*x509.Certificate{c.root}) }
+
+// CertsPEM encodes certificates as consecutive PEM blocks.
+func CertsPEM(certs []*x509.Certificate) []byte {
+	var out []byte
+	for _, cert := range certs {
+		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})...)
+	}
+	return out
+}

@@ -1,0 +1,256 @@
+package nodeapi
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/big"
+	"strings"
+	"time"
+
+	"github.com/palisade-id/palisade/ca"
+	"github.com/palisade-id/palisade/ca/nodeapi/nodev1"
+	"github.com/palisade-id/palisade/ca/store"
+	"github.com/palisade-id/palisade/ca/tlspolicy"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+)
+
+// NodePathPrefix is the path of node SVIDs; they come only from attestation,
+// never from a CSR over this API.
+const NodePathPrefix = "/palisade/node/"
+
+// ServerPath is the path of palisade-server's own SVID.
+const ServerPath = "/palisade/server"
+
+// Entries lists registration entries.
+type Entries interface {
+	ListEntries(store.EntryFilter) ([]store.Entry, error)
+}
+
+// Certs looks up issued certificates, for the caller's revocation status.
+type Certs interface {
+	Cert(serial *big.Int) (store.CertRecord, error)
+}
+
+// Options configure the service.
+type Options struct {
+	CA      *ca.CA
+	Entries Entries
+	Certs   Certs
+	// Gate, if set, may refuse a verified caller (e.g. a banned node).
+	Gate func(ctx context.Context, caller spiffeid.ID) error
+	Log  *slog.Logger
+}
+
+// Service implements nodev1.NodeServer.
+type Service struct {
+	nodev1.UnimplementedNodeServer
+	o Options
+}
+
+// New returns the service.
+func New(o Options) *Service {
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	return &Service{o: o}
+}
+
+// Register adds the service to g.
+func (s *Service) Register(g *grpc.Server) { nodev1.RegisterNodeServer(g, s) }
+
+// ServerTLS returns the listener's TLS configuration. Client certificates are
+// requested but verified per call, so unauthenticated services (node
+// attestation) can share the listener.
+func ServerTLS(getCert func(*tls.ClientHelloInfo) (*tls.Certificate, error)) *tls.Config {
+	return tlspolicy.Apply(&tls.Config{
+		GetCertificate: getCert,
+		ClientAuth:     tls.RequestClientCert,
+	})
+}
+
+// Caller verifies the peer's X509-SVID against bundle and returns its ID and
+// leaf certificate.
+func Caller(ctx context.Context, bundle *x509bundle.Bundle) (spiffeid.ID, *x509.Certificate, error) {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return spiffeid.ID{}, nil, errors.New("no peer")
+	}
+	ti, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok {
+		return spiffeid.ID{}, nil, errors.New("not a TLS connection")
+	}
+	certs := ti.State.PeerCertificates
+	if len(certs) == 0 {
+		return spiffeid.ID{}, nil, errors.New("no client X509-SVID presented")
+	}
+	id, _, err := x509svid.Verify(certs, bundle)
+	if err != nil {
+		return spiffeid.ID{}, nil, fmt.Errorf("client X509-SVID: %w", err)
+	}
+	return id, certs[0], nil
+}
+
+func (s *Service) authenticate(ctx context.Context) (spiffeid.ID, error) {
+	b := x509bundle.FromX509Authorities(s.o.CA.TrustDomain(), []*x509.Certificate{s.o.CA.Root()})
+	id, leaf, err := Caller(ctx, b)
+	if err != nil {
+		return spiffeid.ID{}, status.Error(codes.Unauthenticated, err.Error())
+	}
+	rec, err := s.o.Certs.Cert(leaf.SerialNumber)
+	switch {
+	case errors.Is(err, store.ErrCertNotFound):
+		return spiffeid.ID{}, status.Errorf(codes.Unauthenticated, "client SVID serial %x was not issued by this appliance", leaf.SerialNumber)
+	case err != nil:
+		return spiffeid.ID{}, status.Errorf(codes.Unavailable, "revocation lookup: %v", err)
+	case rec.Status == store.CertRevoked:
+		return spiffeid.ID{}, status.Errorf(codes.PermissionDenied, "client SVID serial %x is revoked", leaf.SerialNumber)
+	}
+	if s.o.Gate != nil {
+		if err := s.o.Gate(ctx, id); err != nil {
+			return spiffeid.ID{}, status.Errorf(codes.PermissionDenied, "%s: %v", id, err)
+		}
+	}
+	return id, nil
+}
+
+// authorizedEntry finds the entry parented by caller for id.
+func (s *Service) authorizedEntry(caller, id spiffeid.ID) (store.Entry, error) {
+	if strings.HasPrefix(id.Path(), NodePathPrefix) || id.Path() == ServerPath {
+		return store.Entry{}, status.Errorf(codes.PermissionDenied, "%s is a node or server identity: it is only issued through attestation", id)
+	}
+	es, err := s.o.Entries.ListEntries(store.EntryFilter{ParentID: caller.String(), SPIFFEID: id.String()})
+	if err != nil {
+		return store.Entry{}, status.Errorf(codes.Unavailable, "entries: %v", err)
+	}
+	if len(es) == 0 {
+		return store.Entry{}, status.Errorf(codes.PermissionDenied, "%s is not authorised for %s (no registration entry with that parent)", caller, id)
+	}
+	return es[0], nil
+}
+
+func caStatus(err error) error {
+	switch {
+	case errors.Is(err, ca.ErrMalformedCSR), errors.Is(err, ca.ErrCSRTooLarge), errors.Is(err, ca.ErrCSRSignature),
+		errors.Is(err, ca.ErrCSRKey), errors.Is(err, ca.ErrURISANCount), errors.Is(err, ca.ErrInvalidSPIFFEID),
+		errors.Is(err, ca.ErrForeignTrustDomain), errors.Is(err, ca.ErrTTLTooLong), errors.Is(err, ca.ErrBadTTL),
+		errors.Is(err, ca.ErrBadAudience), errors.Is(err, ca.ErrIDMismatch):
+		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, ca.ErrNoActiveIssuer):
+		return status.Error(codes.Unavailable, err.Error())
+	}
+	return status.Error(codes.Internal, err.Error())
+}
+
+// SignX509SVID implements nodev1.NodeServer.
+func (s *Service) SignX509SVID(ctx context.Context, req *nodev1.SignX509SVIDRequest) (*nodev1.SignX509SVIDResponse, error) {
+	caller, err := s.authenticate(ctx)
+	if err != nil {
+		return nil, err
+	}
+	csr, err := ca.ParseCSR(req.GetCsr(), s.o.CA.TrustDomain())
+	if err != nil {
+		return nil, caStatus(err)
+	}
+	entry, err := s.authorizedEntry(caller, csr.ID)
+	if err != nil {
+		return nil, err
+	}
+	ttl := time.Duration(req.GetTtlSeconds()) * time.Second
+	if ttl < 0 {
+		return nil, status.Error(codes.InvalidArgument, "ttl_seconds must not be negative")
+	}
+	if ttl == 0 {
+		ttl = entry.X509TTL
+	}
+	svid, err := s.o.CA.SignX509SVID(ctx, ca.X509Request{
+		CSR: csr, ID: csr.ID, TTL: ttl, DNSNames: entry.DNSNames,
+		NodeID: caller.String(), EntryID: entry.ID, Actor: caller.String(),
+	})
+	if err != nil {
+		return nil, caStatus(err)
+	}
+	resp := &nodev1.SignX509SVIDResponse{EntryId: entry.ID}
+	for _, c := range svid.Certificates {
+		resp.CertChain = append(resp.CertChain, c.Raw)
+	}
+	return resp, nil
+}
+
+// MintJWTSVID implements nodev1.NodeServer.
+func (s *Service) MintJWTSVID(ctx context.Context, req *nodev1.MintJWTSVIDRequest) (*nodev1.MintJWTSVIDResponse, error) {
+	caller, err := s.authenticate(ctx)
+	if err != nil {
+		return nil, err
+	}
+	id, err := spiffeid.FromString(req.GetSpiffeId())
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "spiffe_id %q: %v", req.GetSpiffeId(), err)
+	}
+	entry, err := s.authorizedEntry(caller, id)
+	if err != nil {
+		return nil, err
+	}
+	ttl := time.Duration(req.GetTtlSeconds()) * time.Second
+	if ttl < 0 {
+		return nil, status.Error(codes.InvalidArgument, "ttl_seconds must not be negative")
+	}
+	if ttl == 0 {
+		ttl = entry.JWTTTL
+	}
+	tok, err := s.o.CA.SignJWTSVID(ctx, ca.JWTRequest{ID: id, Audience: req.GetAudience(), TTL: ttl, Actor: caller.String()})
+	if err != nil {
+		return nil, caStatus(err)
+	}
+	return &nodev1.MintJWTSVIDResponse{Token: tok.Token, ExpiresAt: tok.ExpiresAt.Unix()}, nil
+}
+
+// FetchBundle implements nodev1.NodeServer.
+func (s *Service) FetchBundle(ctx context.Context, _ *nodev1.FetchBundleRequest) (*nodev1.FetchBundleResponse, error) {
+	if _, err := s.authenticate(ctx); err != nil {
+		return nil, err
+	}
+	b := s.o.CA.Bundle()
+	js, err := b.Marshal()
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	seq, _ := b.SequenceNumber()
+	resp := &nodev1.FetchBundleResponse{SpiffeBundle: js, Sequence: seq}
+	for _, c := range b.X509Authorities() {
+		resp.X509Authorities = append(resp.X509Authorities, c.Raw)
+	}
+	return resp, nil
+}
+
+// ListAuthorizedEntries implements nodev1.NodeServer.
+func (s *Service) ListAuthorizedEntries(ctx context.Context, _ *nodev1.ListAuthorizedEntriesRequest) (*nodev1.ListAuthorizedEntriesResponse, error) {
+	caller, err := s.authenticate(ctx)
+	if err != nil {
+		return nil, err
+	}
+	es, err := s.o.Entries.ListEntries(store.EntryFilter{ParentID: caller.String()})
+	if err != nil {
+		return nil, status.Errorf(codes.Unavailable, "entries: %v", err)
+	}
+	resp := &nodev1.ListAuthorizedEntriesResponse{}
+	for _, e := range es {
+		pe := &nodev1.Entry{Id: e.ID, SpiffeId: e.SPIFFEID, ParentId: e.ParentID, DnsNames: e.DNSNames,
+			X509TtlSeconds: int64(e.X509TTL / time.Second), JwtTtlSeconds: int64(e.JWTTTL / time.Second)}
+		for _, sel := range e.Selectors {
+			pe.Selectors = append(pe.Selectors, sel.Type+":"+sel.Value)
+		}
+		resp.Entries = append(resp.Entries, pe)
+	}
+	return resp, nil
+}

@@ -1,0 +1,158 @@
+// Package appliance opens the appliance's durable parts from configuration:
+// the HSM token, the store, the audit log and the CA. palisade-server and
+// the operator CLI's offline verbs (ceremony, audit verify) share it.
+package appliance
+
+import (
+	"context"
+	"crypto"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/palisade-id/palisade/ca"
+	"github.com/palisade-id/palisade/ca/audit"
+	"github.com/palisade-id/palisade/ca/pkcs11"
+	"github.com/palisade-id/palisade/ca/store"
+	"github.com/palisade-id/palisade/cmd/internal/config"
+)
+
+// Appliance is an opened, initialised appliance.
+type Appliance struct {
+	Cfg   *config.Server
+	Token *pkcs11.Token
+	Store *store.Store
+	Audit *audit.Log
+	CA    *ca.CA
+}
+
+// Sink adapts the audit log to the Append signature its consumers declare.
+type Sink struct{ Log *audit.Log }
+
+// Append records one event durably.
+func (s Sink) Append(ctx context.Context, kind, actor string, data any) error {
+	_, err := s.Log.Append(ctx, kind, actor, data)
+	return err
+}
+
+// OpenHSM opens the configured token.
+func OpenHSM(cfg *config.Server) (*pkcs11.Token, error) {
+	u, err := pkcs11.ParseURI(cfg.HSM.Token)
+	if err != nil {
+		return nil, fmt.Errorf("hsm.token: %w", err)
+	}
+	alg, err := pkcs11.ParseAlgorithm(cfg.CA.KeyAlgorithm)
+	if err != nil {
+		return nil, err
+	}
+	return pkcs11.Open(u, pkcs11.WithAlgorithm(alg))
+}
+
+// OpenStore opens the store under data_dir.
+func OpenStore(cfg *config.Server) (*store.Store, error) {
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("data_dir: %w", err)
+	}
+	return store.Open(cfg.StorePath(), store.Options{})
+}
+
+func auditOptions(cfg *config.Server, cert *x509.Certificate) audit.Options {
+	return audit.Options{
+		CheckpointEvery:    cfg.Audit.CheckpointEvery,
+		CheckpointInterval: cfg.Audit.CheckpointInterval,
+		SignerCert:         cert,
+	}
+}
+
+// Ceremony initialises the appliance: keys in the HSM, metadata in the
+// store, the first audit record. It refuses an initialised appliance.
+func Ceremony(ctx context.Context, cfg *config.Server, actor string) (*ca.CeremonyResult, error) {
+	tok, err := OpenHSM(cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer tok.Close()
+	st, err := OpenStore(cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer st.Close()
+	var log *audit.Log
+	res, err := ca.Ceremony(ctx, cfg.CA, tok, st, actor, func(signer crypto.Signer, cert *x509.Certificate) (ca.Auditor, error) {
+		if _, err := os.Stat(cfg.Audit.Path); err == nil {
+			return nil, fmt.Errorf("%w: audit log %s already exists", ca.ErrAlreadyInitialized, cfg.Audit.Path)
+		}
+		l, err := audit.Open(cfg.Audit.Path, signer, auditOptions(cfg, cert))
+		if err != nil {
+			return nil, err
+		}
+		log = l
+		return Sink{l}, nil
+	}, nil)
+	if log != nil {
+		if cerr := log.Close(); err == nil && cerr != nil {
+			err = cerr
+		}
+	}
+	return res, err
+}
+
+// Open opens an initialised appliance. caOpts may set URLs and hooks; Keys,
+// Store and Audit are filled in here.
+func Open(cfg *config.Server, caOpts ca.Options) (*Appliance, error) {
+	a := &Appliance{Cfg: cfg}
+	var err error
+	if a.Token, err = OpenHSM(cfg); err != nil {
+		return nil, err
+	}
+	if a.Store, err = OpenStore(cfg); err != nil {
+		a.Close()
+		return nil, err
+	}
+	meta, err := a.Store.CAMeta()
+	if errors.Is(err, store.ErrNotInitialized) {
+		a.Close()
+		return nil, ca.ErrNotInitialized
+	}
+	if err != nil {
+		a.Close()
+		return nil, err
+	}
+	auditCert, err := x509.ParseCertificate(meta.AuditCertDER)
+	if err != nil {
+		a.Close()
+		return nil, fmt.Errorf("stored audit certificate: %w", err)
+	}
+	signer, err := a.Token.Signer(ca.AuditKeyLabel)
+	if err != nil {
+		a.Close()
+		return nil, fmt.Errorf("audit key: %w", err)
+	}
+	if a.Audit, err = audit.Open(cfg.Audit.Path, signer, auditOptions(cfg, auditCert)); err != nil {
+		a.Close()
+		return nil, err
+	}
+	caOpts.Keys, caOpts.Store, caOpts.Audit = a.Token, a.Store, Sink{a.Audit}
+	if a.CA, err = ca.Load(cfg.CA, caOpts); err != nil {
+		a.Close()
+		return nil, err
+	}
+	return a, nil
+}
+
+// Close releases everything in reverse order of opening. Closing the audit
+// log writes a final signed checkpoint.
+func (a *Appliance) Close() error {
+	var errs []error
+	if a.Audit != nil {
+		errs = append(errs, a.Audit.Close())
+	}
+	if a.Store != nil {
+		errs = append(errs, a.Store.Close())
+	}
+	if a.Token != nil {
+		errs = append(errs, a.Token.Close())
+	}
+	return errors.Join(errs...)
+}

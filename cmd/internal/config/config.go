@@ -1,0 +1,186 @@
+// Package config is palisade-server's one configuration file: YAML, strict
+// (an unknown key is an error, so a typo never silently falls back to a
+// default), shared by the server and by the operator CLI verbs that work on
+// the appliance's files directly (ceremony, audit verify).
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/palisade-id/palisade/ca"
+)
+
+// Server is palisade-server's configuration.
+type Server struct {
+	DataDir string `yaml:"data_dir"`
+	// HSM names the token holding every CA key, as an RFC 7512 URI with
+	// module-path and pin-source (never the PIN itself on a command line).
+	HSM     HSM           `yaml:"hsm"`
+	CA      ca.Config     `yaml:"ca"`
+	Admin   Admin         `yaml:"admin"`
+	NodeAPI Listener      `yaml:"node_api"`
+	HTTP    HTTP          `yaml:"http"`
+	Metrics Listener      `yaml:"metrics"`
+	Audit   Audit         `yaml:"audit"`
+	Log     Log           `yaml:"log"`
+	Rotate  time.Duration `yaml:"rotation_interval"`
+}
+
+// HSM selects the PKCS#11 token.
+type HSM struct {
+	Token string `yaml:"token"`
+}
+
+// Admin is the operator socket.
+type Admin struct {
+	Socket string `yaml:"socket"`
+}
+
+// Listener is a TCP listen address.
+type Listener struct {
+	Listen string `yaml:"listen"`
+}
+
+// HTTP serves CRLs and OCSP inside the enclave.
+type HTTP struct {
+	Listen string `yaml:"listen"`
+	// PublicURL is the base written into CDP and AIA of every certificate.
+	PublicURL string `yaml:"public_url"`
+}
+
+// Audit is the tamper-evident log.
+type Audit struct {
+	Path               string        `yaml:"path"`
+	CheckpointEvery    int           `yaml:"checkpoint_every"`
+	CheckpointInterval time.Duration `yaml:"checkpoint_interval"`
+}
+
+// Log configures slog.
+type Log struct {
+	Level string `yaml:"level"` // debug, info, warn, error
+}
+
+// Load reads and validates path.
+func Load(path string) (*Server, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	cfg, err := Parse(raw)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// Parse decodes raw strictly, applies defaults and validates.
+func Parse(raw []byte) (*Server, error) {
+	var cfg Server
+	dec := yaml.NewDecoder(bytes.NewReader(raw))
+	dec.KnownFields(true)
+	if err := dec.Decode(&cfg); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, errors.New("empty configuration")
+		}
+		return nil, err
+	}
+	var extra any
+	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+		return nil, errors.New("more than one YAML document")
+	}
+	cfg.Defaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &cfg, nil
+}
+
+// Defaults fills unset fields.
+func (c *Server) Defaults() {
+	if c.DataDir == "" {
+		c.DataDir = "/var/lib/palisade"
+	}
+	c.CA.Defaults()
+	if c.Admin.Socket == "" {
+		c.Admin.Socket = "/run/palisade/admin.sock"
+	}
+	if c.NodeAPI.Listen == "" {
+		c.NodeAPI.Listen = "127.0.0.1:8443"
+	}
+	if c.HTTP.Listen == "" {
+		c.HTTP.Listen = "127.0.0.1:8080"
+	}
+	if c.HTTP.PublicURL == "" {
+		c.HTTP.PublicURL = "http://" + c.HTTP.Listen
+	}
+	if c.Metrics.Listen == "" {
+		c.Metrics.Listen = "127.0.0.1:9090"
+	}
+	if c.Audit.Path == "" {
+		c.Audit.Path = filepath.Join(c.DataDir, "audit.log")
+	}
+	if c.Audit.CheckpointEvery == 0 {
+		c.Audit.CheckpointEvery = 1000
+	}
+	if c.Audit.CheckpointInterval == 0 {
+		c.Audit.CheckpointInterval = time.Minute
+	}
+	if c.Log.Level == "" {
+		c.Log.Level = "info"
+	}
+	if c.Rotate == 0 {
+		c.Rotate = time.Minute
+	}
+}
+
+// StorePath is the bbolt file.
+func (c *Server) StorePath() string { return filepath.Join(c.DataDir, "palisade.db") }
+
+// Validate reports the first bad setting.
+func (c *Server) Validate() error {
+	if c.HSM.Token == "" {
+		return errors.New("hsm.token: an RFC 7512 pkcs11: URI is required")
+	}
+	if err := c.CA.Validate(); err != nil {
+		return err
+	}
+	if !filepath.IsAbs(c.DataDir) {
+		return fmt.Errorf("data_dir %q must be absolute", c.DataDir)
+	}
+	if !filepath.IsAbs(c.Admin.Socket) || len(c.Admin.Socket) > 100 {
+		return fmt.Errorf("admin.socket %q must be an absolute path under 100 bytes", c.Admin.Socket)
+	}
+	for name, addr := range map[string]string{"node_api.listen": c.NodeAPI.Listen, "http.listen": c.HTTP.Listen} {
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return fmt.Errorf("%s %q: %w", name, addr, err)
+		}
+	}
+	host, _, err := net.SplitHostPort(c.Metrics.Listen)
+	if err != nil {
+		return fmt.Errorf("metrics.listen %q: %w", c.Metrics.Listen, err)
+	}
+	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		return fmt.Errorf("metrics.listen %q: metrics are served on loopback only", c.Metrics.Listen)
+	}
+	if c.Audit.CheckpointEvery < 1 || c.Audit.CheckpointInterval < time.Second {
+		return errors.New("audit: checkpoint_every must be ≥ 1 and checkpoint_interval ≥ 1s")
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		return fmt.Errorf("log.level %q: want debug, info, warn or error", c.Log.Level)
+	}
+	if c.Rotate < time.Second {
+		return fmt.Errorf("rotation_interval %s: at least 1s", c.Rotate)
+	}
+	return nil
+}

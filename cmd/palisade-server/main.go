@@ -1,0 +1,204 @@
+// Command palisade-server runs the appliance: the CA behind its HSM, the
+// node API (gRPC, mutual TLS 1.3), the operator socket, revocation over HTTP
+// inside the enclave, and Prometheus metrics on loopback.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	"github.com/palisade-id/palisade/ca"
+	"github.com/palisade-id/palisade/ca/admin"
+	"github.com/palisade-id/palisade/ca/nodeapi"
+	"github.com/palisade-id/palisade/ca/store"
+	"github.com/palisade-id/palisade/cmd/internal/appliance"
+	"github.com/palisade-id/palisade/cmd/internal/config"
+)
+
+func main() {
+	if len(os.Args) < 2 || os.Args[1] != "run" {
+		fmt.Fprintln(os.Stderr, "usage: palisade-server run -config FILE")
+		os.Exit(2)
+	}
+	fs := flag.NewFlagSet("palisade-server run", flag.ExitOnError)
+	cfgPath := fs.String("config", "/etc/palisade/server.yaml", "configuration file")
+	_ = fs.Parse(os.Args[2:])
+	cfg, err := config.Load(*cfgPath)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "palisade-server:", err)
+		os.Exit(2)
+	}
+	log := newLogger(cfg.Log.Level)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, cfg, log); err != nil {
+		log.Error("palisade-server stopped", "err", err)
+		os.Exit(1)
+	}
+}
+
+func newLogger(level string) *slog.Logger {
+	var l slog.Level
+	_ = l.UnmarshalText([]byte(level))
+	return slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: l}))
+}
+
+type metrics struct {
+	reg    *prometheus.Registry
+	issued *prometheus.CounterVec
+}
+
+func newMetrics() *metrics {
+	m := &metrics{reg: prometheus.NewRegistry()}
+	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.issued = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "palisade_certificates_issued_total", Help: "Durably recorded certificates, by kind.",
+	}, []string{"kind"})
+	m.reg.MustRegister(m.issued)
+	return m
+}
+
+func run(ctx context.Context, cfg *config.Server, log *slog.Logger) error {
+	m := newMetrics()
+	caOpts := ca.Options{
+		CRLURL:   func(keyID string) string { return cfg.HTTP.PublicURL + "/crl/" + keyID + ".crl" },
+		OCSPURL:  cfg.HTTP.PublicURL + "/ocsp",
+		OnIssued: func(r store.CertRecord) { m.issued.WithLabelValues(r.Kind).Inc() },
+	}
+	app, err := appliance.Open(cfg, caOpts)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := app.Close(); err != nil {
+			log.Error("close", "err", err)
+		}
+	}()
+	sink := appliance.Sink{Log: app.Audit}
+	if _, err := app.CA.Rotate(ctx); err != nil {
+		return fmt.Errorf("initial rotation check: %w", err)
+	}
+	ident, err := nodeapi.NewIdentity(ctx, app.CA)
+	if err != nil {
+		return err
+	}
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "palisade_hsm_up", Help: "1 when the HSM answers.",
+	}, func() float64 {
+		if app.Token.Ping() != nil {
+			return 0
+		}
+		return 1
+	}))
+
+	// Node API.
+	nodeLn, err := net.Listen("tcp", cfg.NodeAPI.Listen)
+	if err != nil {
+		return fmt.Errorf("node_api.listen: %w", err)
+	}
+	grpcSrv := grpc.NewServer(
+		grpc.Creds(credentials.NewTLS(nodeapi.ServerTLS(ident.GetCertificate))),
+		grpc.MaxRecvMsgSize(1<<20),
+	)
+	nodeapi.New(nodeapi.Options{CA: app.CA, Entries: app.Store, Certs: app.Store, Log: log}).Register(grpcSrv)
+
+	// Operator socket.
+	mux := admin.NewMux()
+	(&admin.CARoutes{CA: app.CA, Store: app.Store, Audit: sink, Checks: map[string]admin.Health{
+		"hsm":   func(context.Context) error { return app.Token.Ping() },
+		"store": func(context.Context) error { _, err := app.Store.Stats(); return err },
+		"issuer": func(context.Context) error {
+			is, err := app.CA.ActiveIssuer()
+			if err != nil {
+				return err
+			}
+			if time.Until(is.Cert.NotAfter) <= 0 {
+				return errors.New("active intermediate expired")
+			}
+			return nil
+		},
+	}}).Register(mux)
+	adminSrv, err := admin.Listen(cfg.Admin.Socket, mux, log)
+	if err != nil {
+		return err
+	}
+
+	// Revocation over HTTP, inside the enclave.
+	httpMux := http.NewServeMux()
+	httpMux.HandleFunc("GET /bundle.pem", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/x-pem-file")
+		_, _ = w.Write(app.CA.BundlePEM())
+	})
+	httpLn, err := net.Listen("tcp", cfg.HTTP.Listen)
+	if err != nil {
+		return fmt.Errorf("http.listen: %w", err)
+	}
+	httpSrv := &http.Server{Handler: httpMux, ReadHeaderTimeout: 5 * time.Second}
+
+	metricsLn, err := net.Listen("tcp", cfg.Metrics.Listen)
+	if err != nil {
+		return fmt.Errorf("metrics.listen: %w", err)
+	}
+	metricsSrv := &http.Server{Handler: promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}), ReadHeaderTimeout: 5 * time.Second}
+
+	if err := sink.Append(ctx, "server.started", "system", map[string]any{
+		"node_api": nodeLn.Addr().String(), "http": httpLn.Addr().String(), "admin": cfg.Admin.Socket,
+	}); err != nil {
+		return err
+	}
+	var wg sync.WaitGroup
+	errc := make(chan error, 4)
+	serve := func(name string, f func() error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, grpc.ErrServerStopped) {
+				errc <- fmt.Errorf("%s: %w", name, err)
+			}
+		}()
+	}
+	serve("node api", func() error { return grpcSrv.Serve(nodeLn) })
+	serve("admin", adminSrv.Serve)
+	serve("http", func() error { return httpSrv.Serve(httpLn) })
+	serve("metrics", func() error { return metricsSrv.Serve(metricsLn) })
+	bg, cancelBG := context.WithCancel(ctx)
+	go ident.Run(bg, log)
+	go app.CA.RunRotation(bg, cfg.Rotate, log, nil)
+	log.Info("palisade-server ready", "trust_domain", cfg.CA.TrustDomain,
+		"node_api", nodeLn.Addr().String(), "http", httpLn.Addr().String(),
+		"metrics", metricsLn.Addr().String(), "admin", cfg.Admin.Socket)
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+	}
+	cancelBG()
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	grpcSrv.GracefulStop()
+	_ = adminSrv.Shutdown(shutdownCtx)
+	_ = httpSrv.Shutdown(shutdownCtx)
+	_ = metricsSrv.Shutdown(shutdownCtx)
+	wg.Wait()
+	if err := sink.Append(shutdownCtx, "server.stopped", "system", map[string]any{"error": fmt.Sprint(runErr)}); err != nil {
+		log.Error("audit server.stopped", "err", err)
+	}
+	return runErr
+}
