@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"strings"
 	"time"
 )
 
@@ -154,4 +155,13 @@ func decodeCert(key, val []byte) (CertRecord, error) {
 		return CertRecord{}, fmt.Errorf("%w: serial %x: bad record: %v", ErrCorrupt, key, d.err)
 	}
 	return r, nil
+}
+
+// corrupt puts the file name into a record-level ErrCorrupt from decodeCert.
+func (s *Store) corrupt(err error) error {
+	msg, ok := strings.CutPrefix(err.Error(), ErrCorrupt.Error()+": ")
+	if !ok {
+		return err
+	}
+	return fmt.Errorf("%w: %s: %s", ErrCorrupt, s.path, msg)
 }

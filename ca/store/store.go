@@ -156,7 +156,7 @@ func (s *Store) verifyCounters(tx *bolt.Tx) error {
 		}
 		return nil
 	}); err != nil {
-		return fmt.Errorf("%s: %w", s.path, err)
+		return s.corrupt(err)
 	}
 	if c := u64(meta.Get(keyNCerts)); c != certs {
 		return fmt.Errorf("%w: %s: counter says %d certificates, found %d", ErrCorrupt, s.path, c, certs)
