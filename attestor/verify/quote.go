@@ -12,20 +12,39 @@ import (
 	"github.com/google/go-tpm/tpm2"
 )
 
-// Quote is a verified quote.
+// Quote is a quote whose signature has been verified.
 type Quote struct {
-	Attest    tpm2.TPMSAttest
-	PCRDigest []byte
-	// PCRs holds the SHA-256 values of the quoted PCRs, by index.
+	Attest tpm2.TPMSAttest
+	Info   tpm2.TPMSQuoteInfo
+	// PCRs holds the SHA-256 values of the quoted PCRs, by index, once
+	// CheckPCRs has matched them against the quoted digest.
 	PCRs map[uint32][]byte
 }
 
+// Nonce is the quote's extraData (the server nonce, once signature-checked).
+func (q *Quote) Nonce() []byte { return q.Attest.ExtraData.Buffer }
+
 // VerifyQuote checks, in this order, that sig is the AK's ECDSA-SHA256
 // signature over quoted, that quoted is a TPM-generated quote with extraData
-// equal to nonce over exactly the SHA-256 bank PCRs in pcrs, and that values
-// (SHA-256 digests by PCR index) hash to the quoted PCR digest. The nonce's
-// freshness is the caller's business.
+// equal to nonce, and then CheckPCRs. Freshness of the nonce is the caller's
+// business.
 func VerifyQuote(ak *AK, quoted, sig, nonce []byte, pcrs []uint32, values map[uint32][]byte) (*Quote, error) {
+	q, err := VerifyQuoteSignature(ak, quoted, sig)
+	if err != nil {
+		return nil, err
+	}
+	if subtle.ConstantTimeCompare(q.Nonce(), nonce) != 1 {
+		return nil, ErrQuoteNonce
+	}
+	if err := q.CheckPCRs(pcrs, values); err != nil {
+		return nil, err
+	}
+	return q, nil
+}
+
+// VerifyQuoteSignature checks that sig is the AK's ECDSA-SHA256 signature
+// over quoted and that quoted is a TPM-generated quote.
+func VerifyQuoteSignature(ak *AK, quoted, sig []byte) (*Quote, error) {
 	if len(quoted) > MaxAttestSize {
 		return nil, fmt.Errorf("%w: quote is %d bytes (max %d)", ErrTooLarge, len(quoted), MaxAttestSize)
 	}
@@ -49,8 +68,7 @@ func VerifyQuote(ak *AK, quoted, sig, nonce []byte, pcrs []uint32, values map[ui
 	if !ecdsa.Verify(ak.Key, digest[:], r, sv) {
 		return nil, ErrQuoteSignature
 	}
-
-	// Signed by the AK: now the content can be trusted to be what the TPM saw.
+	// Signed by the AK: the content is what the TPM produced.
 	att, err := unmarshalCanonical[tpm2.TPMSAttest]("quote", quoted, MaxAttestSize)
 	if err != nil {
 		return nil, err
@@ -58,36 +76,39 @@ func VerifyQuote(ak *AK, quoted, sig, nonce []byte, pcrs []uint32, values map[ui
 	if att.Magic != tpm2.TPMGeneratedValue || att.Type != tpm2.TPMSTAttestQuote {
 		return nil, ErrQuoteType
 	}
-	if subtle.ConstantTimeCompare(att.ExtraData.Buffer, nonce) != 1 {
-		return nil, ErrQuoteNonce
-	}
 	info, err := att.Attested.Quote()
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrQuoteType, err)
 	}
+	return &Quote{Attest: *att, Info: *info}, nil
+}
+
+// CheckPCRs checks that the quote covers exactly the SHA-256 bank PCRs in
+// pcrs and that values (SHA-256 digests by index) hash to the quoted digest.
+func (q *Quote) CheckPCRs(pcrs []uint32, values map[uint32][]byte) error {
 	want, err := PCRSelection(pcrs)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	if !bytes.Equal(tpm2.Marshal(info.PCRSelect), tpm2.Marshal(want)) {
-		return nil, ErrQuoteSelection
+	if !bytes.Equal(tpm2.Marshal(q.Info.PCRSelect), tpm2.Marshal(want)) {
+		return ErrQuoteSelection
+	}
+	if len(values) != len(pcrs) {
+		return fmt.Errorf("%w: %d PCR values for %d quoted PCRs", ErrPCRDigest, len(values), len(pcrs))
 	}
 	h := sha256.New()
-	sorted := slices.Sorted(slices.Values(pcrs))
-	for _, i := range sorted {
+	for _, i := range slices.Sorted(slices.Values(pcrs)) {
 		v, ok := values[i]
 		if !ok || len(v) != sha256.Size {
-			return nil, fmt.Errorf("%w: PCR %d value missing or not SHA-256", ErrPCRDigest, i)
+			return fmt.Errorf("%w: PCR %d value missing or not SHA-256", ErrPCRDigest, i)
 		}
 		h.Write(v)
 	}
-	if len(values) != len(pcrs) {
-		return nil, fmt.Errorf("%w: PCR values for unquoted PCRs", ErrPCRDigest)
+	if subtle.ConstantTimeCompare(h.Sum(nil), q.Info.PCRDigest.Buffer) != 1 {
+		return ErrPCRDigest
 	}
-	if subtle.ConstantTimeCompare(h.Sum(nil), info.PCRDigest.Buffer) != 1 {
-		return nil, ErrPCRDigest
-	}
-	return &Quote{Attest: *att, PCRDigest: info.PCRDigest.Buffer, PCRs: values}, nil
+	q.PCRs = values
+	return nil
 }
 
 // PCRSelection builds the SHA-256 bank selection of pcrs (sorted, unique,

@@ -1,0 +1,172 @@
+package attestor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+	"slices"
+	"strings"
+
+	"github.com/palisade-id/palisade/attestor/verify"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+func isNotFound(err error) bool { return errors.Is(err, ErrNotFound) }
+
+// Operator actions. Each is audited with the operator as actor; the audit
+// record is appended before the change so that an unauditable action does
+// not happen.
+
+// ManifestEntries lists the manifest.
+func (s *Service) ManifestEntries(ctx context.Context) ([]ManifestEntry, error) {
+	return s.deps.Store.ManifestEntries(ctx)
+}
+
+// AddManifestEntry validates and stores e (see ParseManifestInput) and
+// returns it as stored.
+func (s *Service) AddManifestEntry(ctx context.Context, actor string, e ManifestEntry) (ManifestEntry, error) {
+	if err := validateEntry(e); err != nil {
+		return ManifestEntry{}, err
+	}
+	e.AddedAt, e.AddedBy = s.deps.Now().UTC(), actor
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.audit(ctx, AuditManifestAdd, actor, map[string]any{
+		"id": e.ID, "kind": e.Kind, "class": e.Class, "comment": e.Comment}); err != nil {
+		return ManifestEntry{}, err
+	}
+	if err := s.deps.Store.PutManifestEntry(ctx, e); err != nil {
+		return ManifestEntry{}, fmt.Errorf("attestor: store manifest entry: %w", err)
+	}
+	return e, s.reload(ctx)
+}
+
+// RemoveManifestEntry deletes the entry id ("ek:<hash>" or "ca:<hash>").
+// Nodes already attested keep their SVIDs until expiry; ban them to revoke.
+func (s *Service) RemoveManifestEntry(ctx context.Context, actor, id string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !slices.ContainsFunc(s.manifest.Load().entries, func(e ManifestEntry) bool { return e.ID == id }) {
+		return fmt.Errorf("%w: manifest entry %q", ErrNotFound, id)
+	}
+	if err := s.audit(ctx, AuditManifestRemove, actor, map[string]any{"id": id}); err != nil {
+		return err
+	}
+	if err := s.deps.Store.DeleteManifestEntry(ctx, id); err != nil {
+		return fmt.Errorf("attestor: delete manifest entry: %w", err)
+	}
+	return s.reload(ctx)
+}
+
+// SetPCRPolicy replaces the golden PCR policy with the YAML file raw. Its
+// version must be above the current one.
+func (s *Service) SetPCRPolicy(ctx context.Context, actor string, raw []byte) (*verify.Policy, error) {
+	p, err := verify.ParsePolicy(raw)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if cur := s.policy.Load(); cur != nil && p.Version <= cur.Version {
+		return nil, fmt.Errorf("%w: %d <= current %d", ErrPolicyVersion, p.Version, cur.Version)
+	}
+	classes := make([]string, 0, len(p.Classes))
+	for c := range p.Classes {
+		classes = append(classes, c)
+	}
+	slices.Sort(classes)
+	if err := s.audit(ctx, AuditPolicySet, actor, map[string]any{"version": p.Version, "classes": classes, "policy": string(raw)}); err != nil {
+		return nil, err
+	}
+	if err := s.deps.Store.PutPolicy(ctx, p.Version, raw); err != nil {
+		return nil, fmt.Errorf("attestor: store PCR policy: %w", err)
+	}
+	return p, s.reload(ctx)
+}
+
+// PCRPolicy returns the current policy file and its parsed form, or
+// ErrNotFound if none was set.
+func (s *Service) PCRPolicy(ctx context.Context) ([]byte, *verify.Policy, error) {
+	raw, err := s.deps.Store.Policy(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	if raw == nil {
+		return nil, nil, fmt.Errorf("%w: no PCR policy set", ErrNotFound)
+	}
+	p, err := verify.ParsePolicy(raw)
+	return raw, p, err
+}
+
+// Nodes lists node records.
+func (s *Service) Nodes(ctx context.Context) ([]NodeRecord, error) { return s.deps.Store.Nodes(ctx) }
+
+var ekHashRE = regexp.MustCompile(`^[0-9a-f]{64}$`)
+
+// ResolveNodeID accepts a node SPIFFE ID or the bare hex EK hash and
+// returns the canonical node SPIFFE ID of this trust domain.
+func (s *Service) ResolveNodeID(ref string) (string, error) {
+	ref = strings.TrimSpace(ref)
+	if ekHashRE.MatchString(strings.ToLower(ref)) {
+		return s.td.IDString() + "/palisade/node/" + strings.ToLower(ref), nil
+	}
+	id, err := spiffeid.FromString(ref)
+	if err != nil || id.TrustDomain() != s.td || !strings.HasPrefix(id.Path(), "/palisade/node/") ||
+		!ekHashRE.MatchString(strings.TrimPrefix(id.Path(), "/palisade/node/")) {
+		return "", fmt.Errorf("%w: %q is not a node ID of %s or an EK hash", ErrInvalidArgument, ref, s.td)
+	}
+	return id.String(), nil
+}
+
+// Node returns one node record by SPIFFE ID or EK hash.
+func (s *Service) Node(ctx context.Context, ref string) (NodeRecord, error) {
+	id, err := s.ResolveNodeID(ref)
+	if err != nil {
+		return NodeRecord{}, err
+	}
+	return s.deps.Store.Node(ctx, id)
+}
+
+// BanNode refuses the node (by SPIFFE ID or EK hash) from now on, even if it
+// never attested, and revokes everything it holds with CRL reason
+// crlReason (RFC 5280; 1 keyCompromise is typical). It returns how many
+// certificates were revoked. Banning twice keeps the first ban and revokes
+// again.
+func (s *Service) BanNode(ctx context.Context, actor, ref, reason string, crlReason int) (int, error) {
+	id, err := s.ResolveNodeID(ref)
+	if err != nil {
+		return 0, err
+	}
+	if strings.TrimSpace(reason) == "" || len(reason) > 512 {
+		return 0, fmt.Errorf("%w: ban reason must be 1..512 bytes", ErrInvalidArgument)
+	}
+	if crlReason < 0 || crlReason > 10 || crlReason == 7 {
+		return 0, fmt.Errorf("%w: CRL reason %d", ErrInvalidArgument, crlReason)
+	}
+	if err := s.audit(ctx, AuditNodeBan, actor, map[string]any{"node_id": id, "reason": reason, "crl_reason": crlReason}); err != nil {
+		return 0, err
+	}
+	now := s.deps.Now().UTC()
+	err = s.deps.Store.UpdateNode(ctx, id, func(rec *NodeRecord, exists bool) error {
+		if !exists {
+			rec.ID = id
+			rec.EKHash = strings.TrimPrefix(id, s.td.IDString()+"/palisade/node/")
+		}
+		if !rec.Banned {
+			rec.Banned, rec.BannedAt, rec.BannedBy, rec.BanReason = true, now, actor, reason
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("attestor: ban: %w", err)
+	}
+	if s.deps.Revoker == nil {
+		return 0, nil
+	}
+	n, err := s.deps.Revoker.RevokeNode(ctx, id, crlReason)
+	if err != nil {
+		return n, fmt.Errorf("attestor: node banned but revocation failed (retry the ban): %w", err)
+	}
+	return n, nil
+}

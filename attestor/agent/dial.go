@@ -1,0 +1,34 @@
+package agent
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+
+	"github.com/palisade-id/palisade/ca/tlspolicy"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+)
+
+// MaxMessageBytes caps what the node accepts from the server (an SVID chain).
+const MaxMessageBytes = 64 << 10
+
+// ClientTLSConfig is the node's TLS configuration for the attestation
+// endpoint: it verifies the server against roots (the trust bundle
+// provisioned at install) as serverName. The node presents no certificate.
+func ClientTLSConfig(roots *x509.CertPool, serverName string) *tls.Config {
+	return tlspolicy.Apply(&tls.Config{RootCAs: roots, ServerName: serverName})
+}
+
+// Dial connects to the attestation endpoint at addr (host:port).
+func Dial(addr string, tlsCfg *tls.Config, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
+	base := []grpc.DialOption{
+		grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMessageBytes)),
+	}
+	cc, err := grpc.NewClient("passthrough:///"+addr, append(base, opts...)...)
+	if err != nil {
+		return nil, fmt.Errorf("agent: dial %s: %w", addr, err)
+	}
+	return cc, nil
+}

@@ -1,0 +1,58 @@
+package attestor
+
+import (
+	"fmt"
+	"time"
+)
+
+// Config is the attestor section of the server configuration.
+type Config struct {
+	// NonceTTL is how long a quote nonce stays valid (default 30s).
+	NonceTTL time.Duration `yaml:"nonce_ttl"`
+	// SessionTimeout bounds one whole Attest stream (default 60s).
+	SessionTimeout time.Duration `yaml:"session_timeout"`
+	// MaxMessageBytes caps every protocol message (default 64 KiB).
+	MaxMessageBytes int `yaml:"max_message_bytes"`
+	// MaxPendingNonces caps outstanding nonces (default 65536).
+	MaxPendingNonces int `yaml:"max_pending_nonces"`
+}
+
+// Defaults.
+const (
+	DefaultNonceTTL         = 30 * time.Second
+	DefaultSessionTimeout   = 60 * time.Second
+	DefaultMaxMessageBytes  = 64 << 10
+	DefaultMaxPendingNonces = 1 << 16
+)
+
+// WithDefaults returns c with zero fields set to their defaults.
+func (c Config) WithDefaults() Config {
+	if c.NonceTTL == 0 {
+		c.NonceTTL = DefaultNonceTTL
+	}
+	if c.SessionTimeout == 0 {
+		c.SessionTimeout = DefaultSessionTimeout
+	}
+	if c.MaxMessageBytes == 0 {
+		c.MaxMessageBytes = DefaultMaxMessageBytes
+	}
+	if c.MaxPendingNonces == 0 {
+		c.MaxPendingNonces = DefaultMaxPendingNonces
+	}
+	return c
+}
+
+// Validate checks ranges (after WithDefaults).
+func (c Config) Validate() error {
+	switch {
+	case c.NonceTTL < time.Second || c.NonceTTL > 5*time.Minute:
+		return fmt.Errorf("attestor: nonce_ttl %v outside [1s, 5m]", c.NonceTTL)
+	case c.SessionTimeout < time.Second || c.SessionTimeout > 10*time.Minute:
+		return fmt.Errorf("attestor: session_timeout %v outside [1s, 10m]", c.SessionTimeout)
+	case c.MaxMessageBytes < 4<<10 || c.MaxMessageBytes > 1<<20:
+		return fmt.Errorf("attestor: max_message_bytes %d outside [4 KiB, 1 MiB]", c.MaxMessageBytes)
+	case c.MaxPendingNonces < 1 || c.MaxPendingNonces > 1<<22:
+		return fmt.Errorf("attestor: max_pending_nonces %d outside [1, 4194304]", c.MaxPendingNonces)
+	}
+	return nil
+}

@@ -1,0 +1,114 @@
+package attestor
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"time"
+
+	"github.com/palisade-id/palisade/attestor/attestorpb"
+	"github.com/palisade-id/palisade/attestor/verify"
+	"github.com/palisade-id/palisade/ca/tlspolicy"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+)
+
+// ServerTLSConfig is the TLS configuration of the attestation endpoint:
+// server authentication only (a node has no SVID before it attests), TLS 1.3
+// with the Palisade suite. getCert serves the server's certificate.
+func ServerTLSConfig(getCert func(*tls.ClientHelloInfo) (*tls.Certificate, error)) *tls.Config {
+	return tlspolicy.Apply(&tls.Config{GetCertificate: getCert, ClientAuth: tls.NoClientCert})
+}
+
+// NewGRPCServer returns a gRPC server with only the Attest service, over
+// tlsCfg, with receive caps sized for the protocol.
+func (s *Service) NewGRPCServer(tlsCfg *tls.Config, opts ...grpc.ServerOption) *grpc.Server {
+	base := []grpc.ServerOption{
+		grpc.Creds(credentials.NewTLS(tlsCfg)),
+		grpc.MaxRecvMsgSize(s.cfg.MaxMessageBytes),
+		grpc.MaxConcurrentStreams(256),
+	}
+	gs := grpc.NewServer(append(base, opts...)...)
+	attestorpb.RegisterAttestorServer(gs, s)
+	return gs
+}
+
+// Attest implements attestorpb.AttestorServer.
+func (s *Service) Attest(stream grpc.BidiStreamingServer[attestorpb.NodeMessage, attestorpb.ServerMessage]) error {
+	ctx, cancel := context.WithTimeout(stream.Context(), s.cfg.SessionTimeout)
+	defer cancel()
+	addr := ""
+	if p, ok := peer.FromContext(ctx); ok {
+		addr = p.Addr.String()
+	}
+	ss := s.newSession(addr)
+	for ss.state != done {
+		msg, err := recvCtx(ctx, stream)
+		if err != nil {
+			if errors.Is(err, io.EOF) || status.Code(err) == codes.Canceled {
+				err = errors.Join(ErrBadMessage, errors.New("node closed the stream before the end"))
+			}
+			return s.finish(ctx, ss, err)
+		}
+		reply, err := ss.step(ctx, msg)
+		if err != nil {
+			return s.finish(ctx, ss, err)
+		}
+		if ss.state == done {
+			// Audit before the node sees its SVID.
+			if err := s.audit(ctx, AuditAttestAccept, ss.actor(), ss.decision(nil)); err != nil {
+				return status.Error(codes.Internal, err.Error())
+			}
+			s.log.Info("node attested", "node", ss.nodeID.String(), "class", ss.entry.Class, "peer", addr)
+		}
+		if err := stream.Send(reply); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func recvCtx(ctx context.Context, stream grpc.BidiStreamingServer[attestorpb.NodeMessage, attestorpb.ServerMessage]) (*attestorpb.NodeMessage, error) {
+	type res struct {
+		m   *attestorpb.NodeMessage
+		err error
+	}
+	ch := make(chan res, 1)
+	go func() { m, err := stream.Recv(); ch <- res{m, err} }()
+	select {
+	case r := <-ch:
+		return r.m, r.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// finish audits a refusal and maps it to a gRPC status.
+func (s *Service) finish(ctx context.Context, ss *session, err error) error {
+	// Audit on a context that survives the session deadline.
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	_ = s.audit(actx, AuditAttestRefuse, ss.actor(), ss.decision(err))
+	s.log.Warn("attestation refused", "actor", ss.actor(), "peer", ss.peer, "reason", err)
+	return status.Error(Code(err), err.Error())
+}
+
+// Code maps an attestation error to its gRPC status code.
+func Code(err error) codes.Code {
+	switch {
+	case errors.Is(err, context.DeadlineExceeded):
+		return codes.DeadlineExceeded
+	case errors.Is(err, ErrTooManyNonces):
+		return codes.ResourceExhausted
+	case errors.Is(err, ErrBadMessage), errors.Is(err, verify.ErrMalformed), errors.Is(err, verify.ErrTooLarge):
+		return codes.InvalidArgument
+	case isRefusal(err):
+		return codes.PermissionDenied
+	default:
+		return codes.Internal
+	}
+}

@@ -1,0 +1,84 @@
+package attestor
+
+import (
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/palisade-id/palisade/attestor/verify"
+)
+
+// nonces tracks server-issued quote nonces: each is bound to one session,
+// usable once, and only until it expires. Used nonces are remembered until
+// they expire so that a replay is reported as such. A restart forgets all
+// nonces, which only fails outstanding sessions closed.
+type nonces struct {
+	mu      sync.Mutex
+	ttl     time.Duration
+	max     int
+	entries map[[verify.NonceSize]byte]*nonceEntry
+	lastGC  time.Time
+}
+
+type nonceEntry struct {
+	session uint64
+	expires time.Time
+	used    bool
+}
+
+func newNonces(ttl time.Duration, max int) *nonces {
+	return &nonces{ttl: ttl, max: max, entries: map[[verify.NonceSize]byte]*nonceEntry{}}
+}
+
+func (n *nonces) issue(rand io.Reader, session uint64, now time.Time) ([]byte, time.Time, error) {
+	var k [verify.NonceSize]byte
+	if _, err := io.ReadFull(rand, k[:]); err != nil {
+		return nil, time.Time{}, fmt.Errorf("attestor: nonce: %w", err)
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.gcLocked(now)
+	if len(n.entries) >= n.max {
+		return nil, time.Time{}, ErrTooManyNonces
+	}
+	exp := now.Add(n.ttl)
+	n.entries[k] = &nonceEntry{session: session, expires: exp}
+	return k[:], exp, nil
+}
+
+// consume marks nonce used if it is valid for session at now.
+func (n *nonces) consume(nonce []byte, session uint64, now time.Time) error {
+	if len(nonce) != verify.NonceSize {
+		return ErrNonceUnknown
+	}
+	k := [verify.NonceSize]byte(nonce)
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	e, ok := n.entries[k]
+	switch {
+	case !ok:
+		return ErrNonceUnknown
+	case e.used:
+		return ErrNonceReplayed
+	case e.session != session:
+		return ErrNonceSession
+	case !now.Before(e.expires):
+		e.used = true
+		return ErrNonceStale
+	}
+	e.used = true
+	return nil
+}
+
+func (n *nonces) gcLocked(now time.Time) {
+	if now.Sub(n.lastGC) < time.Second && len(n.entries) < n.max {
+		return
+	}
+	n.lastGC = now
+	for k, e := range n.entries {
+		if now.After(e.expires) {
+			delete(n.entries, k)
+		}
+	}
+}

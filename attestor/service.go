@@ -1,0 +1,135 @@
+package attestor
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/palisade-id/palisade/attestor/attestorpb"
+	"github.com/palisade-id/palisade/attestor/verify"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// Deps are the collaborators of a Service. Store, Issuer and Auditor are
+// required; Revoker may be nil (bans then revoke nothing).
+type Deps struct {
+	Store   Store
+	Issuer  NodeIssuer
+	Auditor Auditor
+	Revoker Revoker
+	Logger  *slog.Logger
+	// Now and Rand default to time.Now and crypto/rand.
+	Now  func() time.Time
+	Rand io.Reader
+}
+
+// Service runs node attestation and the operator actions on its state.
+type Service struct {
+	attestorpb.UnimplementedAttestorServer
+
+	td   spiffeid.TrustDomain
+	cfg  Config
+	deps Deps
+	log  *slog.Logger
+
+	nonces   *nonces
+	sessions atomic.Uint64
+
+	mu       sync.Mutex // serialises admin mutations and cache reloads
+	manifest atomic.Pointer[manifestIndex]
+	policy   atomic.Pointer[verify.Policy]
+
+	// newSecret is replaced in benchmarks to skip the node's decryption.
+	newSecret func() ([]byte, error)
+}
+
+// New returns a Service for trust domain td and loads the manifest and PCR
+// policy from the store.
+func New(ctx context.Context, td spiffeid.TrustDomain, cfg Config, d Deps) (*Service, error) {
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if td.IsZero() {
+		return nil, fmt.Errorf("%w: empty trust domain", ErrInvalidArgument)
+	}
+	if d.Store == nil || d.Issuer == nil || d.Auditor == nil {
+		return nil, fmt.Errorf("%w: Store, Issuer and Auditor are required", ErrInvalidArgument)
+	}
+	if d.Now == nil {
+		d.Now = time.Now
+	}
+	if d.Rand == nil {
+		d.Rand = rand.Reader
+	}
+	if d.Logger == nil {
+		d.Logger = slog.New(slog.DiscardHandler)
+	}
+	s := &Service{td: td, cfg: cfg, deps: d, log: d.Logger, nonces: newNonces(cfg.NonceTTL, cfg.MaxPendingNonces)}
+	s.newSecret = func() ([]byte, error) {
+		b := make([]byte, 32)
+		_, err := io.ReadFull(s.deps.Rand, b)
+		return b, err
+	}
+	if err := s.reload(ctx); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// reload refreshes the cached manifest and policy from the store.
+func (s *Service) reload(ctx context.Context) error {
+	entries, err := s.deps.Store.ManifestEntries(ctx)
+	if err != nil {
+		return fmt.Errorf("attestor: load manifest: %w", err)
+	}
+	ix, err := buildIndex(entries)
+	if err != nil {
+		return err
+	}
+	raw, err := s.deps.Store.Policy(ctx)
+	if err != nil {
+		return fmt.Errorf("attestor: load PCR policy: %w", err)
+	}
+	var p *verify.Policy
+	if raw != nil {
+		if p, err = verify.ParsePolicy(raw); err != nil {
+			return fmt.Errorf("attestor: stored PCR policy: %w", err)
+		}
+	}
+	s.manifest.Store(ix)
+	s.policy.Store(p)
+	return nil
+}
+
+// audit appends a record; a failing audit log fails the operation, since
+// an unaudited decision must not take effect.
+func (s *Service) audit(ctx context.Context, kind, actor string, data any) error {
+	if err := s.deps.Auditor.Append(ctx, kind, actor, data); err != nil {
+		s.log.Error("audit append failed", "kind", kind, "actor", actor, "err", err)
+		return fmt.Errorf("attestor: audit: %w", err)
+	}
+	return nil
+}
+
+// isRefusal reports whether err is a decision about the node rather than an
+// internal failure.
+func isRefusal(err error) bool {
+	for _, e := range []error{ErrBadMessage, ErrNotInManifest, ErrBanned, ErrNoPolicy, ErrActivation,
+		ErrNonceUnknown, ErrNonceReplayed, ErrNonceStale, ErrNonceSession,
+		verify.ErrMalformed, verify.ErrTooLarge, verify.ErrEKAttributes, verify.ErrEKAlgorithm,
+		verify.ErrEKCert, verify.ErrEKCertMismatch, verify.ErrAKAttributes, verify.ErrAKAlgorithm,
+		verify.ErrQuoteSignature, verify.ErrQuoteType, verify.ErrQuoteNonce, verify.ErrQuoteSelection,
+		verify.ErrPCRDigest, verify.ErrPCRMismatch, verify.ErrUnknownClass, verify.ErrPolicy} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,378 @@
+package attestor_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/palisade-id/palisade/attestor"
+	"github.com/palisade-id/palisade/attestor/agent"
+	"github.com/palisade-id/palisade/attestor/attestorpb"
+	"github.com/palisade-id/palisade/attestor/store"
+	"github.com/palisade-id/palisade/attestor/verify"
+	"github.com/palisade-id/palisade/attestor/verify/verifytest"
+	"github.com/palisade-id/palisade/test/attestor/attestortest"
+	"github.com/palisade-id/palisade/test/testca"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+const td = "example.org"
+
+var (
+	nodesOnce sync.Once
+	softNodes []*verifytest.Node
+)
+
+// softNode returns the i-th shared software node (RSA keygen is slow).
+func softNode(t testing.TB, i int) *verifytest.Node {
+	t.Helper()
+	nodesOnce.Do(func() {
+		for range 3 {
+			n, err := verifytest.NewNode()
+			if err != nil {
+				panic(err)
+			}
+			softNodes = append(softNodes, n)
+		}
+	})
+	// Each test gets its own PCR map so extensions do not leak.
+	n := *softNodes[i]
+	n.PCRs = map[uint32][]byte{}
+	n.Extend(7, []byte("secure boot on"))
+	return &n
+}
+
+type env struct {
+	svc    *attestor.Service
+	db     *store.DB
+	iss    *attestortest.Issuer
+	aud    *attestortest.Auditor
+	rev    *attestortest.Revoker
+	clock  *attestortest.Clock
+	client attestorpb.AttestorClient
+	ca     *testca.CA
+	node   *verifytest.Node
+}
+
+func policyFor(version int, n *verifytest.Node) []byte {
+	return fmt.Appendf(nil, "version: %d\nclasses:\n  worker:\n    pcrs:\n      0: [%q]\n      7: [%q]\n",
+		version, hex.EncodeToString(n.PCR(0)), hex.EncodeToString(n.PCR(7)))
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	db, err := store.Open(filepath.Join(t.TempDir(), "attestor.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	ca := testca.New(t, td)
+	e := &env{db: db, ca: ca, iss: &attestortest.Issuer{CA: ca, TTL: time.Hour},
+		aud: &attestortest.Auditor{}, rev: &attestortest.Revoker{}, clock: attestortest.NewClock(), node: softNode(t, 0)}
+	e.svc, err = attestor.New(context.Background(), spiffeid.RequireTrustDomainFromString(td), attestor.Config{NonceTTL: 30 * time.Second},
+		attestor.Deps{Store: db, Issuer: e.iss, Auditor: e.aud, Revoker: e.rev, Now: e.clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	entry, err := attestor.ParseManifestInput([]byte(ekHash(t, e.node)), "worker", "rack 1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.svc.AddManifestEntry(ctx, "operator", entry); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.svc.SetPCRPolicy(ctx, "operator", policyFor(1, e.node)); err != nil {
+		t.Fatal(err)
+	}
+	e.client = attestortest.Serve(t, e.svc, ca)
+	return e
+}
+
+func ekHash(t testing.TB, n *verifytest.Node) string {
+	h, err := verify.HashPublicKey(&n.EKKey.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(h[:])
+}
+
+func TestAttestAccepted(t *testing.T) {
+	e := newEnv(t)
+	res, err := agent.Attest(context.Background(), e.client, attestortest.SoftTPM{Node: e.node}, attestortest.CSR(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "spiffe://" + td + "/palisade/node/" + ekHash(t, e.node)
+	if res.ID.String() != want || res.Chain[0].URIs[0].String() != want {
+		t.Fatalf("SVID for %s (cert %v), want %s", res.ID, res.Chain[0].URIs, want)
+	}
+	if _, err := res.Chain[0].Verify(x509Opts(e.ca, res)); err != nil {
+		t.Fatalf("SVID does not chain to the CA: %v", err)
+	}
+	rec, err := e.svc.Node(context.Background(), want)
+	if err != nil || rec.Attestations != 1 || rec.Class != "worker" || rec.PolicyVersion != 1 {
+		t.Fatalf("record %+v, %v", rec, err)
+	}
+	if r, ok := e.aud.Last(attestor.AuditAttestAccept); !ok || r.Actor != want {
+		t.Fatalf("accept not audited: %+v", r)
+	}
+	// Renewal is a fresh attestation.
+	if _, err := agent.Attest(context.Background(), e.client, attestortest.SoftTPM{Node: e.node}, attestortest.CSR(t)); err != nil {
+		t.Fatal(err)
+	}
+	if rec, _ := e.svc.Node(context.Background(), want); rec.Attestations != 2 {
+		t.Fatalf("attestations = %d after renewal", rec.Attestations)
+	}
+}
+
+// driver speaks the protocol by hand so tests can tamper with each step.
+type driver struct {
+	t      *testing.T
+	stream attestorpb.Attestor_AttestClient
+}
+
+func open(t *testing.T, e *env) *driver {
+	s, err := e.client.Attest(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &driver{t, s}
+}
+
+func (d *driver) send(m *attestorpb.NodeMessage) (*attestorpb.ServerMessage, error) {
+	if err := d.stream.Send(m); err != nil {
+		_, rerr := d.stream.Recv()
+		return nil, rerr
+	}
+	return d.stream.Recv()
+}
+
+func hello(n *verifytest.Node, akPub, csr []byte) *attestorpb.NodeMessage {
+	return &attestorpb.NodeMessage{Msg: &attestorpb.NodeMessage_Hello{Hello: &attestorpb.Hello{
+		EkPublic: n.EKPublic, AkPublic: akPub, Csr: csr}}}
+}
+
+func activation(secret []byte) *attestorpb.NodeMessage {
+	return &attestorpb.NodeMessage{Msg: &attestorpb.NodeMessage_Activation{Activation: &attestorpb.ActivationProof{Secret: secret}}}
+}
+
+func quoteMsg(quoted, sig []byte, values map[uint32][]byte) *attestorpb.NodeMessage {
+	return &attestorpb.NodeMessage{Msg: &attestorpb.NodeMessage_Quote{Quote: &attestorpb.QuoteResponse{
+		Quoted: quoted, Signature: sig, PcrValues: agent.PCRValues(values)}}}
+}
+
+// upToQuote runs hello and activation honestly and returns the quote request.
+func upToQuote(t *testing.T, d *driver, n *verifytest.Node) *attestorpb.QuoteRequest {
+	t.Helper()
+	m, err := d.send(hello(n, n.AKPublic, attestortest.CSR(t)))
+	if err != nil {
+		t.Fatalf("hello: %v", err)
+	}
+	secret, err := n.Activate(n.AKName, m.GetChallenge().GetIdObject(), m.GetChallenge().GetEncryptedSecret())
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err = d.send(activation(secret))
+	if err != nil {
+		t.Fatalf("activation: %v", err)
+	}
+	return m.GetQuoteRequest()
+}
+
+func TestAttestRefused(t *testing.T) {
+	tests := []struct {
+		name     string
+		attack   func(t *testing.T, e *env) error
+		code     codes.Code
+		reason   error
+		recorded bool // a node record exists afterwards
+	}{
+		{"EK not in manifest", func(t *testing.T, e *env) error {
+			n := softNode(t, 1)
+			_, err := agent.Attest(context.Background(), e.client, attestortest.SoftTPM{Node: n}, attestortest.CSR(t))
+			return err
+		}, codes.PermissionDenied, attestor.ErrNotInManifest, false},
+		{"AK not bound to EK", func(t *testing.T, e *env) error {
+			d := open(t, e)
+			foreign := softNode(t, 1) // an AK that lives in another TPM
+			m, err := d.send(hello(e.node, foreign.AKPublic, attestortest.CSR(t)))
+			if err != nil {
+				return err
+			}
+			// The EK's TPM only activates for its own AK's name.
+			if _, err := e.node.Activate(e.node.AKName, m.GetChallenge().GetIdObject(), m.GetChallenge().GetEncryptedSecret()); err == nil {
+				t.Fatal("credential for a foreign AK activated")
+			}
+			_, err = d.send(activation(make([]byte, 32)))
+			return err
+		}, codes.PermissionDenied, attestor.ErrActivation, false},
+		{"replayed nonce", func(t *testing.T, e *env) error {
+			d := open(t, e)
+			qr := upToQuote(t, d, e.node)
+			quoted, sig, values, _ := e.node.Quote(qr.GetNonce(), qr.GetPcrs())
+			if _, err := d.send(quoteMsg(quoted, sig, values)); err != nil {
+				t.Fatalf("honest session: %v", err)
+			}
+			d2 := open(t, e)
+			upToQuote(t, d2, e.node)
+			_, err := d2.send(quoteMsg(quoted, sig, values))
+			return err
+		}, codes.PermissionDenied, attestor.ErrNonceReplayed, true},
+		{"stale nonce", func(t *testing.T, e *env) error {
+			d := open(t, e)
+			qr := upToQuote(t, d, e.node)
+			e.clock.Advance(31 * time.Second)
+			quoted, sig, values, _ := e.node.Quote(qr.GetNonce(), qr.GetPcrs())
+			_, err := d.send(quoteMsg(quoted, sig, values))
+			return err
+		}, codes.PermissionDenied, attestor.ErrNonceStale, false},
+		{"extended PCR", func(t *testing.T, e *env) error {
+			e.node.Extend(7, []byte("unsigned bootloader"))
+			_, err := agent.Attest(context.Background(), e.client, attestortest.SoftTPM{Node: e.node}, attestortest.CSR(t))
+			return err
+		}, codes.PermissionDenied, verify.ErrPCRMismatch, false},
+		{"forged quote signature", func(t *testing.T, e *env) error {
+			d := open(t, e)
+			qr := upToQuote(t, d, e.node)
+			quoted, _, values, _ := e.node.Quote(qr.GetNonce(), qr.GetPcrs())
+			k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+			sig, _ := verifytest.SignWith(k, quoted)
+			_, err := d.send(quoteMsg(quoted, sig, values))
+			return err
+		}, codes.PermissionDenied, verify.ErrQuoteSignature, false},
+		{"lying PCR values", func(t *testing.T, e *env) error {
+			d := open(t, e)
+			qr := upToQuote(t, d, e.node)
+			quoted, sig, values, _ := e.node.Quote(qr.GetNonce(), qr.GetPcrs())
+			values[0] = bytes.Repeat([]byte{9}, 32)
+			_, err := d.send(quoteMsg(quoted, sig, values))
+			return err
+		}, codes.PermissionDenied, verify.ErrPCRDigest, false},
+		{"banned node", func(t *testing.T, e *env) error {
+			n, err := e.svc.BanNode(context.Background(), "operator", ekHash(t, e.node), "stolen", 1)
+			if err != nil || n != 2 || len(e.rev.Calls) != 1 {
+				t.Fatalf("ban: revoked %d, calls %v, err %v", n, e.rev.Calls, err)
+			}
+			_, err = agent.Attest(context.Background(), e.client, attestortest.SoftTPM{Node: e.node}, attestortest.CSR(t))
+			return err
+		}, codes.PermissionDenied, attestor.ErrBanned, true},
+		{"truncated EK", func(t *testing.T, e *env) error {
+			d := open(t, e)
+			m := hello(e.node, e.node.AKPublic, attestortest.CSR(t))
+			m.GetHello().EkPublic = e.node.EKPublic[:40]
+			_, err := d.send(m)
+			return err
+		}, codes.InvalidArgument, verify.ErrMalformed, false},
+		{"EK as AK (wrong algorithm)", func(t *testing.T, e *env) error {
+			_, err := open(t, e).send(hello(e.node, e.node.EKPublic, attestortest.CSR(t)))
+			return err
+		}, codes.InvalidArgument, verify.ErrAKAttributes, false},
+		{"bad CSR", func(t *testing.T, e *env) error {
+			_, err := open(t, e).send(hello(e.node, e.node.AKPublic, []byte("not a CSR")))
+			return err
+		}, codes.InvalidArgument, attestor.ErrBadMessage, false},
+		{"quote before hello", func(t *testing.T, e *env) error {
+			_, err := open(t, e).send(quoteMsg([]byte{1}, []byte{2}, nil))
+			return err
+		}, codes.InvalidArgument, attestor.ErrBadMessage, false},
+		{"huge payload", func(t *testing.T, e *env) error {
+			_, err := open(t, e).send(hello(e.node, e.node.AKPublic, make([]byte, 1<<20)))
+			return err
+		}, codes.ResourceExhausted, nil, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			manifestBefore, _ := e.db.ManifestEntries(context.Background())
+			err := tc.attack(t, e)
+			st, _ := status.FromError(err)
+			if err == nil || st.Code() != tc.code {
+				t.Fatalf("err = %v, want code %v", err, tc.code)
+			}
+			if tc.reason != nil {
+				if !strings.Contains(st.Message(), tc.reason.Error()) {
+					t.Fatalf("message %q does not name %q", st.Message(), tc.reason)
+				}
+				if r := e.aud.Reason(); !strings.Contains(r, tc.reason.Error()) {
+					t.Fatalf("audit %q does not name %q", r, tc.reason)
+				}
+			}
+			wantIssued := 0
+			if tc.name == "replayed nonce" {
+				wantIssued = 1 // the honest first session
+			}
+			if got := e.iss.Count(); got != wantIssued {
+				t.Fatalf("issued %d SVIDs, want %d", got, wantIssued)
+			}
+			nodes, _ := e.db.Nodes(context.Background())
+			if (len(nodes) > 0) != tc.recorded {
+				t.Fatalf("node records %+v, want recorded=%v", nodes, tc.recorded)
+			}
+			manifestAfter, _ := e.db.ManifestEntries(context.Background())
+			if len(manifestAfter) != len(manifestBefore) {
+				t.Fatal("manifest changed")
+			}
+		})
+	}
+}
+
+func TestAdmin(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	if _, err := e.svc.SetPCRPolicy(ctx, "op", policyFor(1, e.node)); !errors.Is(err, attestor.ErrPolicyVersion) {
+		t.Fatalf("same version: err = %v", err)
+	}
+	if _, err := e.svc.SetPCRPolicy(ctx, "op", []byte("version: 9\nclasses: {}\n")); !errors.Is(err, verify.ErrPolicy) {
+		t.Fatalf("empty policy: err = %v", err)
+	}
+	p, err := e.svc.SetPCRPolicy(ctx, "op", policyFor(2, e.node))
+	if err != nil || p.Version != 2 {
+		t.Fatalf("v2: %v", err)
+	}
+	if raw, _, err := e.svc.PCRPolicy(ctx); err != nil || !bytes.Equal(raw, policyFor(2, e.node)) {
+		t.Fatalf("policy readback: %v", err)
+	}
+	for _, bad := range []string{"zz", strings.Repeat("a", 63), "-----BEGIN FOO-----\n-----END FOO-----\n"} {
+		if _, err := attestor.ParseManifestInput([]byte(bad), "worker", ""); !errors.Is(err, attestor.ErrInvalidManifest) {
+			t.Fatalf("input %q: err = %v", bad, err)
+		}
+	}
+	if _, err := attestor.ParseManifestInput([]byte(ekHash(t, e.node)), "Bad Class", ""); !errors.Is(err, attestor.ErrInvalidManifest) {
+		t.Fatalf("bad class: err = %v", err)
+	}
+	id := "ek:" + ekHash(t, e.node)
+	if err := e.svc.RemoveManifestEntry(ctx, "op", id); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.svc.RemoveManifestEntry(ctx, "op", id); !errors.Is(err, attestor.ErrNotFound) {
+		t.Fatalf("second remove: err = %v", err)
+	}
+	// Removal takes effect immediately.
+	_, err = agent.Attest(ctx, e.client, attestortest.SoftTPM{Node: e.node}, attestortest.CSR(t))
+	if status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("removed EK attested: %v", err)
+	}
+	for _, ref := range []string{"spiffe://other.org/palisade/node/" + ekHash(t, e.node), "spiffe://" + td + "/x", "abc"} {
+		if _, err := e.svc.BanNode(ctx, "op", ref, "r", 1); !errors.Is(err, attestor.ErrInvalidArgument) {
+			t.Fatalf("ban %q: err = %v", ref, err)
+		}
+	}
+	for _, kind := range []string{attestor.AuditManifestAdd, attestor.AuditManifestRemove, attestor.AuditPolicySet} {
+		if _, ok := e.aud.Last(kind); !ok {
+			t.Fatalf("%s not audited", kind)
+		}
+	}
+}

@@ -1,0 +1,237 @@
+// Package attestortest holds test doubles and plumbing for attestor tests:
+// a NodeIssuer built on testca, recording Auditor and Revoker, a software
+// TPM adapter and a loopback TLS gRPC server.
+package attestortest
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"net/url"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/palisade-id/palisade/attestor"
+	"github.com/palisade-id/palisade/attestor/agent"
+	"github.com/palisade-id/palisade/attestor/attestorpb"
+	"github.com/palisade-id/palisade/attestor/verify/verifytest"
+	"github.com/palisade-id/palisade/test/testca"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// ServerName is the DNS name of the test attestation endpoint.
+const ServerName = "attestor.palisade.test"
+
+// Issuer is a NodeIssuer signing with a testca intermediate.
+type Issuer struct {
+	CA  *testca.CA
+	TTL time.Duration
+
+	mu     sync.Mutex
+	Issued []spiffeid.ID
+	Fail   error
+}
+
+// IssueNodeSVID implements attestor.NodeIssuer.
+func (i *Issuer) IssueNodeSVID(_ context.Context, id spiffeid.ID, csrDER []byte) ([][]byte, error) {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	if i.Fail != nil {
+		return nil, i.Fail
+	}
+	csr, err := x509.ParseCertificateRequest(csrDER)
+	if err != nil {
+		return nil, err
+	}
+	if err := csr.CheckSignature(); err != nil {
+		return nil, err
+	}
+	u, _ := url.Parse(id.String())
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber: serial(), NotBefore: now.Add(-time.Minute), NotAfter: now.Add(i.TTL),
+		URIs: []*url.URL{u}, KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, i.CA.Intermediate(), csr.PublicKey, i.CA.IssuerSigner())
+	if err != nil {
+		return nil, err
+	}
+	i.Issued = append(i.Issued, id)
+	return [][]byte{der, i.CA.Intermediate().Raw}, nil
+}
+
+func serial() *big.Int {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	b[0] = b[0]&0x7f | 0x40
+	return new(big.Int).SetBytes(b)
+}
+
+// Count returns how many SVIDs were issued.
+func (i *Issuer) Count() int {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	return len(i.Issued)
+}
+
+// Record is one audit record.
+type Record struct {
+	Kind, Actor string
+	Data        any
+}
+
+// Auditor records audit appends.
+type Auditor struct {
+	mu      sync.Mutex
+	Records []Record
+}
+
+// Append implements attestor.Auditor.
+func (a *Auditor) Append(_ context.Context, kind, actor string, data any) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.Records = append(a.Records, Record{kind, actor, data})
+	return nil
+}
+
+// Last returns the latest record of kind.
+func (a *Auditor) Last(kind string) (Record, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for i := len(a.Records) - 1; i >= 0; i-- {
+		if a.Records[i].Kind == kind {
+			return a.Records[i], true
+		}
+	}
+	return Record{}, false
+}
+
+// Reason returns the refusal reason of the latest refusal record.
+func (a *Auditor) Reason() string {
+	r, ok := a.Last(attestor.AuditAttestRefuse)
+	if !ok {
+		return ""
+	}
+	v := fmt.Sprintf("%+v", r.Data)
+	return v
+}
+
+// Revoker records ban revocations.
+type Revoker struct {
+	mu    sync.Mutex
+	Calls []string
+}
+
+// RevokeNode implements attestor.Revoker.
+func (r *Revoker) RevokeNode(_ context.Context, id string, _ int) (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.Calls = append(r.Calls, id)
+	return 2, nil
+}
+
+// SoftTPM adapts a verifytest.Node to agent.TPM.
+type SoftTPM struct {
+	Node *verifytest.Node
+	Cert []byte
+}
+
+var _ agent.TPM = SoftTPM{}
+
+func (s SoftTPM) EKPublic() []byte { return s.Node.EKPublic }
+func (s SoftTPM) EKCert() []byte   { return s.Cert }
+func (s SoftTPM) AKPublic() []byte { return s.Node.AKPublic }
+func (s SoftTPM) ActivateCredential(id, enc []byte) ([]byte, error) {
+	return s.Node.Activate(s.Node.AKName, id, enc)
+}
+func (s SoftTPM) Quote(nonce []byte, pcrs []uint32) ([]byte, []byte, map[uint32][]byte, error) {
+	return s.Node.Quote(nonce, pcrs)
+}
+
+// Serve runs svc on a loopback TLS listener with a server certificate from
+// ca and returns a connected client; everything stops at test cleanup.
+func Serve(t testing.TB, svc *attestor.Service, ca *testca.CA) attestorpb.AttestorClient {
+	t.Helper()
+	cert := ServerCert(t, ca)
+	gs := svc.NewGRPCServer(attestor.ServerTLSConfig(func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return cert, nil }))
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = gs.Serve(lis) }()
+	t.Cleanup(gs.Stop)
+	cc, err := agent.Dial(lis.Addr().String(), agent.ClientTLSConfig(ca.Pool(), ServerName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return attestorpb.NewAttestorClient(cc)
+}
+
+// ServerCert issues a TLS server certificate for ServerName from ca.
+func ServerCert(t testing.TB, ca *testca.CA) *tls.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: testca.Serial(t), NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
+		DNSNames: []string{ServerName}, KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Intermediate(), &key.PublicKey, ca.IssuerSigner())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &tls.Certificate{Certificate: [][]byte{der, ca.Intermediate().Raw}, PrivateKey: key}
+}
+
+// CSR returns a fresh node key's CSR.
+func CSR(t testing.TB) []byte {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := agent.NewCSR(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return csr
+}
+
+// Clock is a settable clock.
+type Clock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+// NewClock starts at the current time.
+func NewClock() *Clock { return &Clock{now: time.Now()} }
+
+// Now returns the clock's time.
+func (c *Clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+// Advance moves the clock forward.
+func (c *Clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+}
+
+// ErrInjected is a generic injected failure.
+var ErrInjected = errors.New("attestortest: injected failure")
