@@ -36,7 +36,7 @@ func TestCrashChild(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := Open(path, key, Options{CheckpointEvery: 50})
+	l, err := Open(path, key, Options{CheckpointEvery: 50, SegmentBytes: 96 << 10})
 	if err != nil {
 		fmt.Printf("open error: %v\n", err)
 		os.Exit(3)
@@ -79,26 +79,27 @@ func TestKill9(t *testing.T) {
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}
-	f, err := os.Open(path)
+	segs, err := Segments(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	rep, err := Verify(f, VerifyOptions{Keys: []crypto.PublicKey{key.Public()}, RequireCheckpointAtEnd: true})
+	rep, err := VerifyChain(segs, VerifyOptions{Keys: []crypto.PublicKey{key.Public()}, RequireCheckpointAtEnd: true})
 	if err != nil {
 		t.Fatalf("verify after kill -9: %v\n%s", err, problemList(rep.Problems))
 	}
 	stored := map[uint64]string{}
-	for _, line := range readLines(t, path) {
-		w := mustParse(t, line)
-		stored[w.Seq] = w.Hash
+	for _, seg := range segs {
+		for _, line := range readLines(t, seg) {
+			w := mustParse(t, line)
+			stored[w.Seq] = w.Hash
+		}
 	}
 	for seq, hash := range acked {
 		if stored[seq] != hash {
 			t.Fatalf("acknowledged seq %d lost or changed after kill -9", seq)
 		}
 	}
-	t.Logf("%d acknowledged appends over 3 kills, %d records stored", len(acked), len(stored))
+	t.Logf("%d acknowledged appends over 3 kills, %d records stored in %d segments", len(acked), len(stored), len(segs))
 }
 
 func crashOnce(t *testing.T, path string, keyDER []byte, round int, acked map[uint64]string) {

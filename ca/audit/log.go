@@ -34,6 +34,10 @@ type Options struct {
 	// SignerCert certifies the checkpoint key; it is embedded in every
 	// checkpoint so Verify can chain it to VerifyOptions.Roots.
 	SignerCert *x509.Certificate
+	// SegmentBytes rotates the log (see Rotate) once the current file
+	// reaches this size; 0 never rotates automatically. It bounds the work
+	// Open does (it verifies the current segment) and the size of a file.
+	SegmentBytes int64
 }
 
 const (
@@ -69,6 +73,8 @@ type Log struct {
 	// Owned by the committer goroutine.
 	seq       uint64
 	prev      string
+	size      int64 // bytes in the current segment
+	rotateAt  int64 // next size at which to try an automatic rotation
 	sinceCP   int
 	lastCP    time.Time
 	cpRetryAt int
@@ -80,6 +86,8 @@ type request struct {
 	kind, actor string
 	data        json.RawMessage
 	checkpoint  bool
+	rotate      bool
+	archived    string
 	rec         Record
 	err         error
 	done        chan struct{}
@@ -97,7 +105,7 @@ func Open(path string, signer crypto.Signer, opts Options) (*Log, error) {
 	if err != nil {
 		return nil, err
 	}
-	if opts.CheckpointEvery < 0 || opts.CheckpointInterval < 0 {
+	if opts.CheckpointEvery < 0 || opts.CheckpointInterval < 0 || opts.SegmentBytes < 0 {
 		return nil, errors.New("audit: negative checkpoint option")
 	}
 	if opts.CheckpointEvery == 0 {
@@ -160,6 +168,8 @@ func (l *Log) load(created bool) error {
 	l.headSeq, l.headHash = l.seq, v.rep.HeadHash
 	l.sinceCP = int(l.seq - v.lastAnyCP)
 	l.lastCP = time.Now()
+	l.size = end
+	l.rotateAt = l.opts.SegmentBytes
 
 	var recovered json.RawMessage
 	if torn > 0 {
@@ -167,9 +177,26 @@ func (l *Log) load(created bool) error {
 			return err
 		}
 	}
+	var cont json.RawMessage
+	if l.seq == 0 {
+		// A fresh file next to archived segments continues their chain
+		// (also the state a crash in the middle of Rotate leaves).
+		if cont, err = l.continueFrom(); err != nil {
+			return err
+		}
+	}
 	l.reqs = make(chan *request, maxBatchRecords)
 	l.done = make(chan struct{})
 	go l.commitLoop()
+	if cont != nil {
+		req := &request{kind: KindContinued, actor: "system", data: cont, done: make(chan struct{})}
+		l.reqs <- req
+		<-req.done
+		if req.err != nil {
+			l.Close()
+			return req.err
+		}
+	}
 	if recovered != nil {
 		req := &request{kind: KindRecovered, actor: "system", data: recovered, done: make(chan struct{})}
 		l.reqs <- req
@@ -385,13 +412,23 @@ func (l *Log) commitLoop() {
 				l.closeErr = l.finalCheckpoint()
 				return
 			}
-			l.batch = append(l.batch[:0], req)
+			var rot *request
+			l.batch = l.batch[:0]
+			if req.rotate {
+				rot = req
+			} else {
+				l.batch = append(l.batch, req)
+			}
 			size := len(req.data)
 		drain:
-			for len(l.batch) < maxBatchRecords && size < maxBatchBytes {
+			for rot == nil && len(l.batch) < maxBatchRecords && size < maxBatchBytes {
 				select {
 				case r, ok := <-l.reqs:
 					if !ok {
+						break drain
+					}
+					if r.rotate {
+						rot = r
 						break drain
 					}
 					l.batch = append(l.batch, r)
@@ -400,8 +437,20 @@ func (l *Log) commitLoop() {
 					break drain
 				}
 			}
-			l.commit(l.batch)
-			clear(l.batch)
+			if len(l.batch) > 0 {
+				l.commit(l.batch)
+				clear(l.batch)
+			}
+			switch {
+			case rot != nil:
+				rot.archived, rot.err = l.rotate()
+				close(rot.done)
+			case l.opts.SegmentBytes > 0 && l.size >= l.rotateAt && l.failed == nil:
+				if _, err := l.rotate(); err != nil {
+					// Retry after another eighth of a segment.
+					l.rotateAt = l.size + max(l.opts.SegmentBytes/8, 1)
+				}
+			}
 		case <-tick.C:
 			if l.sinceCP > 0 && time.Since(l.lastCP) >= l.opts.CheckpointInterval {
 				l.commit(nil)
@@ -459,7 +508,7 @@ func (l *Log) commit(batch []*request) {
 	}
 	if len(l.buf) > 0 {
 		if err := l.write(); err != nil {
-			l.failed = fmt.Errorf("%w: write failed, reopen the log to recover: %w", ErrClosed, err)
+			l.fail(err)
 			l.seq, l.prev, l.sinceCP = startSeq, startPrev, startSince
 			for _, r := range batch {
 				r.err, r.rec = l.failed, Record{}
@@ -483,7 +532,9 @@ func (l *Log) setCPErr(err error) {
 }
 
 func (l *Log) write() error {
-	if _, err := l.f.Write(l.buf); err != nil {
+	n, err := l.f.Write(l.buf)
+	l.size += int64(n)
+	if err != nil {
 		return err
 	}
 	return unix.Fdatasync(l.fd)

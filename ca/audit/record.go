@@ -33,6 +33,9 @@ type Record struct {
 const (
 	KindCheckpoint = "checkpoint"
 	KindRecovered  = "audit.recovered"
+	// KindContinued opens a segment: its Prev is the head of the previous
+	// segment, so the chain runs across files.
+	KindContinued = "audit.continued"
 )
 
 // GenesisPrev is the Prev of record 1.

@@ -44,9 +44,13 @@ type Problem struct {
 	Line   int
 	Kind   string
 	Detail string
+	File   string // set by VerifyChain
 }
 
 func (p Problem) String() string {
+	if p.File != "" {
+		return fmt.Sprintf("%s line %d seq %d: %s: %s", p.File, p.Line, p.Seq, p.Kind, p.Detail)
+	}
 	return fmt.Sprintf("line %d seq %d: %s: %s", p.Line, p.Seq, p.Kind, p.Detail)
 }
 
@@ -64,6 +68,10 @@ type Report struct {
 	// outside the appliance to detect truncation to an earlier checkpoint.
 	HeadSeq  uint64
 	HeadHash string
+	// FirstSeq and FirstPrev are the first record's seq and prev: 1 and
+	// GenesisPrev for the first segment, the continuation point otherwise.
+	FirstSeq  uint64
+	FirstPrev string
 }
 
 const (
@@ -245,6 +253,14 @@ func (v *verifier) parse(ln int, b []byte) *item {
 // log carries on with the expected seq) from records dropped before it.
 func (v *verifier) process(it, peek *item) {
 	s := it.w.Seq
+	if v.rep.FirstSeq == 0 {
+		v.rep.FirstSeq, v.rep.FirstPrev = s, it.w.Prev
+		if it.w.Kind == KindContinued && s > 1 {
+			v.expect = s // a segment continuing an earlier one
+		}
+	} else if it.w.Kind == KindContinued {
+		v.problem(s, it.line, ProblemInserted, "continuation record %d is not the first record of its segment", s)
+	}
 	for s > v.expect && v.takeEarly(v.expect) {
 	}
 	switch {
