@@ -634,6 +634,7 @@ func (a *Admitter) adopt() error {
 			ad, err = e.admission()
 		}
 		if !ok || err != nil {
+			a.log.Warn("removing kernel admission without a usable record", "addr", k.Addr.String(), "ifindex", k.Ifindex, "recorded", ok, "err", err)
 			if derr := a.o.Table.DeletePeer(k.Ifindex, k.Addr); derr != nil {
 				return derr
 			}

@@ -200,7 +200,7 @@ func OpenDatapath(o DatapathOptions) (*Datapath, error) {
 	if o.PinDir != "" {
 		// Pin under a temporary name, then rename over the old pin: the
 		// path always names a working program.
-		tmp := filepath.Join(o.PinDir, ".prog_ingress.new")
+		tmp := filepath.Join(o.PinDir, "prog_ingress_new")
 		_ = os.Remove(tmp)
 		if err := d.objs.PalisadeIngress.Pin(tmp); err != nil {
 			d.Close()
