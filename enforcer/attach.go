@@ -108,7 +108,9 @@ func (d *Datapath) attachTC(ifindex int) error {
 	if err != nil {
 		return fmt.Errorf("enforcer: interface %d: %w", ifindex, err)
 	}
-	if err := tcCmd("qdisc", "add", "dev", ifc.Name, "clsact"); err != nil && !strings.Contains(err.Error(), "File exists") {
+	// An existing clsact is fine; iproute2 reports it either way.
+	if err := tcCmd("qdisc", "add", "dev", ifc.Name, "clsact"); err != nil &&
+		!strings.Contains(err.Error(), "File exists") && !strings.Contains(err.Error(), "Exclusivity flag on") {
 		return fmt.Errorf("enforcer: %w", err)
 	}
 	// replace swaps the program in place: no window without a filter.
