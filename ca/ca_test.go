@@ -13,12 +13,14 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/palisade-id/palisade/ca"
 	"github.com/palisade-id/palisade/ca/audit"
+	"github.com/palisade-id/palisade/ca/keystore/memkeys"
 	"github.com/palisade-id/palisade/ca/pkcs11"
 	"github.com/palisade-id/palisade/ca/store"
 	"github.com/palisade-id/palisade/test/softhsm"
@@ -296,6 +298,10 @@ func TestCeremonyKeysStayInHSM(t *testing.T) {
 	if rep.Records < 1 {
 		t.Fatal("ceremony not audited")
 	}
+	raw, _ := os.ReadFile(f.auditPath)
+	if !strings.Contains(string(raw), `"keys_sealed_in_hsm":true`) {
+		t.Fatal("ceremony record lacks the HSM's proof that the keys are sealed")
+	}
 }
 
 func TestX509SVIDConformance(t *testing.T) {
@@ -458,5 +464,27 @@ func TestLoadRefusesMismatch(t *testing.T) {
 	defer empty.Close()
 	if _, err := ca.Load(f.cfg, ca.Options{Keys: f.keys, Store: empty, Audit: sink{f.log}}); !errors.Is(err, ca.ErrNotInitialized) {
 		t.Fatalf("Load on empty store: %v, want ErrNotInitialized", err)
+	}
+}
+
+// leakyKeys claims its keys could leave the device.
+type leakyKeys struct{ *memkeys.Store }
+
+func (leakyKeys) Sealed(string) (bool, error) { return false, nil }
+
+func TestCeremonyRefusesExtractableKeys(t *testing.T) {
+	st, err := store.Open(filepath.Join(t.TempDir(), "p.db"), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	opened := false
+	_, err = ca.Ceremony(context.Background(), ca.Config{TrustDomain: td}, leakyKeys{memkeys.New()}, st, "test",
+		func(crypto.Signer, *x509.Certificate) (ca.Auditor, error) { opened = true; return nil, nil }, nil)
+	if !errors.Is(err, ca.ErrKeyNotSealed) {
+		t.Fatalf("ceremony with extractable keys: %v", err)
+	}
+	if _, err := st.CAMeta(); !errors.Is(err, store.ErrNotInitialized) || opened {
+		t.Fatalf("refused ceremony initialised the store (%v) or opened the audit log (%v)", err, opened)
 	}
 }

@@ -12,14 +12,38 @@ import (
 	"fmt"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/palisade-id/palisade/ca/store"
 )
 
-// AuditSink is an audit log opened once the ceremony has created its key.
-type AuditSink interface {
-	Auditor
+// Sealer is implemented by key stores that can prove a key was generated
+// inside the device and can never be extracted (PKCS#11 CKA_LOCAL,
+// CKA_NEVER_EXTRACTABLE, CKA_ALWAYS_SENSITIVE). When the key store offers
+// it, the ceremony refuses keys that are not sealed.
+type Sealer interface {
+	Sealed(label string) (bool, error)
+}
+
+// ErrKeyNotSealed means a CA key could leave the HSM.
+var ErrKeyNotSealed = errors.New("ca: key is extractable or was not generated in the HSM")
+
+func checkSealed(keys KeyStore, labels ...string) (bool, error) {
+	s, ok := keys.(Sealer)
+	if !ok {
+		return false, nil
+	}
+	for _, l := range labels {
+		sealed, err := s.Sealed(l)
+		if err != nil {
+			return false, fmt.Errorf("ca: key %s attributes: %w", l, err)
+		}
+		if !sealed {
+			return false, fmt.Errorf("%w: %s", ErrKeyNotSealed, l)
+		}
+	}
+	return true, nil
 }
 
 // CeremonyResult is what the ceremony created.
@@ -90,6 +114,10 @@ func Ceremony(ctx context.Context, cfg Config, keys KeyStore, st Store, actor st
 	}
 	inter.Slot = slotActive
 	inter.ActivatedAt = t
+	sealed, err := checkSealed(keys, RootKeyLabel, AuditKeyLabel, inter.KeyLabel, jwtPrefix+strings.TrimPrefix(inter.KeyLabel, interPrefix))
+	if err != nil {
+		return nil, err
+	}
 	audit, err := openAudit(auditSigner, auditCert)
 	if err != nil {
 		return nil, fmt.Errorf("ca: open audit log: %w", err)
@@ -121,6 +149,7 @@ func Ceremony(ctx context.Context, cfg Config, keys KeyStore, st Store, actor st
 		"intermediate_key_id":   inter.KeyID,
 		"intermediate_sha256":   fingerprint(interCert),
 		"intermediate_notafter": inter.NotAfter,
+		"keys_sealed_in_hsm":    sealed,
 	}); err != nil {
 		return nil, fmt.Errorf("ca: audit ceremony: %w", err)
 	}

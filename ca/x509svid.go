@@ -206,22 +206,37 @@ func (c *CA) SignX509SVID(ctx context.Context, req X509Request) (*X509SVID, erro
 			NotAfter:    leaf.NotAfter,
 			Status:      store.CertValid,
 		}
+		// The store record and the audit record are both made durable
+		// before the certificate leaves; they are written concurrently so an
+		// issuance waits for one group commit, not two in a row.
+		auditDone := make(chan error, 1)
+		go func() {
+			auditDone <- c.opts.Audit.Append(ctx, kind+".issued", req.Actor, map[string]any{
+				"serial":    serial.Text(16),
+				"spiffe_id": rec.SPIFFEID,
+				"node_id":   req.NodeID,
+				"entry_id":  req.EntryID,
+				"issuer":    issuer.rec.KeyID,
+				"not_after": leaf.NotAfter,
+			})
+		}()
 		err = c.opts.Store.RecordIssued(rec)
+		auditErr := <-auditDone
+		if err != nil && auditErr == nil {
+			// The audit log now says the serial was issued: say it was not
+			// released, so the log and the store agree.
+			_ = c.opts.Audit.Append(ctx, kind+".voided", req.Actor, map[string]any{
+				"serial": serial.Text(16), "reason": err.Error(),
+			})
+		}
 		if errors.Is(err, store.ErrSerialExists) && attempt+1 < maxSerialAttempts {
 			continue
 		}
 		if err != nil {
 			return nil, fmt.Errorf("ca: record serial %x: %w", serial, err)
 		}
-		if err := c.opts.Audit.Append(ctx, kind+".issued", req.Actor, map[string]any{
-			"serial":    serial.Text(16),
-			"spiffe_id": rec.SPIFFEID,
-			"node_id":   req.NodeID,
-			"entry_id":  req.EntryID,
-			"issuer":    issuer.rec.KeyID,
-			"not_after": leaf.NotAfter,
-		}); err != nil {
-			return nil, fmt.Errorf("ca: audit issuance of %x: %w", serial, err)
+		if auditErr != nil {
+			return nil, fmt.Errorf("ca: audit issuance of %x: %w", serial, auditErr)
 		}
 		if c.opts.OnIssued != nil {
 			c.opts.OnIssued(rec)

@@ -74,3 +74,13 @@ func (t *Token) KeyAttributes(label string) (KeyAttributes, error) {
 	}
 	return out, nil
 }
+
+// Sealed reports whether the key labelled label was generated on the token
+// and can never leave it (see KeyAttributes.Sealed).
+func (t *Token) Sealed(label string) (bool, error) {
+	a, err := t.KeyAttributes(label)
+	if err != nil {
+		return false, err
+	}
+	return a.Sealed(), nil
+}

@@ -179,6 +179,15 @@ func run(ctx context.Context, cfg *config.Server, log *slog.Logger) error {
 	serve("metrics", func() error { return metricsSrv.Serve(metricsLn) })
 	bg, cancelBG := context.WithCancel(ctx)
 	go ident.Run(bg, log)
+	// Reopen the token after an HSM outage; until then issuance fails
+	// loudly and the health check reports the HSM.
+	go app.Token.Supervise(bg, 5*time.Second, func(err error) {
+		if err != nil {
+			log.Error("HSM unavailable", "err", err)
+			return
+		}
+		log.Info("HSM available")
+	})
 	go app.CA.RunRotation(bg, cfg.Rotate, log, nil)
 	log.Info("palisade-server ready", "trust_domain", cfg.CA.TrustDomain,
 		"node_api", nodeLn.Addr().String(), "http", httpLn.Addr().String(),
