@@ -86,7 +86,15 @@ func (s *Store) openBolt(opts Options) (db *bolt.DB, err error) {
 			db, err = nil, fmt.Errorf("%w: %s: open: %v", ErrCorrupt, s.path, p)
 		}
 	}()
-	db, err = bolt.Open(s.path, 0o600, &bolt.Options{Timeout: opts.Timeout, NoSync: opts.NoSync, NoFreelistSync: false})
+	// The freelist is synced on every commit. Not syncing it saves a page
+	// write per commit, but then Open rebuilds it on a bbolt goroutine,
+	// where a damaged page faults beyond our recovery and kills the process.
+	// The map freelist keeps allocation cheap as the file fragments.
+	db, err = bolt.Open(s.path, 0o600, &bolt.Options{
+		Timeout:      opts.Timeout,
+		NoSync:       opts.NoSync,
+		FreelistType: bolt.FreelistMapType,
+	})
 	switch {
 	case err == nil:
 		return db, nil
@@ -125,6 +133,12 @@ func (s *Store) check(opts Options) error {
 	}
 	if opts.Verify {
 		return s.view("verify", func(tx *bolt.Tx) error {
+			// Read every key and value here first: bbolt's Check walks
+			// pages on its own goroutine, where a fault is fatal, so damage
+			// must surface on ours (guarded) before it runs.
+			if err := walk(tx); err != nil {
+				return err
+			}
 			var errs []error
 			for e := range tx.Check() {
 				errs = append(errs, e)
@@ -139,6 +153,28 @@ func (s *Store) check(opts Options) error {
 		})
 	}
 	return nil
+}
+
+// walk touches every key and value in the file.
+func walk(tx *bolt.Tx) error {
+	var sink byte
+	var visit func(b *bolt.Bucket) error
+	visit = func(b *bolt.Bucket) error {
+		return b.ForEach(func(k, v []byte) error {
+			if v == nil {
+				if nb := b.Bucket(k); nb != nil {
+					return visit(nb)
+				}
+			}
+			for _, c := range v {
+				sink ^= c
+			}
+			return nil
+		})
+	}
+	err := tx.ForEach(func(_ []byte, b *bolt.Bucket) error { return visit(b) })
+	_ = sink
+	return err
 }
 
 // verifyCounters recounts certs/ and revoked/ against the meta counters.
