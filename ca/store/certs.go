@@ -280,9 +280,10 @@ func (s *Store) ForEachRevoked(issuerKeyID string, fn func(CertRecord) error) er
 		if ib == nil {
 			return nil
 		}
+		rd := newRecordDecoder()
 		c := ib.Cursor()
 		for k, v := c.First(); k != nil; k, v = c.Next() {
-			r, err := decodeCert(k, v)
+			r, err := rd.decode(k, v)
 			if err != nil {
 				return s.corrupt(err)
 			}
@@ -301,9 +302,10 @@ func (s *Store) ForEachCert(fn func(CertRecord) error) error {
 		return fmt.Errorf("%w: nil callback", ErrInvalid)
 	}
 	return s.view("cert scan", func(tx *bolt.Tx) error {
+		rd := newRecordDecoder()
 		c := tx.Bucket(bucketCerts).Cursor()
 		for k, v := c.First(); k != nil; k, v = c.Next() {
-			r, err := decodeCert(k, v)
+			r, err := rd.decode(k, v)
 			if err != nil {
 				return s.corrupt(err)
 			}

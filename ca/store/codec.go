@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"math/bits"
 	"strings"
 	"time"
 )
@@ -58,6 +59,7 @@ var errShort = errors.New("truncated")
 type decoder struct {
 	b   []byte
 	err error
+	rd  *recordDecoder
 }
 
 func (d *decoder) uvarint() uint64 {
@@ -105,7 +107,7 @@ func (d *decoder) string() string {
 		d.err = errShort
 		return ""
 	}
-	s := string(d.b[:n])
+	s := d.rd.str(d.b[:n])
 	d.b = d.b[n:]
 	return s
 }
@@ -126,14 +128,74 @@ func (d *decoder) time() time.Time {
 // decodeCert parses a record stored under key. The bytes are copied: bbolt's
 // memory is only valid inside the transaction.
 func decodeCert(key, val []byte) (CertRecord, error) {
+	return (*recordDecoder)(nil).decode(key, val)
+}
+
+// recordDecoder amortises allocation over a scan of many records (a CRL
+// build streams every revoked record of an issuer): the IDs repeat, so they
+// are interned, and serials are carved from slabs. The nil decoder
+// allocates per record.
+type recordDecoder struct {
+	intern map[string]string
+	ints   []big.Int
+	words  []big.Word
+}
+
+const (
+	slab        = 1024
+	wordsPerSer = (serialLen + bits.UintSize/8 - 1) / (bits.UintSize / 8)
+	maxInterned = 1 << 16
+)
+
+func newRecordDecoder() *recordDecoder {
+	rd := &recordDecoder{intern: make(map[string]string)}
+	for _, k := range []string{KindX509SVID, KindNodeSVID, KindIntermediate, KindOCSPSigner} {
+		rd.intern[k] = k
+	}
+	return rd
+}
+
+func (rd *recordDecoder) str(b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	if rd == nil {
+		return string(b)
+	}
+	if s, ok := rd.intern[string(b)]; ok {
+		return s
+	}
+	s := string(b)
+	if len(rd.intern) < maxInterned {
+		rd.intern[s] = s
+	}
+	return s
+}
+
+func (rd *recordDecoder) serial(key []byte) *big.Int {
+	if rd == nil {
+		return new(big.Int).SetBytes(key)
+	}
+	if len(rd.ints) == 0 {
+		rd.ints = make([]big.Int, slab)
+		rd.words = make([]big.Word, slab*wordsPerSer)
+	}
+	z := &rd.ints[0]
+	rd.ints = rd.ints[1:]
+	z.SetBits(rd.words[:0:wordsPerSer])
+	rd.words = rd.words[wordsPerSer:]
+	return z.SetBytes(key)
+}
+
+func (rd *recordDecoder) decode(key, val []byte) (CertRecord, error) {
 	if len(key) != serialLen {
 		return CertRecord{}, fmt.Errorf("%w: serial key is %d bytes, want %d", ErrCorrupt, len(key), serialLen)
 	}
-	d := decoder{b: val}
+	d := decoder{b: val, rd: rd}
 	if f := d.byte(); d.err == nil && f != certFormatV1 {
 		return CertRecord{}, fmt.Errorf("%w: serial %x: unknown record format %d", ErrCorrupt, key, f)
 	}
-	r := CertRecord{Serial: new(big.Int).SetBytes(key)}
+	r := CertRecord{Serial: rd.serial(key)}
 	r.SPIFFEID = d.string()
 	r.NodeID = d.string()
 	r.EntryID = d.string()
