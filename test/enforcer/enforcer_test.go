@@ -103,7 +103,7 @@ func (tp *topology) config(pinDir string, ifaces []string, peers []string) enfor
 }
 
 // listen opens TCP echo servers in ns on each port.
-func listen(t *testing.T, ns *netns, ports ...int) {
+func listen(t testing.TB, ns *netns, ports ...int) {
 	t.Helper()
 	for _, p := range ports {
 		var ln net.Listener
@@ -424,7 +424,7 @@ func waitFlow(t *testing.T, a *agentProc, pred func(enforcer.FlowRecord) bool) {
 	t.Fatal("flow record not found")
 }
 
-func ifindexIn(t *testing.T, ns *netns, name string) int {
+func ifindexIn(t testing.TB, ns *netns, name string) int {
 	t.Helper()
 	var idx int
 	if err := ns.do(func() error {
