@@ -119,7 +119,6 @@ type side struct {
 	a     *Admitter
 	table *fakeTable
 	rev   *fakeRevocation
-	addr  netip.Addr
 }
 
 func svidFor(t testing.TB, chain []*x509.Certificate, key crypto.Signer) *x509svid.SVID {

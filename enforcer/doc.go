@@ -1,14 +1,26 @@
-// Package enforcer owns Palisade's kernel enforcer: an eBPF program at
-// TCX ingress (classic tc clsact fallback) that admits only peers which
-// proved a valid, unrevoked SVID over mutual TLS, then applies identity
-// policy to them. See docs/enforcer.md for the design and what
-// anti-spoofing remains.
+// Package enforcer owns Palisade's kernel enforcer: an eBPF program at TCX
+// ingress (classic tc clsact fallback) that admits only peers which proved
+// a valid, unrevoked X509-SVID over mutual TLS 1.3, then applies identity
+// policy to them. Design and remaining anti-spoofing gaps: docs/enforcer.md.
 //
 // Entry points:
-//   - OpenDatapath / Datapath: load or adopt the pinned program and maps,
-//     Attach/Detach interfaces, write peers, policy and mode, read flows.
+//
+//   - Agent: NewAgent(ctx, Config, Deps) then Run(ctx) — what
+//     cmd/palisade-agent runs. Deps carries the node's SVID source, the
+//     RevocationChecker (revocation package) and an optional BanChecker.
+//     ReloadPolicy re-reads the policy file (e.g. on SIGHUP);
+//     Admitter().Recheck() applies a revocation update immediately.
+//   - Policy as code: LoadPolicy / ParsePolicy, CheckPolicyFile (for
+//     `palisade policy check FILE`), Drift + DriftReport.Format (for
+//     `palisade policy drift POLICY FLOWLOG`), ReadFlowLog + FormatFlows
+//     (for `palisade flows FLOWLOG`).
+//   - Lower level: OpenDatapath / Datapath (pinned maps, Attach/Detach,
+//     peers, policy entries, counters, flow ring), Uninstall (operator
+//     removal), Verifier and Admitter.
 //
 // The C source is bpf/enforcer.c; datapath_bpf_bpfel.{go,o} are generated
-// by `go generate ./enforcer/` (bpf2go, clang) and committed, so building
-// needs no clang. Regeneration is byte-identical with the same clang.
+// by `go generate ./enforcer/` (bpf2go + clang, Debian's multiarch include
+// dir) and committed, so building needs no clang. Regeneration with the same
+// clang is byte-identical: CI runs
+// `go generate ./enforcer/ && git diff --exit-code enforcer/`.
 package enforcer

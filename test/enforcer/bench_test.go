@@ -285,7 +285,8 @@ func BenchmarkAdmission(b *testing.B) {
 	}
 	srvRev := &revocable{set: map[string]bool{}}
 	srvAdm, _ := mk(serverID, n.dp, srvRev)
-	cliAdm, cliSerial := mk(clientID, nullTable{}, allowAll{})
+	cliAdm, _ := mk(clientID, nullTable{}, allowAll{})
+	var cliSerial *big.Int
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var ln net.Listener

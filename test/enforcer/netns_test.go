@@ -50,11 +50,6 @@ func (n *netns) ip(t testing.TB, args ...string) string {
 	return run(t, append([]string{"ip", "-n", n.name}, args...)...)
 }
 
-func (n *netns) sysctl(t testing.TB, kv string) {
-	t.Helper()
-	run(t, "ip", "netns", "exec", n.name, "sysctl", "-qw", kv)
-}
-
 // link connects a and b with a veth pair named an (in a) and bn (in b),
 // addresses given as CIDRs.
 func link(t testing.TB, a *netns, an string, aAddrs []string, b *netns, bn string, bAddrs []string) {
