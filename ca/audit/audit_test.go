@@ -487,6 +487,7 @@ func TestAppendRejectsBadInput(t *testing.T) {
 		{"invalid utf8 actor", "entry.created", "op\xff", nil},
 		{"long kind", strings.Repeat("k", MaxKindBytes+1), "system", nil},
 		{"raw data not json", "entry.created", "system", json.RawMessage(`{"a":`)},
+		{"raw data with invalid utf8", "entry.created", "system", json.RawMessage("\"\xff\"")},
 		{"unmarshalable data", "entry.created", "system", func() {}},
 		{"data too large", "entry.created", "system", strings.Repeat("d", MaxDataBytes)},
 	}

@@ -5,6 +5,8 @@ import (
 	"context"
 	"crypto"
 	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -95,4 +97,44 @@ func BenchmarkVerify(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(b.N)*float64(bytes.Count(data, []byte("\n")))/b.Elapsed().Seconds(), "records/s")
+}
+
+// BenchmarkSignThenAppend models issuance: an ECDSA P-256 signature (the
+// in-memory stand-in for the HSM) followed by a durable append, with
+// GOMAXPROCS×16 issuances in flight. Compare with sign=only.
+func BenchmarkSignThenAppend(b *testing.B) {
+	for _, withAudit := range []bool{false, true} {
+		name := "sign=only"
+		if withAudit {
+			name = "sign+append"
+		}
+		b.Run(name, func(b *testing.B) {
+			key := newKey(b, elliptic.P256())
+			l, err := Open(filepath.Join(b.TempDir(), "audit.log"), key, Options{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer l.Close()
+			digest := sha256.Sum256([]byte("tbs certificate"))
+			b.SetParallelism(16)
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					sig, err := key.Sign(rand.Reader, digest[:], crypto.SHA256)
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					if !withAudit {
+						continue
+					}
+					if _, err := l.Append(context.Background(), "x509svid.issued", "spiffe://example.org/ca", map[string]any{"sig_len": len(sig)}); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "issuances/s")
+		})
+	}
 }

@@ -60,8 +60,9 @@ type Log struct {
 	cp   *cpSigner
 	opts Options
 
-	inflight atomic.Int64 // callers waiting in submit, the batch the committer gathers for
-	mu       sync.RWMutex // guards closed against sends on reqs
+	inflight atomic.Int64  // callers in submit: the batch the committer gathers for
+	kick     chan struct{} // a caller left submit
+	mu       sync.RWMutex  // guards closed against sends on reqs
 	closed   bool
 	reqs     chan *request
 	done     chan struct{}
@@ -111,7 +112,7 @@ func Open(path string, signer crypto.Signer, opts Options) (*Log, error) {
 		return nil, err
 	}
 	if opts.CheckpointEvery < 0 || opts.CheckpointInterval < 0 || opts.SegmentBytes < 0 {
-		return nil, errors.New("audit: negative checkpoint option")
+		return nil, errors.New("audit: negative checkpoint or segment option")
 	}
 	if opts.CheckpointEvery == 0 {
 		opts.CheckpointEvery = defaultCheckpointEvery
@@ -127,7 +128,7 @@ func Open(path string, signer crypto.Signer, opts Options) (*Log, error) {
 	if err != nil {
 		return nil, fmt.Errorf("audit: open: %w", err)
 	}
-	l := &Log{path: path, f: f, fd: int(f.Fd()), cp: cp, opts: opts}
+	l := &Log{path: path, f: f, fd: int(f.Fd()), cp: cp, opts: opts, kick: make(chan struct{}, 1)}
 	if err := l.load(errors.Is(statErr, os.ErrNotExist)); err != nil {
 		f.Close()
 		return nil, err
@@ -313,7 +314,13 @@ func (l *Log) Checkpoint(ctx context.Context) (Record, error) {
 
 func (l *Log) submit(ctx context.Context, req *request) (Record, error) {
 	l.inflight.Add(1)
-	defer l.inflight.Add(-1)
+	defer func() {
+		l.inflight.Add(-1)
+		select {
+		case l.kick <- struct{}{}:
+		default:
+		}
+	}()
 	l.mu.RLock()
 	if l.closed {
 		l.mu.RUnlock()
@@ -366,6 +373,9 @@ func encodeData(data any) (json.RawMessage, error) {
 	}
 	if buf.String() == "null" {
 		return nil, nil
+	}
+	if !utf8.Valid(buf.Bytes()) {
+		return nil, fmt.Errorf("%w: data is not valid UTF-8", ErrInvalid)
 	}
 	if buf.Len() > MaxDataBytes {
 		return nil, fmt.Errorf("%w: data is %d bytes, limit %d", ErrInvalid, buf.Len(), MaxDataBytes)
@@ -450,6 +460,8 @@ func (l *Log) commitLoop() {
 					}
 					select {
 					case r, ok = <-l.reqs:
+					case <-l.kick:
+						continue // an appender left: re-check who is still coming
 					case <-gather:
 						break drain
 					}
