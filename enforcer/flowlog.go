@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"os"
 	"slices"
 	"strings"
 	"time"
@@ -188,4 +189,23 @@ func (d DriftReport) Format(w io.Writer) error {
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// DriftFromFiles loads a policy file and a flow log and compares them:
+// `palisade policy drift POLICY FLOWLOG`.
+func DriftFromFiles(policyPath, flowLogPath string) (DriftReport, error) {
+	p, err := LoadPolicy(policyPath)
+	if err != nil {
+		return DriftReport{}, err
+	}
+	f, err := os.Open(flowLogPath)
+	if err != nil {
+		return DriftReport{}, fmt.Errorf("enforcer: open flow log: %w", err)
+	}
+	defer f.Close()
+	recs, err := ReadFlowLog(f)
+	if err != nil {
+		return DriftReport{}, err
+	}
+	return Drift(p, recs), nil
 }

@@ -191,3 +191,22 @@ func FuzzParsePolicy(f *testing.F) {
 		}
 	})
 }
+
+func FuzzReadFlowLog(f *testing.F) {
+	f.Add([]byte(`{"time":"2026-01-01T00:00:00Z","from":"spiffe://a/b","to":"spiffe://a/c","from_addr":"10.0.0.1","to_addr":"10.0.0.2","port":80,"proto":"tcp","verdict":"pass","reason":"policy","ifindex":2}` + "\n"))
+	f.Add([]byte("{}\n\n{\"to\":\"x\",\"from_addr\":\"::1\",\"to_addr\":\"\"}\n"))
+	p, err := ParsePolicy([]byte(goodPolicy))
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		recs, err := ReadFlowLog(bytes.NewReader(data))
+		if err != nil {
+			return
+		}
+		rep := Drift(p, recs)
+		if len(rep.UnusedRules) > len(p.Rules) {
+			t.Fatalf("more unused rules than rules: %v", rep.UnusedRules)
+		}
+	})
+}

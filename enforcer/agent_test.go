@@ -1,0 +1,80 @@
+package enforcer
+
+import (
+	"context"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/palisade-id/palisade/test/testca"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+func TestAgentRecordOrientation(t *testing.T) {
+	ca := testca.New(t, "example.org")
+	port := freePort(t)
+	_, schain, skey := ca.MintX509SVID(t, "spiffe://example.org/node/server", time.Hour)
+	_, cchain, ckey := ca.MintX509SVID(t, "spiffe://example.org/node/client", time.Hour)
+	srv := newSide(t, ca, svidFor(t, schain, skey), port, "")
+	cli := newSide(t, ca, svidFor(t, cchain, ckey), port, "")
+	serve(t, srv, netip.AddrPortFrom(serverAddr, port).String())
+	if _, err := cli.a.Admit(context.Background(), netip.AddrPortFrom(serverAddr, port)); err != nil {
+		t.Fatal(err)
+	}
+	pol, err := ParsePolicy([]byte(admissionPolicy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// On the client, the server's answer from 8080 is a reply: the record
+	// names the client as initiator, as the rule does.
+	a := &Agent{adm: cli.a, local: spiffeid.RequireFromString("spiffe://example.org/node/client")}
+	tests := []struct {
+		name string
+		ev   FlowEvent
+		want FlowRecord
+	}{
+		{"reply from reachable service", FlowEvent{Ifindex: 1, Identity: 1, Src: serverAddr, Dst: clientAddr, SrcPort: 8080, DstPort: 40000, Proto: ProtoTCP, Verdict: VerdictPass, Reason: ReasonPolicy},
+			FlowRecord{From: "spiffe://example.org/node/client", To: "spiffe://example.org/node/server", FromAddr: clientAddr, ToAddr: serverAddr, Port: 8080, Proto: "tcp", Verdict: "pass", Reason: "policy", Ifindex: 1}},
+		{"drop of an unadmitted source", FlowEvent{Ifindex: 1, Src: netip.MustParseAddr("127.0.5.5"), Dst: clientAddr, SrcPort: 1, DstPort: 22, Proto: ProtoTCP, Verdict: VerdictDrop, Reason: ReasonNotAdmitted},
+			FlowRecord{To: "spiffe://example.org/node/client", FromAddr: netip.MustParseAddr("127.0.5.5"), ToAddr: clientAddr, Port: 22, Proto: "tcp", Verdict: "drop", Reason: "not-admitted", Ifindex: 1}},
+		{"admitted peer to a closed port", FlowEvent{Ifindex: 1, Identity: 1, Src: serverAddr, Dst: clientAddr, SrcPort: 1, DstPort: 22, Proto: ProtoTCP, Verdict: VerdictDrop, Reason: ReasonNoPolicy},
+			FlowRecord{From: "spiffe://example.org/node/server", To: "spiffe://example.org/node/client", FromAddr: serverAddr, ToAddr: clientAddr, Port: 22, Proto: "tcp", Verdict: "drop", Reason: "no-policy", Ifindex: 1}},
+		{"icmp has no port", FlowEvent{Ifindex: 1, Src: netip.MustParseAddr("127.0.5.5"), Dst: clientAddr, SrcPort: 8 << 8, Proto: ProtoICMP, Verdict: VerdictAudit, Reason: ReasonNotAdmitted},
+			FlowRecord{To: "spiffe://example.org/node/client", FromAddr: netip.MustParseAddr("127.0.5.5"), ToAddr: clientAddr, Port: 0, Proto: "icmp", Verdict: "audit", Reason: "not-admitted", Ifindex: 1}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := a.record(pol, tt.ev); got != tt.want {
+				t.Fatalf("record =\n%+v\nwant\n%+v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestDriftFromFiles(t *testing.T) {
+	dir := t.TempDir()
+	pp, fp := filepath.Join(dir, "p.yaml"), filepath.Join(dir, "flows.jsonl")
+	if err := os.WriteFile(pp, []byte(goodPolicy), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Create(fp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteFlowRecord(f, FlowRecord{From: "spiffe://example.org/node/web", To: "spiffe://example.org/node/db", Port: 5432, Proto: "tcp", Verdict: "pass"}); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	rep, err := DriftFromFiles(pp, fp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.UnusedRules) != 3 || len(rep.NotAllowed) != 0 {
+		t.Fatalf("report = %+v", rep)
+	}
+	if _, err := DriftFromFiles(pp, filepath.Join(dir, "missing")); err == nil {
+		t.Fatal("missing flow log accepted")
+	}
+}
