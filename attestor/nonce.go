@@ -2,7 +2,6 @@ package attestor
 
 import (
 	"fmt"
-	"io"
 	"sync"
 	"time"
 
@@ -31,11 +30,11 @@ func newNonces(ttl time.Duration, max int) *nonces {
 	return &nonces{ttl: ttl, max: max, entries: map[[verify.NonceSize]byte]*nonceEntry{}}
 }
 
-func (n *nonces) issue(rand io.Reader, session uint64, now time.Time) ([]byte, time.Time, error) {
-	var k [verify.NonceSize]byte
-	if _, err := io.ReadFull(rand, k[:]); err != nil {
-		return nil, time.Time{}, fmt.Errorf("attestor: nonce: %w", err)
+func (n *nonces) issue(nonce []byte, session uint64, now time.Time) ([]byte, time.Time, error) {
+	if len(nonce) != verify.NonceSize {
+		return nil, time.Time{}, fmt.Errorf("attestor: nonce of %d bytes", len(nonce))
 	}
+	k := [verify.NonceSize]byte(nonce)
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	n.gcLocked(now)
@@ -43,6 +42,9 @@ func (n *nonces) issue(rand io.Reader, session uint64, now time.Time) ([]byte, t
 		return nil, time.Time{}, ErrTooManyNonces
 	}
 	exp := now.Add(n.ttl)
+	if _, dup := n.entries[k]; dup {
+		return nil, time.Time{}, fmt.Errorf("attestor: nonce collision")
+	}
 	n.entries[k] = &nonceEntry{session: session, expires: exp}
 	return k[:], exp, nil
 }

@@ -3,6 +3,7 @@ package attestor
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -45,8 +46,11 @@ type Service struct {
 	manifest atomic.Pointer[manifestIndex]
 	policy   atomic.Pointer[verify.Policy]
 
-	// newSecret is replaced in benchmarks to skip the node's decryption.
-	newSecret func() ([]byte, error)
+	ekCache parseCache[*verify.EK]
+
+	// newSecret and newNonce are replaced in benchmarks so that node-side
+	// work (decryption, quoting) can be precomputed.
+	newSecret, newNonce func() ([]byte, error)
 }
 
 // New returns a Service for trust domain td and loads the manifest and PCR
@@ -74,6 +78,11 @@ func New(ctx context.Context, td spiffeid.TrustDomain, cfg Config, d Deps) (*Ser
 	s := &Service{td: td, cfg: cfg, deps: d, log: d.Logger, nonces: newNonces(cfg.NonceTTL, cfg.MaxPendingNonces)}
 	s.newSecret = func() ([]byte, error) {
 		b := make([]byte, 32)
+		_, err := io.ReadFull(s.deps.Rand, b)
+		return b, err
+	}
+	s.newNonce = func() ([]byte, error) {
+		b := make([]byte, verify.NonceSize)
 		_, err := io.ReadFull(s.deps.Rand, b)
 		return b, err
 	}
@@ -132,4 +141,38 @@ func isRefusal(err error) bool {
 		}
 	}
 	return false
+}
+
+// parseCache memoises a pure parse of untrusted bytes: nodes renew with the
+// same EK bytes every time. Bounded; cleared wholesale when full.
+type parseCache[T any] struct {
+	mu       sync.Mutex
+	m        map[[32]byte]T
+	disabled bool // benchmarks of first-contact attestations
+}
+
+const parseCacheSize = 4096
+
+func (c *parseCache[T]) get(raw []byte, parse func([]byte) (T, error)) (T, error) {
+	if c.disabled {
+		return parse(raw)
+	}
+	k := sha256.Sum256(raw)
+	c.mu.Lock()
+	v, ok := c.m[k]
+	c.mu.Unlock()
+	if ok {
+		return v, nil
+	}
+	v, err := parse(raw)
+	if err != nil {
+		return v, err
+	}
+	c.mu.Lock()
+	if c.m == nil || len(c.m) >= parseCacheSize {
+		c.m = make(map[[32]byte]T)
+	}
+	c.m[k] = v
+	c.mu.Unlock()
+	return v, nil
 }

@@ -87,7 +87,7 @@ func (ss *session) step(ctx context.Context, msg *attestorpb.NodeMessage) (*atte
 func (ss *session) hello(ctx context.Context, h *attestorpb.Hello) (*attestorpb.ServerMessage, error) {
 	now := ss.s.deps.Now()
 	// The EK and the manifest come before anything else.
-	ek, err := verify.ParseEKPublic(h.GetEkPublic())
+	ek, err := ss.s.ekCache.get(h.GetEkPublic(), verify.ParseEKPublic)
 	if err != nil {
 		return nil, fmt.Errorf("%w: EK: %w", ErrBadMessage, err)
 	}
@@ -173,7 +173,11 @@ func (ss *session) activation(p *attestorpb.ActivationProof) (*attestorpb.Server
 	if subtle.ConstantTimeCompare(p.GetSecret(), ss.secret) != 1 {
 		return nil, ErrActivation
 	}
-	nonce, _, err := ss.s.nonces.issue(ss.s.deps.Rand, ss.id, ss.s.deps.Now())
+	nonce, err := ss.s.newNonce()
+	if err != nil {
+		return nil, fmt.Errorf("attestor: nonce: %w", err)
+	}
+	nonce, _, err = ss.s.nonces.issue(nonce, ss.id, ss.s.deps.Now())
 	if err != nil {
 		return nil, err
 	}

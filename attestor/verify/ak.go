@@ -3,6 +3,7 @@ package verify
 import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
+	"crypto/sha256"
 	"fmt"
 
 	"github.com/google/go-tpm/tpm2"
@@ -20,7 +21,10 @@ type AK struct {
 // restricted signing key with ECDSA-SHA256, generated inside and fixed to the
 // TPM: only such a key signs quotes and nothing else that looks like one.
 func ParseAKPublic(raw []byte) (*AK, error) {
-	pub, err := unmarshalCanonical[tpm2.TPMTPublic]("AK public", raw, MaxPublicSize)
+	// No canonical check: the name below hashes raw itself, so bytes that
+	// parse loosely or carry a trailer name no object a TPM holds, and the
+	// credential bound to that name cannot be activated.
+	pub, err := unmarshalLimited[tpm2.TPMTPublic]("AK public", raw, MaxPublicSize)
 	if err != nil {
 		return nil, err
 	}
@@ -55,9 +59,8 @@ func ParseAKPublic(raw []byte) (*AK, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: AK point: %v", ErrMalformed, err)
 	}
-	name, err := tpm2.ObjectName(pub)
-	if err != nil {
-		return nil, fmt.Errorf("%w: AK name: %v", ErrMalformed, err)
-	}
-	return &AK{Public: *pub, Key: key, Name: name.Buffer}, nil
+	// Name = nameAlg || SHA-256(TPMT_PUBLIC) over the bytes as received.
+	h := sha256.Sum256(raw)
+	name := append([]byte{byte(tpm2.TPMAlgSHA256 >> 8), byte(tpm2.TPMAlgSHA256)}, h[:]...)
+	return &AK{Public: *pub, Key: key, Name: name}, nil
 }

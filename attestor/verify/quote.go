@@ -90,7 +90,9 @@ func (q *Quote) CheckPCRs(pcrs []uint32, values map[uint32][]byte) error {
 	if err != nil {
 		return err
 	}
-	if !bytes.Equal(tpm2.Marshal(q.Info.PCRSelect), tpm2.Marshal(want)) {
+	got := q.Info.PCRSelect.PCRSelections
+	if len(got) != 1 || got[0].Hash != tpm2.TPMAlgSHA256 ||
+		!bytes.Equal(got[0].PCRSelect, want.PCRSelections[0].PCRSelect) {
 		return ErrQuoteSelection
 	}
 	if len(values) != len(pcrs) {

@@ -14,6 +14,22 @@ func unmarshalCanonical[T tpm2.Marshallable, P interface {
 	*T
 	tpm2.Unmarshallable
 }](what string, raw []byte, max int) (v *T, err error) {
+	v, err = unmarshalLimited[T, P](what, raw, max)
+	if err != nil {
+		return nil, err
+	}
+	if !bytes.Equal(tpm2.Marshal(*v), raw) {
+		return nil, fmt.Errorf("%w: %s has trailing or non-canonical bytes", ErrMalformed, what)
+	}
+	return v, nil
+}
+
+// unmarshalLimited parses a TPM structure without the canonical check, for
+// callers that bind to the raw bytes themselves (names hash the raw bytes).
+func unmarshalLimited[T tpm2.Marshallable, P interface {
+	*T
+	tpm2.Unmarshallable
+}](what string, raw []byte, max int) (v *T, err error) {
 	if len(raw) == 0 {
 		return nil, fmt.Errorf("%w: %s is empty", ErrMalformed, what)
 	}
@@ -29,9 +45,6 @@ func unmarshalCanonical[T tpm2.Marshallable, P interface {
 	v, err = tpm2.Unmarshal[T, P](raw)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: %v", ErrMalformed, what, err)
-	}
-	if !bytes.Equal(tpm2.Marshal(*v), raw) {
-		return nil, fmt.Errorf("%w: %s has trailing or non-canonical bytes", ErrMalformed, what)
 	}
 	return v, nil
 }
