@@ -9,7 +9,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -18,18 +17,6 @@ import (
 // GOMAXPROCS concurrent callers: go test -bench RecordIssued -cpu 1,2,8.
 func BenchmarkRecordIssued(b *testing.B) {
 	benchRecord(b, Options{})
-}
-
-// BenchmarkRecordIssuedBatch compares group-commit settings at the current
-// -cpu (the numbers behind DefaultMaxBatchDelay/Size).
-func BenchmarkRecordIssuedBatch(b *testing.B) {
-	for _, d := range []time.Duration{50 * time.Microsecond, 200 * time.Microsecond, time.Millisecond, 10 * time.Millisecond} {
-		for _, n := range []int{8, 256} {
-			b.Run(fmt.Sprintf("delay=%s/size=%d", d, n), func(b *testing.B) {
-				benchRecord(b, Options{MaxBatchDelay: d, MaxBatchSize: n})
-			})
-		}
-	}
 }
 
 // BenchmarkRecordIssuedCallers fixes the number of concurrent callers

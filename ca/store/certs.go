@@ -110,7 +110,7 @@ func (s *Store) RecordIssued(rec CertRecord) error {
 		return err
 	}
 	val := encodeCert(&rec)
-	return s.batch("record issued", func(tx *bolt.Tx) error {
+	return s.groupUpdate("record issued", func(tx *bolt.Tx) error {
 		certs := tx.Bucket(bucketCerts)
 		if certs.Get(key) != nil {
 			return fmt.Errorf("%w: %x", ErrSerialExists, rec.Serial)

@@ -153,18 +153,6 @@ func (s *Store) update(what string, fn func(tx *bolt.Tx) error) (err error) {
 	return closedErr(s.db.Update(fn))
 }
 
-// batch is update through bbolt's group commit. fn may run more than once (a
-// failing call is retried alone), so it must be idempotent. It runs on a
-// bbolt goroutine, hence its own fault guard.
-func (s *Store) batch(what string, fn func(tx *bolt.Tx) error) (err error) {
-	defer s.guard(what, &err)
-	return closedErr(s.db.Batch(func(tx *bolt.Tx) (ferr error) {
-		defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
-		defer s.guard(what, &ferr)
-		return fn(tx)
-	}))
-}
-
 func closedErr(err error) error {
 	if errors.Is(err, berrors.ErrDatabaseNotOpen) {
 		return ErrClosed

@@ -3,7 +3,9 @@ package store
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
+	"path/filepath"
 	"runtime/debug"
 	"strings"
 	"time"
@@ -12,16 +14,13 @@ import (
 	berrors "go.etcd.io/bbolt/errors"
 )
 
-// Group-commit defaults (see Options). A durable RecordIssued costs one
-// fdatasync whatever the batch size, so throughput is callers-per-batch over
-// the commit time. The delay only matters while the writer is idle: while a
-// commit runs, the next batch fills anyway. It is kept well below an fsync so
-// a lone caller pays little extra latency; the size bounds the work (and the
-// retry cost when one call fails) of a single transaction.
 const (
-	DefaultMaxBatchDelay = 200 * time.Microsecond
-	DefaultMaxBatchSize  = 256
-	DefaultTimeout       = time.Second
+	// DefaultMaxBatchSize caps the records one group commit carries
+	// (commit.go): it bounds a transaction's dirty pages and the replay
+	// cost when one call in it fails, while staying far above the
+	// concurrency a CA sees.
+	DefaultMaxBatchSize = 512
+	DefaultTimeout      = time.Second
 )
 
 // Options tune Open. The zero value is the production setting.
@@ -33,18 +32,18 @@ type Options struct {
 	// Verify runs a full page-level consistency check at open (reads the
 	// whole file; for `store check`-style tooling and recovery drills).
 	Verify bool
-	// MaxBatchDelay and MaxBatchSize tune RecordIssued's group commit
-	// (defaults DefaultMaxBatchDelay, DefaultMaxBatchSize).
-	MaxBatchDelay time.Duration
-	MaxBatchSize  int
+	// MaxBatchSize caps RecordIssued's group commit (default
+	// DefaultMaxBatchSize). There is no delay to tune: see commit.go.
+	MaxBatchSize int
 }
 
 // Store is the CA's database. It is safe for concurrent use; methods that
 // take a callback run it inside a read transaction, so the callback must not
 // call Store methods that write.
 type Store struct {
-	db   *bolt.DB
-	path string
+	db     *bolt.DB
+	path   string
+	commit committer
 }
 
 // Open opens or creates the database at path (mode 0600).
@@ -55,25 +54,38 @@ func Open(path string, opts Options) (*Store, error) {
 	if opts.Timeout <= 0 {
 		opts.Timeout = DefaultTimeout
 	}
-	if opts.MaxBatchDelay <= 0 {
-		opts.MaxBatchDelay = DefaultMaxBatchDelay
-	}
 	if opts.MaxBatchSize <= 0 {
 		opts.MaxBatchSize = DefaultMaxBatchSize
 	}
-	s := &Store{path: path}
+	s := &Store{path: path, commit: committer{max: opts.MaxBatchSize}}
+	_, statErr := os.Stat(path)
+	created := errors.Is(statErr, os.ErrNotExist)
 	db, err := s.openBolt(opts)
 	if err != nil {
 		return nil, err
 	}
-	db.MaxBatchDelay = opts.MaxBatchDelay
-	db.MaxBatchSize = opts.MaxBatchSize
 	s.db = db
 	if err := s.check(opts); err != nil {
 		_ = db.Close()
 		return nil, err
 	}
+	if created && !opts.NoSync {
+		// A new file's directory entry is only durable once the directory is.
+		if err := syncDir(filepath.Dir(path)); err != nil {
+			_ = db.Close()
+			return nil, fmt.Errorf("store: sync directory of %s: %w", path, err)
+		}
+	}
 	return s, nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }
 
 func (s *Store) openBolt(opts Options) (db *bolt.DB, err error) {
@@ -203,10 +215,25 @@ func (s *Store) verifyCounters(tx *bolt.Tx) error {
 	return nil
 }
 
+// Backup writes a consistent snapshot of the whole database to w while
+// readers and writers carry on; the copy opens with Open like the original.
+func (s *Store) Backup(w io.Writer) (int64, error) {
+	if w == nil {
+		return 0, fmt.Errorf("%w: nil backup writer", ErrInvalid)
+	}
+	var n int64
+	err := s.view("backup", func(tx *bolt.Tx) (err error) {
+		n, err = tx.WriteTo(w)
+		return err
+	})
+	return n, err
+}
+
 // Path is the database file.
 func (s *Store) Path() string { return s.path }
 
-// Close releases the file. Pending batched writes complete first.
+// Close releases the file. Callers must not use the Store concurrently with
+// or after Close (they get ErrClosed).
 func (s *Store) Close() error {
 	if err := s.db.Close(); err != nil {
 		return fmt.Errorf("store: close %s: %w", s.path, err)
@@ -214,12 +241,15 @@ func (s *Store) Close() error {
 	return nil
 }
 
-// Stats are record counts.
+// Stats are record counts, plus RecordIssued's group-commit counters since
+// Open (GroupRecords/GroupCommits is the mean batch size).
 type Stats struct {
 	Entries       int
 	Certs         uint64
 	Revoked       uint64
 	Intermediates int
+	GroupCommits  uint64
+	GroupRecords  uint64
 }
 
 // Stats counts records. Certificate counts are maintained counters, so this
@@ -234,6 +264,9 @@ func (s *Store) Stats() (Stats, error) {
 		st.Intermediates = tx.Bucket(bucketIntermediates).Stats().KeyN
 		return nil
 	})
+	s.commit.mu.Lock()
+	st.GroupCommits, st.GroupRecords = s.commit.commits, s.commit.records
+	s.commit.mu.Unlock()
 	return st, err
 }
 

@@ -3,6 +3,7 @@ package store
 import (
 	"encoding/binary"
 	"errors"
+	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
@@ -197,6 +198,44 @@ func TestMeta(t *testing.T) {
 		v, _ = s.GetMeta("ctr")
 		if binary.BigEndian.Uint64(v) != 3 {
 			t.Fatalf("failed update changed the counter to %x", v)
+		}
+	})
+}
+
+func TestBackup(t *testing.T) {
+	s := openTest(t)
+	mustRecord(t, s, svid(1, "spiffe://example.org/a", nodeA), svid(2, "spiffe://example.org/b", nodeA))
+	if _, err := s.Revoke(big.NewInt(2), 1, t0); err != nil {
+		t.Fatal(err)
+	}
+	t.Run("nil writer", func(t *testing.T) {
+		_, err := s.Backup(nil)
+		wantErr(t, err, ErrInvalid)
+	})
+	t.Run("snapshot opens", func(t *testing.T) {
+		path := filepath.Join(t.TempDir(), "backup.db")
+		f, err := os.Create(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, err := s.Backup(f)
+		if err != nil || n == 0 {
+			t.Fatalf("Backup = %d, %v", n, err)
+		}
+		if err := f.Close(); err != nil {
+			t.Fatal(err)
+		}
+		b, err := Open(path, Options{Verify: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer b.Close()
+		if got, want := stats(t, b), stats(t, s); got != want {
+			t.Fatalf("backup stats %+v, original %+v", got, want)
+		}
+		r, err := b.Cert(big.NewInt(2))
+		if err != nil || r.Status != CertRevoked {
+			t.Fatalf("backup lost the revocation: %+v, %v", r, err)
 		}
 	})
 }

@@ -1,0 +1,61 @@
+package store
+
+import (
+	"errors"
+	"math/big"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+)
+
+// Concurrent durable callers share commits, and a failing call (a duplicate
+// serial) gets its own error without failing the others in its batch.
+func TestGroupCommit(t *testing.T) {
+	s, err := Open(filepath.Join(t.TempDir(), "ca.db"), Options{MaxBatchSize: 16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	const callers, per = 32, 8
+	var ok, dup atomic.Int64
+	var wg sync.WaitGroup
+	for g := range callers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range per {
+				// Pairs of callers race for the same serials.
+				err := s.RecordIssued(svid(int64((g/2)*per+i+1), "spiffe://example.org/w", nodeA))
+				switch {
+				case err == nil:
+					ok.Add(1)
+				case errors.Is(err, ErrSerialExists):
+					dup.Add(1)
+				default:
+					t.Error(err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	st := stats(t, s)
+	if ok.Load() != callers*per/2 || dup.Load() != callers*per/2 || st.Certs != callers*per/2 {
+		t.Fatalf("%d recorded, %d duplicates, %d stored; want %d each", ok.Load(), dup.Load(), st.Certs, callers*per/2)
+	}
+	if st.GroupRecords != callers*per {
+		t.Fatalf("group commit answered %d calls, want %d", st.GroupRecords, callers*per)
+	}
+	if st.GroupCommits >= st.GroupRecords {
+		t.Fatalf("%d commits for %d calls: nothing was batched", st.GroupCommits, st.GroupRecords)
+	}
+	if avg := float64(st.GroupRecords) / float64(st.GroupCommits); avg > 16 {
+		t.Fatalf("mean batch %.1f exceeds MaxBatchSize 16", avg)
+	}
+	t.Logf("%d calls in %d commits", st.GroupRecords, st.GroupCommits)
+	for n := int64(1); n <= callers*per/2; n++ {
+		if _, err := s.Cert(big.NewInt(n)); err != nil {
+			t.Fatalf("serial %d: %v", n, err)
+		}
+	}
+}
