@@ -1,0 +1,117 @@
+// Package memsource is an in-memory crl.Store for tests and benchmarks.
+// It is not durable.
+package memsource
+
+import (
+	"errors"
+	"fmt"
+	"math/big"
+	"sync"
+	"time"
+
+	"github.com/palisade-id/palisade/crl"
+)
+
+// ErrNotFound is returned by Revoke for a serial never added.
+var ErrNotFound = errors.New("memsource: no such certificate")
+
+// Store holds certificate records in a map.
+type Store struct {
+	mu    sync.RWMutex
+	certs map[string]*crl.CertInfo
+}
+
+// New returns an empty Store.
+func New() *Store { return &Store{certs: map[string]*crl.CertInfo{}} }
+
+// Add records an issued certificate (as the CA's RecordIssued would).
+func (s *Store) Add(ci crl.CertInfo) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := ci
+	s.certs[string(ci.Serial.Bytes())] = &c
+}
+
+// Len returns the number of records.
+func (s *Store) Len() int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return len(s.certs)
+}
+
+// Status implements crl.Source.
+func (s *Store) Status(serial *big.Int) (crl.CertInfo, bool, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	c, ok := s.certs[string(serial.Bytes())]
+	if !ok {
+		return crl.CertInfo{}, false, nil
+	}
+	return *c, true, nil
+}
+
+// ForEachRevoked implements crl.Source.
+func (s *Store) ForEachRevoked(issuer string, since time.Time, fn func(crl.CertInfo) error) error {
+	s.mu.RLock()
+	var list []crl.CertInfo
+	for _, c := range s.certs {
+		if c.Revoked && c.IssuerKeyID == issuer && !c.RevokedAt.Before(since) {
+			list = append(list, *c)
+		}
+	}
+	s.mu.RUnlock()
+	for _, c := range list {
+		if err := fn(c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ForEachUnexpired implements crl.Source.
+func (s *Store) ForEachUnexpired(at time.Time, fn func(crl.CertInfo) error) error {
+	s.mu.RLock()
+	var list []crl.CertInfo
+	for _, c := range s.certs {
+		if c.NotAfter.After(at) {
+			list = append(list, *c)
+		}
+	}
+	s.mu.RUnlock()
+	for _, c := range list {
+		if err := fn(c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Revoke implements crl.Store.
+func (s *Store) Revoke(serial *big.Int, reason int, at time.Time) (crl.CertInfo, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c, ok := s.certs[string(serial.Bytes())]
+	if !ok {
+		return crl.CertInfo{}, fmt.Errorf("%w: %x", ErrNotFound, serial)
+	}
+	if !c.Revoked {
+		c.Revoked, c.RevokedAt, c.Reason = true, at, reason
+	}
+	return *c, nil
+}
+
+// RevokeNode implements crl.Store.
+func (s *Store) RevokeNode(nodeID string, reason int, at time.Time) ([]crl.CertInfo, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []crl.CertInfo
+	for _, c := range s.certs {
+		if c.NodeID == nodeID && !c.Revoked && c.NotAfter.After(at) {
+			c.Revoked, c.RevokedAt, c.Reason = true, at, reason
+			out = append(out, *c)
+		}
+	}
+	return out, nil
+}
+
+var _ crl.Store = (*Store)(nil)

@@ -1,0 +1,518 @@
+package crl
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/rand"
+	"crypto/sha1"
+	"crypto/sha256"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/big"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Pre-signed OCSP.
+//
+// Every unexpired certificate gets a SHA-1 CertID response signed ahead of
+// time (at start, on Issued, after a revocation, and again when half its
+// validity has passed), so a request is a map lookup. Signed on demand,
+// bounded by Config.SignConcurrency and then cached like the rest: answers
+// for serials never seen (unknown), CertIDs using another hash, and
+// requests with a nonce (RFC 8954): a nonce needs a fresh signature, so
+// those answers are never cached; if no signature slot frees up quickly, or
+// the HSM fails, the pre-signed answer is sent without the nonce (the
+// client sees "no nonce in response", not an outage).
+//
+// A revocation deletes the serial's cached answers before Revoke returns,
+// so a revoked certificate is never answered "good" from cache. A cached
+// answer is never served past its nextUpdate: past that, with the HSM
+// down, clients get tryLater.
+
+var oidOCSPNoCheck = asn1.ObjectIdentifier{1, 3, 6, 1, 5, 5, 7, 48, 1, 5}
+
+// Unsigned OCSP error responses (RFC 6960 §4.2.1).
+var (
+	respMalformed    = []byte{0x30, 0x03, 0x0a, 0x01, 0x01}
+	respTryLater     = []byte{0x30, 0x03, 0x0a, 0x01, 0x03}
+	respUnauthorized = []byte{0x30, 0x03, 0x0a, 0x01, 0x06}
+)
+
+// cached is one signed response and its precomputed HTTP headers.
+type cached struct {
+	der          []byte
+	issuer       string
+	status       int
+	thisUpdate   time.Time
+	nextUpdate   time.Time
+	notAfter     time.Time // certificate's; zero for unknown
+	etag         string
+	lastModified string
+	expires      string
+}
+
+// ocspIssuer is one issuer as the responder serves it.
+type ocspIssuer struct {
+	iss       Issuer
+	hashes    map[crypto.Hash]issuerHashes
+	rs        atomic.Pointer[responseSigner]
+	respCert  atomic.Pointer[x509.Certificate]
+	keySigner crypto.Signer
+}
+
+type hsmSigner struct {
+	s  crypto.Signer
+	sp sigParams
+}
+
+func (h hsmSigner) Sign(tbs []byte) ([]byte, error) { return h.sp.sign(h.s, tbs) }
+
+type responder struct {
+	cfg  Config
+	keys KeyStore
+	src  Source
+	log  *slog.Logger
+	now  func() time.Time
+	sem  chan struct{}
+	m    *Metrics
+
+	mu      sync.RWMutex
+	issuers map[string]*ocspIssuer // by key ID
+	byKey   map[string]*ocspIssuer // hash alg byte + issuer key hash
+	cache   map[string]*cached     // hash alg byte + serial content octets
+
+	revEpoch atomic.Uint64 // bumped by every invalidate
+	queue    chan []byte   // serials to pre-sign
+	flightMu sync.Mutex
+	flight   map[string]*flightCall
+}
+
+type flightCall struct {
+	done chan struct{}
+	c    *cached
+	err  error
+}
+
+func newResponder(cfg Config, keys KeyStore, src Source, log *slog.Logger, now func() time.Time, m *Metrics) *responder {
+	return &responder{
+		cfg: cfg, keys: keys, src: src, log: log, now: now, m: m,
+		sem:     make(chan struct{}, cfg.SignConcurrency),
+		issuers: map[string]*ocspIssuer{},
+		byKey:   map[string]*ocspIssuer{},
+		cache:   map[string]*cached{},
+		queue:   make(chan []byte, 1<<16),
+		flight:  map[string]*flightCall{},
+	}
+}
+
+// ResponderKeyLabel is the HSM label of an issuer's delegated OCSP key.
+func ResponderKeyLabel(issuerKeyID string) string { return "palisade-ocsp-" + issuerKeyID }
+
+// setIssuers brings the issuer set up to date, creating or renewing
+// delegated responder certificates. It returns the first failure.
+func (r *responder) setIssuers(list []Issuer) error {
+	var firstErr error
+	seen := map[string]bool{}
+	for _, iss := range list {
+		seen[iss.KeyID] = true
+		r.mu.RLock()
+		oi := r.issuers[iss.KeyID]
+		r.mu.RUnlock()
+		if oi == nil {
+			oi = &ocspIssuer{iss: iss, hashes: map[crypto.Hash]issuerHashes{}}
+			for _, h := range hashOIDs {
+				ih, err := hashesFor(iss.Cert, h.hash)
+				if err != nil {
+					return err
+				}
+				oi.hashes[h.hash] = ih
+			}
+		}
+		if err := r.ensureResponderCert(oi); err != nil {
+			r.m.RefreshFailures.Add(1)
+			r.log.Error("OCSP responder certificate unavailable", "issuer", iss.KeyID, "err", err)
+			if firstErr == nil {
+				firstErr = err
+			}
+			if oi.rs.Load() == nil {
+				continue
+			}
+		}
+		r.mu.Lock()
+		if r.issuers[iss.KeyID] == nil {
+			r.issuers[iss.KeyID] = oi
+			for h, ih := range oi.hashes {
+				r.byKey[string(rune(h))+string(ih.key)] = oi
+			}
+		}
+		r.mu.Unlock()
+	}
+	r.mu.Lock()
+	for id, oi := range r.issuers {
+		if !seen[id] {
+			delete(r.issuers, id)
+			for h, ih := range oi.hashes {
+				delete(r.byKey, string(rune(h))+string(ih.key))
+			}
+		}
+	}
+	r.mu.Unlock()
+	return firstErr
+}
+
+// ensureResponderCert issues (or renews at two thirds of its life) the
+// delegated OCSP signing certificate, its key kept in the HSM.
+func (r *responder) ensureResponderCert(oi *ocspIssuer) error {
+	now := r.now()
+	if c := oi.respCert.Load(); c != nil {
+		life := c.NotAfter.Sub(c.NotBefore)
+		if now.Before(c.NotBefore.Add(life * 2 / 3)) {
+			return nil
+		}
+	}
+	if oi.keySigner == nil {
+		label := ResponderKeyLabel(oi.iss.KeyID)
+		s, err := r.keys.Signer(label)
+		if err != nil || s == nil {
+			s, err = r.keys.GenerateSigner(label)
+			if err != nil {
+				return fmt.Errorf("crl: OCSP responder key %s: %w", label, err)
+			}
+		}
+		oi.keySigner = s
+	}
+	sp, err := signatureParams(oi.keySigner.Public())
+	if err != nil {
+		return err
+	}
+	spki, err := x509.MarshalPKIXPublicKey(oi.keySigner.Public())
+	if err != nil {
+		return err
+	}
+	var pk struct {
+		Alg asn1.RawValue
+		Key asn1.BitString
+	}
+	if _, err := asn1.Unmarshal(spki, &pk); err != nil {
+		return err
+	}
+	keyHash := sha1.Sum(pk.Key.RightAlign())
+	ski := sha256.Sum256(spki)
+	notAfter := now.Add(r.cfg.ResponderCertValidity)
+	if oi.iss.Cert.NotAfter.Before(notAfter) {
+		notAfter = oi.iss.Cert.NotAfter
+	}
+	serial := make([]byte, 16)
+	if _, err := rand.Read(serial); err != nil {
+		return err
+	}
+	serial[0] = serial[0]&0x7f | 0x40
+	tmpl := &x509.Certificate{
+		SerialNumber: new(big.Int).SetBytes(serial),
+		Subject: pkix.Name{
+			Organization: oi.iss.Cert.Subject.Organization,
+			CommonName:   "Palisade OCSP responder " + oi.iss.KeyID[:min(16, len(oi.iss.KeyID))],
+		},
+		NotBefore:       now.Add(-time.Minute),
+		NotAfter:        notAfter,
+		KeyUsage:        x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:     []x509.ExtKeyUsage{x509.ExtKeyUsageOCSPSigning},
+		SubjectKeyId:    ski[:20],
+		ExtraExtensions: []pkix.Extension{{Id: oidOCSPNoCheck, Value: []byte{0x05, 0x00}}},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, oi.iss.Cert, oi.keySigner.Public(), oi.iss.Signer)
+	if err != nil {
+		return fmt.Errorf("crl: sign OCSP responder certificate for %s: %w", oi.iss.KeyID, err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return err
+	}
+	oi.respCert.Store(cert)
+	oi.rs.Store(&responseSigner{
+		signer:      hsmSigner{oi.keySigner, sp},
+		algID:       sp.algID,
+		responderID: tlv(nil, 0xa2, tlv(nil, tagOctetString, keyHash[:])),
+		certs:       tlv(nil, 0xa0, tlv(nil, tagSequence, der)),
+	})
+	r.log.Info("OCSP responder certificate issued", "issuer", oi.iss.KeyID, "not_after", notAfter)
+	return nil
+}
+
+func cacheKey(h crypto.Hash, serial []byte) string { return string(rune(h)) + string(serial) }
+
+// serialContent is the DER INTEGER content octets of a non-negative serial.
+func serialContent(s *big.Int) []byte { return intContent(s.Bytes()) }
+
+// lookup returns the issuer and cached answer for req.
+func (r *responder) lookup(req *Request) (*ocspIssuer, *cached) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	oi := r.byKey[string(rune(req.HashAlg))+string(req.IssuerKeyHash)]
+	if oi == nil || !bytes.Equal(oi.hashes[req.HashAlg].name, req.IssuerNameHash) {
+		return nil, nil
+	}
+	c := r.cache[cacheKey(req.HashAlg, req.Serial)]
+	if c != nil && c.issuer != oi.iss.KeyID {
+		c = nil
+	}
+	return oi, c
+}
+
+// answerFor computes the current status of serial for oi from the Source.
+func (r *responder) answerFor(oi *ocspIssuer, h crypto.Hash, serial []byte) (singleAnswer, time.Time, error) {
+	now := r.now()
+	a := singleAnswer{
+		certID:     certIDFor(h, oi.hashes[h], serial),
+		status:     StatusUnknown,
+		thisUpdate: now.Add(-time.Minute).Truncate(time.Second),
+		nextUpdate: now.Add(r.cfg.OCSPValidity).Truncate(time.Second),
+	}
+	if serial[0]&0x80 != 0 { // negative: never issued
+		return a, time.Time{}, nil
+	}
+	info, found, err := r.src.Status(new(big.Int).SetBytes(serial))
+	if err != nil {
+		return a, time.Time{}, fmt.Errorf("crl: certificate status: %w", err)
+	}
+	if !found || info.IssuerKeyID != oi.iss.KeyID {
+		return a, time.Time{}, nil
+	}
+	if info.Revoked {
+		a.status, a.revokedAt, a.reason = StatusRevoked, info.RevokedAt, info.Reason
+	} else {
+		a.status = StatusGood
+	}
+	return a, info.NotAfter, nil
+}
+
+// signCached signs and caches the answer for (h, serial) under oi.
+func (r *responder) signCached(oi *ocspIssuer, h crypto.Hash, serial []byte) (*cached, error) {
+	rs := oi.rs.Load()
+	if rs == nil {
+		return nil, fmt.Errorf("crl: no OCSP responder certificate for issuer %s", oi.iss.KeyID)
+	}
+	epoch := r.revEpoch.Load()
+	a, notAfter, err := r.answerFor(oi, h, serial)
+	if err != nil {
+		return nil, err
+	}
+	der, err := encodeResponse(rs, a, nil, r.now())
+	if err != nil {
+		r.m.SignFailures.Add(1)
+		return nil, fmt.Errorf("crl: sign OCSP response: %w", err)
+	}
+	r.m.Signatures.Add(1)
+	sum := sha256.Sum256(der)
+	c := &cached{
+		der: der, issuer: oi.iss.KeyID, status: a.status, thisUpdate: a.thisUpdate, nextUpdate: a.nextUpdate,
+		notAfter: notAfter, etag: `"` + hex.EncodeToString(sum[:16]) + `"`,
+		lastModified: a.thisUpdate.UTC().Format(http.TimeFormat),
+		expires:      a.nextUpdate.UTC().Format(http.TimeFormat),
+	}
+	r.mu.Lock()
+	// A revocation that landed while this was signed may have been missed
+	// by the status read: never cache a "good" across it.
+	if a.status != StatusGood || r.revEpoch.Load() == epoch {
+		r.cache[cacheKey(h, serial)] = c
+	}
+	r.mu.Unlock()
+	return c, nil
+}
+
+// acquire takes a signature slot, waiting at most wait.
+func (r *responder) acquire(ctx context.Context, wait time.Duration) bool {
+	select {
+	case r.sem <- struct{}{}:
+		return true
+	default:
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case r.sem <- struct{}{}:
+		return true
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	return false
+}
+
+func (r *responder) release() { <-r.sem }
+
+// miss signs an answer on demand, one signature per key however many
+// requests ask at once.
+func (r *responder) miss(ctx context.Context, oi *ocspIssuer, h crypto.Hash, serial []byte) (*cached, error) {
+	key := cacheKey(h, serial)
+	r.flightMu.Lock()
+	if f := r.flight[key]; f != nil {
+		r.flightMu.Unlock()
+		select {
+		case <-f.done:
+			return f.c, f.err
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	f := &flightCall{done: make(chan struct{})}
+	r.flight[key] = f
+	r.flightMu.Unlock()
+	defer func() {
+		r.flightMu.Lock()
+		delete(r.flight, key)
+		r.flightMu.Unlock()
+		close(f.done)
+	}()
+	if !r.acquire(ctx, 200*time.Millisecond) {
+		f.err = errBusy
+		return nil, f.err
+	}
+	defer r.release()
+	f.c, f.err = r.signCached(oi, h, serial)
+	return f.c, f.err
+}
+
+var errBusy = errors.New("crl: OCSP signer busy")
+
+// invalidate drops every cached answer for serial (any hash).
+func (r *responder) invalidate(serial []byte) {
+	r.mu.Lock()
+	r.revEpoch.Add(1)
+	for _, h := range hashOIDs {
+		delete(r.cache, cacheKey(h.hash, serial))
+	}
+	r.mu.Unlock()
+}
+
+// enqueue asks the pre-sign worker for a SHA-1 answer for serial.
+func (r *responder) enqueue(serial []byte) {
+	select {
+	case r.queue <- serial:
+	default:
+		r.m.PresignDropped.Add(1)
+	}
+}
+
+// presignWorker signs queued serials until ctx ends.
+func (r *responder) presignWorker(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case serial := <-r.queue:
+			r.presign(ctx, serial)
+		}
+	}
+}
+
+func (r *responder) presign(ctx context.Context, serial []byte) {
+	info, found, err := r.src.Status(new(big.Int).SetBytes(serial))
+	if err != nil || !found {
+		return
+	}
+	r.mu.RLock()
+	oi := r.issuers[info.IssuerKeyID]
+	r.mu.RUnlock()
+	if oi == nil {
+		return
+	}
+	if !r.acquire(ctx, time.Minute) {
+		return
+	}
+	defer r.release()
+	if _, err := r.signCached(oi, crypto.SHA1, serial); err != nil {
+		r.m.RefreshFailures.Add(1)
+		r.log.Error("OCSP pre-sign failed", "serial", hex.EncodeToString(serial), "err", err)
+	}
+}
+
+// refresh re-signs answers past half their validity and drops expired
+// ones. It returns the number of failures.
+func (r *responder) refresh(ctx context.Context) int {
+	now := r.now()
+	type item struct {
+		key string
+		c   *cached
+	}
+	var due []item
+	r.mu.Lock()
+	for k, c := range r.cache {
+		half := c.thisUpdate.Add(c.nextUpdate.Sub(c.thisUpdate) / 2)
+		switch {
+		case now.Before(half):
+		case c.status == StatusUnknown || k[0] != byte(crypto.SHA1) || (!c.notAfter.IsZero() && now.After(c.notAfter)):
+			// Not worth keeping fresh: signed again on demand if asked.
+			if !now.Before(c.nextUpdate) {
+				delete(r.cache, k)
+			}
+		default:
+			due = append(due, item{k, c})
+		}
+	}
+	r.mu.Unlock()
+	failures := 0
+	var firstErr error
+	for _, it := range due {
+		if ctx.Err() != nil {
+			break
+		}
+		r.mu.RLock()
+		oi := r.issuers[it.c.issuer]
+		r.mu.RUnlock()
+		if oi == nil {
+			continue
+		}
+		if !r.acquire(ctx, time.Minute) {
+			break
+		}
+		_, err := r.signCached(oi, crypto.SHA1, []byte(it.key[1:]))
+		r.release()
+		if err != nil {
+			failures++
+			if firstErr == nil {
+				firstErr = err
+			}
+		}
+	}
+	if failures > 0 {
+		r.m.RefreshFailures.Add(uint64(failures))
+		r.log.Error("OCSP refresh failed; serving pre-signed answers until their nextUpdate",
+			"failed", failures, "due", len(due), "err", firstErr)
+	}
+	return failures
+}
+
+// prefill queues every unexpired certificate for pre-signing.
+func (r *responder) prefill() error {
+	return r.src.ForEachUnexpired(r.now(), func(ci CertInfo) error {
+		if ci.Serial == nil || ci.Serial.Sign() < 0 {
+			return nil
+		}
+		r.enqueue(serialContent(ci.Serial))
+		return nil
+	})
+}
+
+// Metrics are counters a server can export (e.g. to Prometheus).
+type Metrics struct {
+	Requests        atomic.Uint64 // OCSP requests answered
+	CacheHits       atomic.Uint64
+	Signatures      atomic.Uint64 // OCSP responses signed
+	SignFailures    atomic.Uint64
+	RefreshFailures atomic.Uint64 // failed pre-sign/refresh/CRL builds
+	PresignDropped  atomic.Uint64
+	Malformed       atomic.Uint64
+	Unauthorized    atomic.Uint64
+	TryLater        atomic.Uint64
+	CRLBuilds       atomic.Uint64
+	CRLBuildErrors  atomic.Uint64
+}
