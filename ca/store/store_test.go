@@ -230,7 +230,9 @@ func TestBackup(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer b.Close()
-		if got, want := stats(t, b), stats(t, s); got != want {
+		got, want := stats(t, b), stats(t, s)
+		got.GroupCommits, got.GroupRecords, want.GroupCommits, want.GroupRecords = 0, 0, 0, 0
+		if got != want {
 			t.Fatalf("backup stats %+v, original %+v", got, want)
 		}
 		r, err := b.Cert(big.NewInt(2))
