@@ -1,0 +1,65 @@
+package castore
+
+import (
+	"errors"
+	"math/big"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/palisade-id/palisade/ca/store"
+	"github.com/palisade-id/palisade/crl"
+)
+
+func TestAdapter(t *testing.T) {
+	st, err := store.Open(filepath.Join(t.TempDir(), "ca.db"), store.Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	now := time.Now().UTC().Truncate(time.Second)
+	rec := func(n int64, node string, notAfter time.Time) store.CertRecord {
+		return store.CertRecord{Serial: big.NewInt(n), SPIFFEID: "spiffe://example.org/w", NodeID: node,
+			IssuerKeyID: "abcd", Kind: store.KindX509SVID, NotBefore: now.Add(-2 * time.Hour), NotAfter: notAfter}
+	}
+	for _, r := range []store.CertRecord{
+		rec(1, "spiffe://example.org/node/a", now.Add(time.Hour)),
+		rec(2, "spiffe://example.org/node/a", now.Add(time.Hour)),
+		rec(3, "spiffe://example.org/node/b", now.Add(time.Hour)),
+		rec(4, "", now.Add(-time.Hour)),
+	} {
+		if err := st.RecordIssued(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := New(st)
+	if _, found, err := s.Status(big.NewInt(99)); found || err != nil {
+		t.Fatalf("unknown: %v %v", found, err)
+	}
+	ci, err := s.Revoke(big.NewInt(3), 1, now)
+	if err != nil || !ci.Revoked || !ci.RevokedAt.Equal(now) {
+		t.Fatalf("revoke: %+v %v", ci, err)
+	}
+	again, err := s.Revoke(big.NewInt(3), 4, now.Add(time.Minute))
+	if err != nil || !again.RevokedAt.Equal(now) || again.Reason != 1 {
+		t.Fatalf("second revoke: %+v %v", again, err)
+	}
+	if _, err := s.Revoke(big.NewInt(99), 1, now); !errors.Is(err, store.ErrCertNotFound) {
+		t.Fatalf("unknown revoke: %v", err)
+	}
+	got, err := s.RevokeNode("spiffe://example.org/node/a", 9, now.Add(time.Second))
+	if err != nil || len(got) != 2 {
+		t.Fatalf("node: %d %v", len(got), err)
+	}
+	var all, since []int64
+	s.ForEachRevoked("abcd", time.Time{}, func(c crl.CertInfo) error { all = append(all, c.Serial.Int64()); return nil })
+	s.ForEachRevoked("abcd", now.Add(time.Second), func(c crl.CertInfo) error { since = append(since, c.Serial.Int64()); return nil })
+	if len(all) != 3 || len(since) != 2 {
+		t.Fatalf("revoked: all %v since %v", all, since)
+	}
+	var live []int64
+	s.ForEachUnexpired(now, func(c crl.CertInfo) error { live = append(live, c.Serial.Int64()); return nil })
+	if len(live) != 3 {
+		t.Fatalf("unexpired: %v", live)
+	}
+}
