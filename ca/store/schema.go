@@ -95,40 +95,48 @@ var (
 
 const serialLen = 20
 
-// initSchema creates the buckets in a new file, or checks an existing file's
-// version and buckets.
-func initSchema(tx *bolt.Tx) error {
+// checkSchema validates an existing file's version and buckets; fresh
+// reports a file with no buckets at all (just created).
+func checkSchema(tx *bolt.Tx) (fresh bool, err error) {
 	meta := tx.Bucket(bucketMeta)
 	if meta == nil {
 		empty := true
 		_ = tx.ForEach(func([]byte, *bolt.Bucket) error { empty = false; return nil })
 		if !empty {
-			return fmt.Errorf("%w: no schema version, but the file holds buckets (not a CA store?)", ErrCorrupt)
+			return false, fmt.Errorf("%w: no schema version, but the file holds buckets (not a CA store?)", ErrCorrupt)
 		}
-		for _, name := range allBuckets {
-			if _, err := tx.CreateBucket(name); err != nil {
-				return fmt.Errorf("store: create bucket %s: %w", name, err)
-			}
-		}
-		meta = tx.Bucket(bucketMeta)
-		return meta.Put(keySchema, binary.BigEndian.AppendUint32(nil, SchemaVersion))
+		return true, nil
 	}
 	v := meta.Get(keySchema)
 	if len(v) != 4 {
-		return fmt.Errorf("%w: schema version is %d bytes, want 4", ErrCorrupt, len(v))
+		return false, fmt.Errorf("%w: schema version is %d bytes, want 4", ErrCorrupt, len(v))
 	}
 	switch ver := binary.BigEndian.Uint32(v); {
 	case ver > SchemaVersion:
-		return fmt.Errorf("%w: file has schema %d, this release knows up to %d", ErrSchemaTooNew, ver, SchemaVersion)
+		return false, fmt.Errorf("%w: file has schema %d, this release knows up to %d", ErrSchemaTooNew, ver, SchemaVersion)
 	case ver < 1:
-		return fmt.Errorf("%w: schema version %d", ErrCorrupt, ver)
+		return false, fmt.Errorf("%w: schema version %d", ErrCorrupt, ver)
 	}
 	for _, name := range allBuckets {
 		if tx.Bucket(name) == nil {
-			return fmt.Errorf("%w: bucket %q missing", ErrCorrupt, name)
+			return false, fmt.Errorf("%w: bucket %q missing", ErrCorrupt, name)
 		}
 	}
-	return nil
+	return false, nil
+}
+
+// initSchema creates the buckets and version of a fresh file.
+func initSchema(tx *bolt.Tx) error {
+	fresh, err := checkSchema(tx)
+	if err != nil || !fresh {
+		return err
+	}
+	for _, name := range allBuckets {
+		if _, err := tx.CreateBucket(name); err != nil {
+			return fmt.Errorf("store: create bucket %s: %w", name, err)
+		}
+	}
+	return tx.Bucket(bucketMeta).Put(keySchema, binary.BigEndian.AppendUint32(nil, SchemaVersion))
 }
 
 // guard turns a panic or memory fault inside bbolt (which it raises on

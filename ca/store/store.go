@@ -137,7 +137,14 @@ func (s *Store) check(opts Options) error {
 	if fi.Size() < need {
 		return fmt.Errorf("%w: %s: truncated: file is %d bytes, its pages need %d", ErrCorrupt, s.path, fi.Size(), need)
 	}
-	if err := s.update("schema", initSchema); err != nil {
+	// Read first: an existing file is not written to just by opening it
+	// (and one from a newer release never is).
+	var fresh bool
+	err = s.view("schema", func(tx *bolt.Tx) (err error) { fresh, err = checkSchema(tx); return err })
+	if err == nil && fresh {
+		err = s.update("schema", initSchema)
+	}
+	if err != nil {
 		if !strings.Contains(err.Error(), s.path) {
 			err = fmt.Errorf("%s: %w", s.path, err)
 		}

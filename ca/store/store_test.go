@@ -241,3 +241,29 @@ func TestBackup(t *testing.T) {
 		}
 	})
 }
+
+// A file from a newer release is refused without a single byte written.
+func TestOpenNewerSchemaUntouched(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "ca.db")
+	s, err := Open(path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	rawUpdate(t, path, func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketMeta).Put(keySchema, binary.BigEndian.AppendUint32(nil, SchemaVersion+1))
+	})
+	before, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = Open(path, Options{})
+	wantErr(t, err, ErrSchemaTooNew)
+	after, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(before) != string(after) {
+		t.Fatal("refused open modified the file")
+	}
+}
