@@ -62,8 +62,21 @@ type AdmitterOptions struct {
 	// StatePath, if set, is a file where admissions are kept across
 	// restarts (written atomically).
 	StatePath string
-	Logger    *slog.Logger
+	// Infrastructure lists TCP services this node must reach before it
+	// has any admission: the appliance (SVIDs, attestation, CRLs). Their
+	// answers (not a bare SYN) pass on Ifindexes; nothing from them can
+	// open a flow to this node. See docs/enforcer.md.
+	Infrastructure []netip.AddrPort
+	Ifindexes      []int
+	Logger         *slog.Logger
 }
+
+// InfrastructureIdentity is the numeric identity of Infrastructure
+// entries; admitted peers never get it.
+const InfrastructureIdentity uint32 = 0xffffff00
+
+// infrastructureLifetime: infrastructure entries do not expire in practice.
+const infrastructureLifetime = 100 * 365 * 24 * time.Hour
 
 type peerKey struct {
 	ifindex int
@@ -290,6 +303,11 @@ func (a *Admitter) admitConn(ctx context.Context, c net.Conn, addr netip.AddrPor
 // admitVerified writes the peer entry keyed by the interface the datapath
 // saw the admission connection on.
 func (a *Admitter) admitVerified(v Verified, remote netip.AddrPort) (time.Time, error) {
+	for _, ap := range a.o.Infrastructure {
+		if ap.Addr().Unmap() == remote.Addr().Unmap() {
+			return time.Time{}, fmt.Errorf("%w: %v is configured as infrastructure", ErrNotAdmitted, remote.Addr())
+		}
+	}
 	ifindex, err := a.o.Table.AdmissionIfindex(remote)
 	if err != nil {
 		return time.Time{}, err
@@ -355,6 +373,9 @@ func (a *Admitter) identityLocked(gs []Grant) (uint32, error) {
 
 func (a *Admitter) entriesLocked() map[PolicyKey]bool {
 	m := map[PolicyKey]bool{}
+	for _, ap := range a.o.Infrastructure {
+		m[PolicyKey{Identity: InfrastructureIdentity, Port: ap.Port(), Proto: ProtoTCP, Dir: Reply}] = true
+	}
 	for id, gs := range a.grants {
 		for _, g := range gs {
 			m[PolicyKey{Identity: id, Port: g.Port, Proto: g.Proto, Dir: g.Dir}] = true
@@ -627,6 +648,9 @@ func (a *Admitter) adopt() error {
 		}
 	}
 	for _, k := range kernel {
+		if k.Identity == InfrastructureIdentity {
+			continue // rewritten below
+		}
 		key := peerKey{k.Ifindex, k.Addr}
 		e, ok := saved[key]
 		var ad *admission
@@ -652,7 +676,34 @@ func (a *Admitter) adopt() error {
 	if err != nil {
 		return err
 	}
+	if err := a.putInfrastructure(kernel); err != nil {
+		return err
+	}
 	a.Recheck()
+	return nil
+}
+
+// putInfrastructure writes the infrastructure entries and removes stale
+// ones (a service dropped from the config).
+func (a *Admitter) putInfrastructure(kernel []PeerEntry) error {
+	want := map[peerKey]bool{}
+	exp := time.Now().Add(infrastructureLifetime)
+	for _, ifindex := range a.o.Ifindexes {
+		for _, ap := range a.o.Infrastructure {
+			k := peerKey{ifindex, ap.Addr().Unmap()}
+			want[k] = true
+			if err := a.o.Table.PutPeer(PeerEntry{Ifindex: ifindex, Addr: k.addr, Identity: InfrastructureIdentity, Expires: exp}); err != nil {
+				return err
+			}
+		}
+	}
+	for _, k := range kernel {
+		if k.Identity == InfrastructureIdentity && !want[peerKey{k.Ifindex, k.Addr}] {
+			if err := a.o.Table.DeletePeer(k.Ifindex, k.Addr); err != nil {
+				return err
+			}
+		}
+	}
 	return nil
 }
 

@@ -458,3 +458,77 @@ func TestVerifierReasons(t *testing.T) {
 		t.Fatalf("unknown status: %v, want ErrNotAdmitted", err)
 	}
 }
+
+func TestInfrastructureEntries(t *testing.T) {
+	ca := testca.New(t, "example.org")
+	_, schain, skey := ca.MintX509SVID(t, "spiffe://example.org/node/server", time.Hour)
+	s := newSide(t, ca, svidFor(t, schain, skey), freePort(t), "")
+	appliance := netip.MustParseAddrPort("10.0.0.1:8443")
+	o := s.a.o
+	o.Infrastructure = []netip.AddrPort{appliance}
+	o.Ifindexes = []int{1, 2}
+	// A stale infrastructure entry from an older config.
+	if err := s.table.PutPeer(PeerEntry{Ifindex: 1, Addr: netip.MustParseAddr("10.0.0.9"), Identity: InfrastructureIdentity, Expires: time.Now().Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	a, err := NewAdmitter(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ifindex := range []int{1, 2} {
+		e, ok := s.table.peers[peerKey{ifindex, appliance.Addr()}]
+		if !ok || e.Identity != InfrastructureIdentity || time.Until(e.Expires) < 24*time.Hour {
+			t.Fatalf("ifindex %d: infrastructure entry %+v, %v", ifindex, e, ok)
+		}
+	}
+	if _, ok := s.table.peers[peerKey{1, netip.MustParseAddr("10.0.0.9")}]; ok {
+		t.Fatal("stale infrastructure entry kept")
+	}
+	want := PolicyKey{InfrastructureIdentity, 8443, ProtoTCP, Reply}
+	if !s.table.policy[want] || len(s.table.policy) != 1 {
+		t.Fatalf("policy = %v, want only %v", s.table.policy, want)
+	}
+	// Rechecks and restarts keep them; nobody can be admitted on that address.
+	a.Recheck()
+	if _, err := NewAdmitter(o); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := s.table.peers[peerKey{2, appliance.Addr()}]; !ok {
+		t.Fatal("infrastructure entry lost on restart")
+	}
+	if _, err := a.admitVerified(Verified{ID: spiffeid.RequireFromString("spiffe://example.org/node/client"), NotAfter: time.Now().Add(time.Hour)},
+		netip.AddrPortFrom(appliance.Addr(), 7443)); !errors.Is(err, ErrNotAdmitted) {
+		t.Fatalf("admission on an infrastructure address: %v, want ErrNotAdmitted", err)
+	}
+}
+
+func TestMaintainReadmitsBeforeExpiry(t *testing.T) {
+	ca := testca.New(t, "example.org")
+	port := freePort(t)
+	_, schain, skey := ca.MintX509SVID(t, "spiffe://example.org/node/server", time.Hour)
+	_, cchain, ckey := ca.MintX509SVID(t, "spiffe://example.org/node/client", time.Hour)
+	srv := newSide(t, ca, svidFor(t, schain, skey), port, "")
+	srv.a.o.MaxAdmission = 1500 * time.Millisecond
+	cli := newSide(t, ca, svidFor(t, cchain, ckey), port, "")
+	serve(t, srv, netip.AddrPortFrom(serverAddr, port).String())
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); cli.a.Maintain(ctx, []netip.AddrPort{netip.AddrPortFrom(serverAddr, port)}) }()
+	defer func() { cancel(); <-done }()
+	var first time.Time
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		if e, ok := srv.table.get(clientAddr); ok {
+			if first.IsZero() {
+				first = e.Expires
+			} else if e.Expires.After(first) {
+				if time.Now().After(first) {
+					t.Fatalf("re-admitted only after the first admission expired (%v)", first)
+				}
+				return
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("no re-admission seen (first expiry %v)", first)
+}

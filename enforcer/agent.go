@@ -90,25 +90,31 @@ func NewAgent(ctx context.Context, cfg Config, deps Deps) (*Agent, error) {
 	if err := a.dp.SetConfig(mode, cfg.AdmissionPort); err != nil {
 		return fail(err)
 	}
-	a.adm, err = NewAdmitter(AdmitterOptions{
-		Table: a.dp, SVID: deps.SVID, Policy: pol,
-		Verifier:      &Verifier{TrustDomain: td, Bundle: deps.Bundle, Revocation: deps.Revocation, Bans: deps.Bans},
-		AdmissionPort: cfg.AdmissionPort, MaxAdmission: cfg.MaxAdmission,
-		StatePath: filepath.Join(cfg.StateDir, "admissions.json"), Logger: deps.Logger,
-	})
-	if err != nil {
-		return fail(err)
-	}
+	var ifindexes []int
 	for _, name := range cfg.Interfaces {
 		ifc, err := net.InterfaceByName(name)
 		if err != nil {
 			return fail(fmt.Errorf("enforcer: interface %q: %w", name, err))
 		}
-		how, err := a.dp.Attach(ifc.Index, AttachMode(cfg.Attach))
+		ifindexes = append(ifindexes, ifc.Index)
+	}
+	infra, _ := cfg.InfrastructureAddrs()
+	a.adm, err = NewAdmitter(AdmitterOptions{
+		Table: a.dp, SVID: deps.SVID, Policy: pol,
+		Verifier:      &Verifier{TrustDomain: td, Bundle: deps.Bundle, Revocation: deps.Revocation, Bans: deps.Bans},
+		AdmissionPort: cfg.AdmissionPort, MaxAdmission: cfg.MaxAdmission,
+		StatePath:      filepath.Join(cfg.StateDir, "admissions.json"),
+		Infrastructure: infra, Ifindexes: ifindexes, Logger: deps.Logger,
+	})
+	if err != nil {
+		return fail(err)
+	}
+	for i, ifindex := range ifindexes {
+		how, err := a.dp.Attach(ifindex, AttachMode(cfg.Attach))
 		if err != nil {
 			return fail(err)
 		}
-		a.log.Info("enforcing", "interface", name, "hook", string(how), "mode", cfg.Mode)
+		a.log.Info("enforcing", "interface", cfg.Interfaces[i], "hook", string(how), "mode", cfg.Mode)
 	}
 	a.ln, err = ListenAdmission(ctx, cfg.listenAddr())
 	if err != nil {

@@ -41,6 +41,10 @@ type Config struct {
 	Peers []string `yaml:"peers"`
 	// FlowLog is the JSON Lines flow log (`palisade flows`). Empty: none.
 	FlowLog string `yaml:"flow_log"`
+	// Infrastructure: "addr:port" TCP services (the appliance: SVIDs,
+	// attestation, CRLs) this node reaches without admission. Only their
+	// answers pass, never a new flow from them.
+	Infrastructure []string `yaml:"infrastructure"`
 }
 
 // Defaults.
@@ -119,7 +123,23 @@ func (c *Config) Validate() error {
 	if _, err := c.PeerAddrs(); err != nil {
 		return err
 	}
+	if _, err := c.InfrastructureAddrs(); err != nil {
+		return err
+	}
 	return nil
+}
+
+// InfrastructureAddrs parses Infrastructure.
+func (c *Config) InfrastructureAddrs() ([]netip.AddrPort, error) {
+	var out []netip.AddrPort
+	for _, s := range c.Infrastructure {
+		ap, err := netip.ParseAddrPort(s)
+		if err != nil || ap.Port() == 0 {
+			return nil, fmt.Errorf("%w: infrastructure %q: want address:port", ErrConfig, s)
+		}
+		out = append(out, ap)
+	}
+	return out, nil
 }
 
 // PeerAddrs parses Peers.

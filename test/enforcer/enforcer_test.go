@@ -32,6 +32,7 @@ const (
 	admPort    = 7443
 	openPort   = 8080 // the policy allows client → server
 	closedPort = 9090 // listening, but not in the policy
+	applPort   = 8443 // the appliance's service
 )
 
 const testPolicy = `version: 1
@@ -54,6 +55,7 @@ rules:
 type topology struct {
 	ca                    *testca.CA
 	srv, good, rogue      *netns
+	appl                  *netns
 	srvGoodIf, srvRogueIf string
 	srv4, good4, rogue4   netip.Addr
 	srv6, good6           netip.Addr
@@ -76,6 +78,9 @@ func newTopology(t *testing.T) *topology {
 	}
 	link(t, tp.srv, tp.srvGoodIf, []string{"10.77.1.1/24", "fd77:1::1/64"}, tp.good, "eth0", []string{"10.77.1.2/24", "fd77:1::2/64"})
 	link(t, tp.srv, tp.srvRogueIf, []string{"10.77.2.1/24"}, tp.rogue, "eth0", []string{"10.77.2.2/24"})
+	// The appliance (CA, attestation, CRLs): reached as infrastructure.
+	tp.appl = newNetns(t, "appl")
+	link(t, tp.srv, "to-appl", []string{"10.77.3.1/24"}, tp.appl, "eth0", []string{"10.77.3.2/24"})
 	// The rogue can route to the good client's subnet through the server's
 	// rogue-facing link: the path a spoofed source takes.
 	tp.rogue.ip(t, "route", "add", "10.77.1.0/24", "dev", "eth0")
@@ -246,7 +251,10 @@ func TestEnforcerEndToEnd(t *testing.T) {
 	_, schain, skey := tp.ca.MintX509SVID(t, serverID, time.Hour)
 	_, cchain, ckey := tp.ca.MintX509SVID(t, clientID, time.Hour)
 	srvPins := filepath.Join(tp.pins, "srv")
-	srv := newAgent(t, tp.srv, tp.config(srvPins, []string{tp.srvGoodIf, tp.srvRogueIf}, nil), schain, skey)
+	listen(t, tp.appl, applPort)
+	srvCfg := tp.config(srvPins, []string{tp.srvGoodIf, tp.srvRogueIf, "to-appl"}, nil)
+	srvCfg.Infrastructure = []string{"10.77.3.2:" + strconv.Itoa(applPort)}
+	srv := newAgent(t, tp.srv, srvCfg, schain, skey)
 	srv.start(t)
 	// Nothing passes until the client admits itself.
 	mustUnreachable(t, tp.good, netip.Addr{}, netip.AddrPortFrom(tp.srv4, openPort))
@@ -264,6 +272,25 @@ func TestEnforcerEndToEnd(t *testing.T) {
 		waitReachable(t, tp.good, open6)
 		mustUnreachable(t, tp.good, netip.Addr{}, netip.AddrPortFrom(tp.srv4, closedPort))
 		mustUnreachable(t, tp.good, netip.Addr{}, netip.AddrPortFrom(tp.srv6, closedPort))
+	})
+
+	t.Run("appliance reachable as infrastructure only", func(t *testing.T) {
+		if err := reachable(tp.srv, netip.Addr{}, netip.MustParseAddrPort("10.77.3.2:"+strconv.Itoa(applPort)), time.Second); err != nil {
+			t.Fatalf("server node cannot reach the appliance: %v", err)
+		}
+		// The appliance cannot open flows to the node, not even from its
+		// service port.
+		mustUnreachable(t, tp.appl, netip.Addr{}, netip.MustParseAddrPort("10.77.3.1:8080"))
+		var c net.Conn
+		err := tp.appl.do(func() (err error) {
+			d := net.Dialer{Timeout: 400 * time.Millisecond, LocalAddr: &net.TCPAddr{Port: applPort + 1}}
+			c, err = d.Dial("tcp", "10.77.3.1:8080")
+			return err
+		})
+		if err == nil {
+			c.Close()
+			t.Fatal("appliance opened a flow to the node")
+		}
 	})
 
 	t.Run("no SVID", func(t *testing.T) {
@@ -382,8 +409,11 @@ func TestEnforcerEndToEnd(t *testing.T) {
 		}
 		mustUnreachable(t, tp.rogue, netip.Addr{}, fromRogue)
 		links, err := os.ReadDir(filepath.Join(srvPins, "links"))
-		if err != nil || len(links) != 2 {
-			t.Fatalf("pinned links = %v, %v; want 2", links, err)
+		if err != nil || len(links) != 3 {
+			t.Fatalf("pinned links = %v, %v; want 3", links, err)
+		}
+		if err := reachable(tp.srv, netip.Addr{}, netip.MustParseAddrPort("10.77.3.2:"+strconv.Itoa(applPort)), time.Second); err != nil {
+			t.Fatalf("appliance unreachable after restart: %v", err)
 		}
 	})
 
