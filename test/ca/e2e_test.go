@@ -372,9 +372,9 @@ func TestStartupFailuresAreClear(t *testing.T) {
 	a := harness.New(t, harness.Options{})
 	a.Ceremony()
 	cases := []struct {
-		name  string
+		name   string
 		break_ func(t *testing.T)
-		want  string
+		want   string
 	}{
 		{"wrong-pin", func(t *testing.T) {
 			os.WriteFile(a.Token.PINFile, []byte("0000\n"), 0o600)
@@ -452,4 +452,3 @@ func spiffeBundle(t *testing.T, a *harness.Appliance) *spiffebundle.Bundle {
 	}
 	return b
 }
-
