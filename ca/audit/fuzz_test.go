@@ -7,6 +7,8 @@ import (
 	"crypto/elliptic"
 	"encoding/hex"
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -68,6 +70,40 @@ func FuzzVerify(f *testing.F) {
 			if p.Line < 0 || p.Line > rep.Lines {
 				t.Fatalf("problem line %d outside 1..%d", p.Line, rep.Lines)
 			}
+		}
+	})
+}
+
+// FuzzOpen feeds arbitrary file contents to Open: it must refuse without
+// touching the file, or open, and then leave a log that verifies.
+func FuzzOpen(f *testing.F) {
+	key := fuzzKey(f)
+	lines := readLines(f, writeLog(f, key, 4, Options{CheckpointEvery: 2}))
+	good := joinLines(lines)
+	f.Add(good)
+	f.Add([]byte{})
+	f.Add(append(append([]byte(nil), good...), `{"seq":7,"ti`...))
+	f.Add(joinLines(lines[:3]))
+	f.Add(joinLines(append([]string{lines[1]}, lines[0])))
+	f.Add([]byte("garbage\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		path := filepath.Join(t.TempDir(), "audit.log")
+		if err := os.WriteFile(path, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		l, err := Open(path, key, Options{})
+		if err != nil {
+			if after, _ := os.ReadFile(path); !bytes.Equal(after, data) {
+				t.Fatalf("refused Open (%v) changed the file", err)
+			}
+			return
+		}
+		if err := l.Close(); err != nil {
+			t.Fatal(err)
+		}
+		after, _ := os.ReadFile(path)
+		if rep, err := Verify(bytes.NewReader(after), VerifyOptions{Keys: []crypto.PublicKey{key.Public()}}); err != nil {
+			t.Fatalf("log accepted by Open does not verify: %v\n%s", err, problemList(rep.Problems))
 		}
 	})
 }
