@@ -124,6 +124,7 @@ func (n *Node) Activate(name, idObject, encSecret []byte) ([]byte, error) {
 		return nil, err
 	}
 	plain := make([]byte, len(encIdentity))
+	//lint:ignore SA1019 TPM credential protection is AES-CFB by specification (TPM 2.0 Part 1, 24.4).
 	cipher.NewCFBDecrypter(block, make([]byte, 16)).XORKeyStream(plain, encIdentity)
 	if len(plain) < 2 || int(binary.BigEndian.Uint16(plain)) != len(plain)-2 {
 		return nil, errors.New("verifytest: bad credential encoding")

@@ -1,0 +1,127 @@
+package agent
+
+import (
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+
+	"github.com/google/go-tpm/tpm2"
+	"github.com/palisade-id/palisade/attestor/device"
+)
+
+// Config is the attestation section of the node agent's configuration.
+type Config struct {
+	// Server is host:port of the attestation endpoint.
+	Server string `yaml:"server"`
+	// ServerName is the DNS name in the endpoint's certificate.
+	ServerName string `yaml:"server_name"`
+	// TrustBundle is the PEM file of roots provisioned at install, used to
+	// verify the endpoint.
+	TrustBundle string `yaml:"trust_bundle"`
+	// TPM is "/dev/tpmrm0" (default), another character device path, or
+	// "swtpm:unix:<socket>" / "swtpm:tcp:<host:port>" for a software TPM.
+	TPM string `yaml:"tpm"`
+	// EKHandle and EKCertIndex override the TCG defaults 0x81010001 and
+	// 0x01c00002.
+	EKHandle    uint32 `yaml:"ek_handle"`
+	EKCertIndex uint32 `yaml:"ek_cert_index"`
+	// EKIntermediates are PEM files of CA certificates between the EK
+	// certificate and the manufacturer root, sent along with the EK.
+	EKIntermediates []string `yaml:"ek_intermediates"`
+}
+
+// DefaultTPM is the kernel resource-managed TPM device.
+const DefaultTPM = "/dev/tpmrm0"
+
+// WithDefaults fills zero fields.
+func (c Config) WithDefaults() Config {
+	if c.TPM == "" {
+		c.TPM = DefaultTPM
+	}
+	return c
+}
+
+// Validate checks the configuration (after WithDefaults).
+func (c Config) Validate() error {
+	if _, _, err := net.SplitHostPort(c.Server); err != nil {
+		return fmt.Errorf("agent: server %q: %w", c.Server, err)
+	}
+	if c.ServerName == "" {
+		return fmt.Errorf("agent: server_name is required")
+	}
+	if c.TrustBundle == "" {
+		return fmt.Errorf("agent: trust_bundle is required")
+	}
+	if _, _, err := parseTPMSpec(c.TPM); err != nil {
+		return err
+	}
+	return nil
+}
+
+func parseTPMSpec(spec string) (network, addr string, err error) {
+	if !strings.HasPrefix(spec, "swtpm:") {
+		if !strings.HasPrefix(spec, "/") {
+			return "", "", fmt.Errorf("agent: tpm %q: want an absolute device path or swtpm:<unix|tcp>:<addr>", spec)
+		}
+		return "", spec, nil
+	}
+	network, addr, ok := strings.Cut(strings.TrimPrefix(spec, "swtpm:"), ":")
+	if !ok || (network != "unix" && network != "tcp") || addr == "" {
+		return "", "", fmt.Errorf("agent: tpm %q: want swtpm:unix:<path> or swtpm:tcp:<host:port>", spec)
+	}
+	return network, addr, nil
+}
+
+// OpenTPM opens the configured TPM.
+func (c Config) OpenTPM() (*device.TPM, error) {
+	network, addr, err := parseTPMSpec(c.WithDefaults().TPM)
+	if err != nil {
+		return nil, err
+	}
+	var tr interface {
+		Send([]byte) ([]byte, error)
+		Close() error
+	}
+	if network == "" {
+		tr, err = device.OpenDevice(addr)
+	} else {
+		tr, err = device.DialSwtpm(network, addr)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return device.Open(tr, device.Options{EKHandle: tpm2.TPMHandle(c.EKHandle), EKCertIndex: tpm2.TPMHandle(c.EKCertIndex)})
+}
+
+// Roots loads the trust bundle.
+func (c Config) Roots() (*x509.CertPool, error) {
+	b, err := os.ReadFile(c.TrustBundle)
+	if err != nil {
+		return nil, fmt.Errorf("agent: trust bundle: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(b) {
+		return nil, fmt.Errorf("agent: trust bundle %s holds no certificate", c.TrustBundle)
+	}
+	return pool, nil
+}
+
+// Intermediates loads the EK chain intermediates as DER.
+func (c Config) Intermediates() ([][]byte, error) {
+	var out [][]byte
+	for _, p := range c.EKIntermediates {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return nil, fmt.Errorf("agent: EK intermediate: %w", err)
+		}
+		for blk, rest := pem.Decode(b); blk != nil; blk, rest = pem.Decode(rest) {
+			if blk.Type == "CERTIFICATE" {
+				out = append(out, blk.Bytes)
+			}
+		}
+	}
+	return out, nil
+}
