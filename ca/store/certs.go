@@ -129,8 +129,57 @@ func (s *Store) RecordIssued(rec CertRecord) error {
 				return err
 			}
 		}
+		if err := tx.Bucket(bucketCertExpiry).Put(expiryKey(rec.NotAfter, key), nil); err != nil {
+			return err
+		}
 		meta := tx.Bucket(bucketMeta)
 		return putU64(meta, keyNCerts, u64(meta.Get(keyNCerts))+1)
+	})
+}
+
+const expiryPrefix = 12
+
+// expiryKey orders by NotAfter (seconds offset so pre-1970 sorts first, then
+// nanoseconds), then serial.
+func expiryKey(notAfter time.Time, serial []byte) []byte {
+	k := binary.BigEndian.AppendUint64(make([]byte, 0, expiryPrefix+serialLen), uint64(notAfter.Unix())^(1<<63))
+	k = binary.BigEndian.AppendUint32(k, uint32(notAfter.Nanosecond()))
+	return append(k, serial...)
+}
+
+// ForEachUnexpired calls fn for every certificate whose NotAfter is after
+// at, revoked or not, in NotAfter order, from the expiry index: the cost
+// follows the number of live certificates, not every serial ever issued.
+// fn runs inside a read transaction; its error stops the walk.
+func (s *Store) ForEachUnexpired(at time.Time, fn func(CertRecord) error) error {
+	if fn == nil {
+		return fmt.Errorf("%w: nil callback", ErrInvalid)
+	}
+	return s.view("unexpired scan", func(tx *bolt.Tx) error {
+		rd := newRecordDecoder()
+		certs := tx.Bucket(bucketCerts)
+		c := tx.Bucket(bucketCertExpiry).Cursor()
+		for k, _ := c.Seek(expiryKey(at, nil)); k != nil; k, _ = c.Next() {
+			if len(k) != expiryPrefix+serialLen {
+				return fmt.Errorf("%w: %s: expiry index key of %d bytes", ErrCorrupt, s.path, len(k))
+			}
+			key := k[expiryPrefix:]
+			v := certs.Get(key)
+			if v == nil {
+				return fmt.Errorf("%w: %s: expiry index names unknown serial %x", ErrCorrupt, s.path, key)
+			}
+			r, err := rd.decode(key, v)
+			if err != nil {
+				return s.corrupt(err)
+			}
+			if !r.NotAfter.After(at) {
+				continue // NotAfter == at
+			}
+			if err := fn(r); err != nil {
+				return err
+			}
+		}
+		return nil
 	})
 }
 

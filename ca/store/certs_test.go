@@ -19,6 +19,8 @@ func TestRecordIssued(t *testing.T) {
 	}{
 		{name: "ok"},
 		{name: "20-byte serial", mutate: func(r *CertRecord) { r.Serial = max }},
+		{name: "server SVID", mutate: func(r *CertRecord) { r.Serial, r.Kind = big.NewInt(5), KindServerSVID }},
+		{name: "server SVID without SPIFFE ID", mutate: func(r *CertRecord) { r.Serial, r.Kind, r.SPIFFEID = big.NewInt(9), KindServerSVID, "" }, want: ErrInvalid},
 		{name: "zero status defaults to valid", mutate: func(r *CertRecord) { r.Serial = big.NewInt(3); r.Status = 0 }},
 		{name: "intermediate without SPIFFE ID", mutate: func(r *CertRecord) {
 			r.Serial, r.Kind, r.SPIFFEID, r.NodeID = big.NewInt(4), KindIntermediate, "", ""
@@ -370,4 +372,47 @@ func TestConcurrentRecordRevoke(t *testing.T) {
 			t.Fatalf("log gap at %d: seq %d", i, r.RevokeSeq)
 		}
 	}
+}
+
+func TestForEachUnexpired(t *testing.T) {
+	s := openTest(t)
+	// NotAfter spread around t0, recorded out of order.
+	offsets := []time.Duration{3 * time.Hour, -time.Hour, 30 * time.Minute, time.Second, 0, -time.Second, 2 * time.Hour, 500 * time.Millisecond}
+	for i, off := range offsets {
+		r := svid(int64(100-i), "spiffe://example.org/w", nodeA)
+		r.NotBefore, r.NotAfter = t0.Add(-4*time.Hour), t0.Add(off)
+		mustRecord(t, s, r)
+	}
+	if _, err := s.Revoke(big.NewInt(100), 1, t0); err != nil { // NotAfter t0+3h
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		at   time.Time
+		want []time.Duration // NotAfter offsets, in order
+	}{
+		{"at t0", t0, []time.Duration{500 * time.Millisecond, time.Second, 30 * time.Minute, 2 * time.Hour, 3 * time.Hour}},
+		{"before all", t0.Add(-24 * time.Hour), []time.Duration{-time.Hour, -time.Second, 0, 500 * time.Millisecond, time.Second, 30 * time.Minute, 2 * time.Hour, 3 * time.Hour}},
+		{"after all", t0.Add(24 * time.Hour), nil},
+		{"exactly at an expiry", t0.Add(2 * time.Hour), []time.Duration{3 * time.Hour}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var got []time.Duration
+			err := s.ForEachUnexpired(tc.at, func(r CertRecord) error {
+				got = append(got, r.NotAfter.Sub(t0))
+				if r.NotAfter.Equal(t0.Add(3*time.Hour)) && r.Status != CertRevoked {
+					t.Errorf("revoked record %v reported %v", r.Serial, r.Status)
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Fatalf("NotAfter offsets %v, want %v", got, tc.want)
+			}
+		})
+	}
+	wantErr(t, s.ForEachUnexpired(t0, nil), ErrInvalid)
 }

@@ -149,7 +149,7 @@ const (
 
 func newRecordDecoder() *recordDecoder {
 	rd := &recordDecoder{intern: make(map[string]string)}
-	for _, k := range []string{KindX509SVID, KindNodeSVID, KindIntermediate, KindOCSPSigner} {
+	for _, k := range []string{KindX509SVID, KindNodeSVID, KindServerSVID, KindIntermediate, KindOCSPSigner} {
 		rd.intern[k] = k
 	}
 	return rd

@@ -37,6 +37,8 @@ import (
 //	  sha256(spiffe id, parent id, sorted selectors) → <entry id>   (uniqueness)
 //	certs/
 //	  <serial>    → cert record, binary v1 (below); never deleted, so a serial is never reused
+//	certs_by_expiry/
+//	  <uint64 NotAfter unix seconds ^ 2^63> <uint32 nanos> <serial> → empty   (ForEachUnexpired)
 //	certs_by_subject/
 //	  <node id | spiffe id> 0x00 <serial> → empty   (RevokeNode; a record is filed under its
 //	                                                 NodeID and, if different, its SPIFFEID)
@@ -74,13 +76,14 @@ var (
 	bucketEntryKey      = []byte("entries_by_key")
 	bucketCerts         = []byte("certs")
 	bucketCertSubject   = []byte("certs_by_subject")
+	bucketCertExpiry    = []byte("certs_by_expiry")
 	bucketRevoked       = []byte("revoked")
 	bucketRevLog        = []byte("revlog")
 
 	allBuckets = [][]byte{
 		bucketMeta, bucketKV, bucketIntermediates,
 		bucketEntries, bucketEntryParent, bucketEntrySPIFFEID, bucketEntryKey,
-		bucketCerts, bucketCertSubject, bucketRevoked, bucketRevLog,
+		bucketCerts, bucketCertSubject, bucketCertExpiry, bucketRevoked, bucketRevLog,
 	}
 )
 
