@@ -235,3 +235,20 @@ func (s *Service) FeedSeq() (string, uint64) {
 	p, _ := s.feed.page("", 0)
 	return p.Epoch, p.Seq
 }
+
+// Ready reports whether every live issuer has its CRLs built and its OCSP
+// responder certificate issued (a readiness probe).
+func (s *Service) Ready() error {
+	for _, iss := range s.opts.Issuers.Issuers() {
+		if _, _, err := s.CRL(iss.KeyID, true); err != nil {
+			return fmt.Errorf("crl: issuer %s: %w", iss.KeyID, err)
+		}
+		s.ocsp.mu.RLock()
+		oi := s.ocsp.issuers[iss.KeyID]
+		s.ocsp.mu.RUnlock()
+		if oi == nil {
+			return fmt.Errorf("crl: issuer %s: OCSP responder: %w", iss.KeyID, ErrNotReady)
+		}
+	}
+	return nil
+}

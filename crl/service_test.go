@@ -137,7 +137,7 @@ func (e *env) start(t *testing.T) {
 	done := make(chan struct{})
 	go func() { e.svc.Run(ctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done; e.srv.Close() })
-	waitFor(t, "first CRL", func() bool { _, _, err := e.svc.CRL(e.iss.KeyID, true); return err == nil })
+	waitFor(t, "ready", func() bool { return e.svc.Ready() == nil })
 }
 
 func (e *env) mint(t *testing.T, node string) *x509.Certificate {
