@@ -114,13 +114,13 @@ func newPKI(t *testing.T, addr string) *pki {
 	p.root = p.sign(t, &x509.Certificate{
 		Subject:   pkix.Name{Organization: []string{"Palisade e2e"}, CommonName: "root"},
 		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(48 * time.Hour),
-		KeyUsage:  x509.KeyUsageCertSign | x509.KeyUsageCRLSign, BasicConstraintsValid: true, IsCA: true,
+		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign, BasicConstraintsValid: true, IsCA: true,
 		URIs: []*url.URL{{Scheme: "spiffe", Host: "example.org"}},
 	}, nil, rootKey.Public(), rootKey)
 	p.inter = p.sign(t, &x509.Certificate{
 		Subject:   pkix.Name{Organization: []string{"Palisade e2e"}, CommonName: "intermediate"},
 		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
-		KeyUsage:  x509.KeyUsageCertSign | x509.KeyUsageCRLSign, BasicConstraintsValid: true, IsCA: true,
+		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign, BasicConstraintsValid: true, IsCA: true,
 		MaxPathLenZero: true, URIs: []*url.URL{{Scheme: "spiffe", Host: "example.org"}},
 		PermittedURIDomains: []string{"example.org"},
 	}, p.root, p.interSign.Public(), rootKey)

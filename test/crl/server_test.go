@@ -158,4 +158,3 @@ func serve(cfgPath string) error {
 	}
 	return nil
 }
-
