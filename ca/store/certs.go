@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math/big"
+	"sort"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -119,17 +120,18 @@ func (s *Store) RecordIssued(rec CertRecord) error {
 			return err
 		}
 		subj := tx.Bucket(bucketCertSubject)
+		exp := expiryKey(rec.NotAfter, key)
 		if rec.NodeID != "" {
-			if err := subj.Put(compositeKey(rec.NodeID, key), nil); err != nil {
+			if err := subj.Put(compositeKey(rec.NodeID, exp), nil); err != nil {
 				return err
 			}
 		}
 		if rec.SPIFFEID != "" && rec.SPIFFEID != rec.NodeID {
-			if err := subj.Put(compositeKey(rec.SPIFFEID, key), nil); err != nil {
+			if err := subj.Put(compositeKey(rec.SPIFFEID, exp), nil); err != nil {
 				return err
 			}
 		}
-		if err := tx.Bucket(bucketCertExpiry).Put(expiryKey(rec.NotAfter, key), nil); err != nil {
+		if err := tx.Bucket(bucketCertExpiry).Put(exp, nil); err != nil {
 			return err
 		}
 		meta := tx.Bucket(bucketMeta)
@@ -284,14 +286,18 @@ func (s *Store) RevokeNode(nodeID string, reason int, at time.Time) ([]CertRecor
 	var out []CertRecord
 	err := s.update("revoke node", func(tx *bolt.Tx) error {
 		out = out[:0] // the transaction may not be retried, but stay safe
+		// The index orders a subject's certificates by NotAfter: start at
+		// the first one still unexpired at at.
 		p := compositeKey(nodeID, nil)
 		var keys [][]byte
 		c := tx.Bucket(bucketCertSubject).Cursor()
-		for k, _ := c.Seek(p); k != nil && bytes.HasPrefix(k, p); k, _ = c.Next() {
-			if len(k) == len(p)+serialLen {
-				keys = append(keys, append([]byte(nil), k[len(p):]...))
+		for k, _ := c.Seek(compositeKey(nodeID, expiryKey(at, nil))); k != nil && bytes.HasPrefix(k, p); k, _ = c.Next() {
+			if len(k) != len(p)+expiryPrefix+serialLen {
+				return fmt.Errorf("%w: %s: subject index key of %d bytes", ErrCorrupt, s.path, len(k))
 			}
+			keys = append(keys, append([]byte(nil), k[len(p)+expiryPrefix:]...))
 		}
+		sort.Slice(keys, func(a, b int) bool { return bytes.Compare(keys[a], keys[b]) < 0 })
 		for _, key := range keys {
 			r, err := s.getCert(tx, key)
 			if err != nil {

@@ -40,8 +40,11 @@ import (
 //	certs_by_expiry/
 //	  <uint64 NotAfter unix seconds ^ 2^63> <uint32 nanos> <serial> → empty   (ForEachUnexpired)
 //	certs_by_subject/
-//	  <node id | spiffe id> 0x00 <serial> → empty   (RevokeNode; a record is filed under its
-//	                                                 NodeID and, if different, its SPIFFEID)
+//	  <node id | spiffe id> 0x00 <expiry key> → empty   (RevokeNode; a record is filed under
+//	                                                    its NodeID and, if different, its
+//	                                                    SPIFFEID; <expiry key> as in
+//	                                                    certs_by_expiry, so expired ones
+//	                                                    are skipped by a seek)
 //	revoked/
 //	  <issuer key id>/             (one nested bucket per issuer: the CRL for that issuer)
 //	    <serial>  → cert record, binary v1 (copy taken at revocation; revocation is final)
