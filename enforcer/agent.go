@@ -7,9 +7,12 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -115,6 +118,11 @@ func NewAgent(ctx context.Context, cfg Config, deps Deps) (*Agent, error) {
 			return fail(err)
 		}
 		a.log.Info("enforcing", "interface", cfg.Interfaces[i], "hook", string(how), "mode", cfg.Mode)
+		if cfg.OnDemandAdmission != nil && *cfg.OnDemandAdmission {
+			if _, err := a.dp.AttachEgress(ifindex, AttachMode(cfg.Attach)); err != nil {
+				return fail(err)
+			}
+		}
 	}
 	a.ln, err = ListenAdmission(ctx, cfg.listenAddr())
 	if err != nil {
@@ -157,7 +165,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer cancel()
 	var wg sync.WaitGroup
 	errc := make(chan error, 2)
-	wg.Add(4)
+	wg.Add(5)
+	go func() { defer wg.Done(); a.admitOnDemand(ctx) }()
 	go func() { defer wg.Done(); errc <- a.adm.Serve(ctx, a.ln) }()
 	go func() { defer wg.Done(); a.adm.RecheckLoop(ctx, a.cfg.RecheckInterval) }()
 	go func() { defer wg.Done(); a.adm.Maintain(ctx, peers) }()
@@ -171,6 +180,56 @@ func (a *Agent) Run(ctx context.Context) error {
 	wg.Wait()
 	a.dp.Close()
 	return err
+}
+
+// onDemandBackoff is how long a destination that failed admission is not
+// asked again (it may have no agent at all).
+const onDemandBackoff = 10 * time.Second
+
+// admitOnDemand admits this node to destinations the egress program saw
+// a SYN to without an admission.
+func (a *Agent) admitOnDemand(ctx context.Context) {
+	if a.cfg.OnDemandAdmission == nil || !*a.cfg.OnDemandAdmission {
+		return
+	}
+	rr, err := a.dp.AdmitRequests()
+	if err != nil {
+		a.log.Error("on-demand admission disabled", "err", err)
+		return
+	}
+	go func() { <-ctx.Done(); rr.Close() }()
+	infra, _ := a.cfg.InfrastructureAddrs()
+	var mu sync.Mutex
+	busy := map[netip.Addr]time.Time{} // in flight or backing off until
+	for {
+		q, err := rr.Read()
+		if err != nil {
+			return
+		}
+		if slices.ContainsFunc(infra, func(ap netip.AddrPort) bool { return ap.Addr().Unmap() == q.Addr }) {
+			continue
+		}
+		mu.Lock()
+		until, ok := busy[q.Addr]
+		if ok && time.Now().Before(until) {
+			mu.Unlock()
+			continue
+		}
+		busy[q.Addr] = time.Now().Add(handshakeTimeout)
+		mu.Unlock()
+		go func() {
+			_, err := a.adm.Admit(ctx, netip.AddrPortFrom(q.Addr, a.cfg.AdmissionPort))
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				a.log.Warn("on-demand admission failed", "peer", q.Addr.String(), "port", q.DstPort, "err", err)
+				busy[q.Addr] = time.Now().Add(onDemandBackoff)
+				return
+			}
+			a.log.Info("admitted on demand", "peer", q.Addr.String(), "port", q.DstPort)
+			delete(busy, q.Addr)
+		}()
+	}
 }
 
 // recordFlows turns kernel flow events into flow log records.

@@ -32,8 +32,26 @@ const (
 // before any other at a higher pref number.
 const tcPref = "1"
 
-func (d *Datapath) tcxPin(ifindex int) string {
-	return filepath.Join(d.pinDir, "links", "tcx-ingress-"+strconv.Itoa(ifindex))
+// hook is one direction of an interface.
+type hook struct {
+	name   string // "ingress" or "egress"
+	attach ebpf.AttachType
+}
+
+var (
+	ingress = hook{"ingress", ebpf.AttachTCXIngress}
+	egress  = hook{"egress", ebpf.AttachTCXEgress}
+)
+
+func (d *Datapath) tcxPin(h hook, ifindex int) string {
+	return filepath.Join(d.pinDir, "links", "tcx-"+h.name+"-"+strconv.Itoa(ifindex))
+}
+
+func (d *Datapath) prog(h hook) (*ebpf.Program, string) {
+	if h == egress {
+		return d.objs.PalisadeEgress, filepath.Join(d.pinDir, "prog_egress")
+	}
+	return d.objs.PalisadeIngress, d.progPin()
 }
 
 // Attach puts the program on ifindex's ingress (in the calling thread's
@@ -43,6 +61,17 @@ func (d *Datapath) tcxPin(ifindex int) string {
 // Attach needs a PinDir: an unpinned link would vanish with the process
 // and fail open.
 func (d *Datapath) Attach(ifindex int, mode AttachMode) (AttachMode, error) {
+	return d.attach(ingress, ifindex, mode)
+}
+
+// AttachEgress puts the on-demand admission program on ifindex's egress.
+// It never drops: it asks the agent (AdmitRequests) to admit this node to
+// destinations it sends a TCP SYN to without an admission.
+func (d *Datapath) AttachEgress(ifindex int, mode AttachMode) (AttachMode, error) {
+	return d.attach(egress, ifindex, mode)
+}
+
+func (d *Datapath) attach(h hook, ifindex int, mode AttachMode) (AttachMode, error) {
 	if d.pinDir == "" {
 		return "", fmt.Errorf("%w: attaching needs a bpffs pin directory (fail closed)", ErrConfig)
 	}
@@ -52,7 +81,7 @@ func (d *Datapath) Attach(ifindex int, mode AttachMode) (AttachMode, error) {
 		return "", fmt.Errorf("%w: attach mode %q (want auto, tcx or tc)", ErrConfig, mode)
 	}
 	if mode != AttachTC {
-		err := d.attachTCX(ifindex)
+		err := d.attachTCX(h, ifindex)
 		if err == nil {
 			return AttachTCX, nil
 		}
@@ -60,16 +89,17 @@ func (d *Datapath) Attach(ifindex int, mode AttachMode) (AttachMode, error) {
 			return "", err
 		}
 	}
-	if err := d.attachTC(ifindex); err != nil {
+	if err := d.attachTC(h, ifindex); err != nil {
 		return "", err
 	}
 	return AttachTC, nil
 }
 
-func (d *Datapath) attachTCX(ifindex int) error {
-	pin := d.tcxPin(ifindex)
+func (d *Datapath) attachTCX(h hook, ifindex int) error {
+	pin := d.tcxPin(h, ifindex)
+	prog, _ := d.prog(h)
 	if l, err := link.LoadPinnedLink(pin, nil); err == nil {
-		err = l.Update(d.objs.PalisadeIngress)
+		err = l.Update(prog)
 		l.Close()
 		if err == nil {
 			return nil
@@ -81,12 +111,12 @@ func (d *Datapath) attachTCX(ifindex int) error {
 	}
 	l, err := link.AttachTCX(link.TCXOptions{
 		Interface: ifindex,
-		Program:   d.objs.PalisadeIngress,
-		Attach:    ebpf.AttachTCXIngress,
+		Program:   prog,
+		Attach:    h.attach,
 		Anchor:    link.Head(), // first, so no earlier program can pass around us
 	})
 	if err != nil {
-		return fmt.Errorf("enforcer: attach TCX ingress to ifindex %d: %w", ifindex, err)
+		return fmt.Errorf("enforcer: attach TCX %s to ifindex %d: %w", h.name, ifindex, err)
 	}
 	defer l.Close()
 	if err := l.Pin(pin); err != nil {
@@ -103,7 +133,8 @@ func tcCmd(args ...string) error {
 	return nil
 }
 
-func (d *Datapath) attachTC(ifindex int) error {
+func (d *Datapath) attachTC(h hook, ifindex int) error {
+	_, progPin := d.prog(h)
 	ifc, err := net.InterfaceByIndex(ifindex)
 	if err != nil {
 		return fmt.Errorf("enforcer: interface %d: %w", ifindex, err)
@@ -114,35 +145,37 @@ func (d *Datapath) attachTC(ifindex int) error {
 		return fmt.Errorf("enforcer: %w", err)
 	}
 	// replace swaps the program in place: no window without a filter.
-	if err := tcCmd("filter", "replace", "dev", ifc.Name, "ingress", "pref", tcPref, "handle", "1",
-		"bpf", "direct-action", "object-pinned", d.progPin()); err != nil {
+	if err := tcCmd("filter", "replace", "dev", ifc.Name, h.name, "pref", tcPref, "handle", "1",
+		"bpf", "direct-action", "object-pinned", progPin); err != nil {
 		return fmt.Errorf("enforcer: %w", err)
 	}
 	return nil
 }
 
-// Detach removes the program from ifindex's ingress, both hooks. This is
-// an operator action: a daemon stopping does not detach.
+// Detach removes the programs from ifindex (ingress and egress, TCX and
+// tc). This is an operator action: a daemon stopping does not detach.
 func (d *Datapath) Detach(ifindex int) error {
 	if d.pinDir == "" {
 		return fmt.Errorf("%w: no pin directory", ErrConfig)
 	}
 	var errs []error
-	pin := d.tcxPin(ifindex)
-	if l, err := link.LoadPinnedLink(pin, nil); err == nil {
-		if err := l.Unpin(); err != nil {
-			errs = append(errs, err)
+	for _, h := range []hook{ingress, egress} {
+		pin := d.tcxPin(h, ifindex)
+		if l, err := link.LoadPinnedLink(pin, nil); err == nil {
+			if err := l.Unpin(); err != nil {
+				errs = append(errs, err)
+			}
+			if err := l.Close(); err != nil {
+				errs = append(errs, err)
+			}
+		} else if !errors.Is(err, os.ErrNotExist) {
+			_ = os.Remove(pin) // stale pin of a vanished interface
 		}
-		if err := l.Close(); err != nil {
-			errs = append(errs, err)
-		}
-	} else if !errors.Is(err, os.ErrNotExist) {
-		_ = os.Remove(pin) // stale pin of a vanished interface
-	}
-	if ifc, err := net.InterfaceByIndex(ifindex); err == nil {
-		if _, lerr := exec.LookPath("tc"); lerr == nil {
-			// Absent filter: tc fails, which is fine here.
-			_ = tcCmd("filter", "del", "dev", ifc.Name, "ingress", "pref", tcPref, "handle", "1", "bpf")
+		if ifc, err := net.InterfaceByIndex(ifindex); err == nil {
+			if _, lerr := exec.LookPath("tc"); lerr == nil {
+				// Absent filter: tc fails, which is fine here.
+				_ = tcCmd("filter", "del", "dev", ifc.Name, h.name, "pref", tcPref, "handle", "1", "bpf")
+			}
 		}
 	}
 	return errors.Join(errs...)
@@ -172,17 +205,17 @@ func Uninstall(pinDir string) error {
 	if pinDir == "" {
 		return fmt.Errorf("%w: no pin directory", ErrConfig)
 	}
-	d := &Datapath{pinDir: pinDir}
-	ids, err := d.AttachedTCX()
+	ents, err := os.ReadDir(filepath.Join(pinDir, "links"))
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
 	var errs []error
-	for _, i := range ids {
-		if l, err := link.LoadPinnedLink(d.tcxPin(i), nil); err == nil {
+	for _, e := range ents {
+		pin := filepath.Join(pinDir, "links", e.Name())
+		if l, err := link.LoadPinnedLink(pin, nil); err == nil {
 			errs = append(errs, l.Unpin(), l.Close())
 		} else {
-			errs = append(errs, os.Remove(d.tcxPin(i)))
+			errs = append(errs, os.Remove(pin))
 		}
 	}
 	errs = append(errs, os.RemoveAll(pinDir))

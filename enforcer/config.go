@@ -45,6 +45,10 @@ type Config struct {
 	// attestation, CRLs) this node reaches without admission. Only their
 	// answers pass, never a new flow from them.
 	Infrastructure []string `yaml:"infrastructure"`
+	// OnDemandAdmission attaches an egress program that triggers admission
+	// when this node sends a TCP SYN to a destination it is not admitted
+	// to (the fallback to Peers; the first SYN is lost). Default true.
+	OnDemandAdmission *bool `yaml:"on_demand_admission"`
 }
 
 // Defaults.
@@ -78,6 +82,10 @@ func (c *Config) SetDefaults() {
 	}
 	if c.RecheckInterval == 0 {
 		c.RecheckInterval = DefaultRecheckInterval
+	}
+	if c.OnDemandAdmission == nil {
+		on := true
+		c.OnDemandAdmission = &on
 	}
 }
 

@@ -198,18 +198,21 @@ func OpenDatapath(o DatapathOptions) (*Datapath, error) {
 		return nil, fmt.Errorf("enforcer: load datapath: %w", err)
 	}
 	if o.PinDir != "" {
-		// Pin under a temporary name, then rename over the old pin: the
-		// path always names a working program.
-		tmp := filepath.Join(o.PinDir, "prog_ingress_new")
-		_ = os.Remove(tmp)
-		if err := d.objs.PalisadeIngress.Pin(tmp); err != nil {
-			d.Close()
-			return nil, fmt.Errorf("enforcer: pin program: %w", err)
-		}
-		if err := os.Rename(tmp, d.progPin()); err != nil {
+		for _, h := range []hook{ingress, egress} {
+			prog, pin := d.prog(h)
+			// Pin under a temporary name, then rename over the old pin:
+			// the path always names a working program.
+			tmp := pin + "_new"
 			_ = os.Remove(tmp)
-			d.Close()
-			return nil, fmt.Errorf("enforcer: pin program: %w", err)
+			if err := prog.Pin(tmp); err != nil {
+				d.Close()
+				return nil, fmt.Errorf("enforcer: pin program: %w", err)
+			}
+			if err := os.Rename(tmp, pin); err != nil {
+				_ = os.Remove(tmp)
+				d.Close()
+				return nil, fmt.Errorf("enforcer: pin program: %w", err)
+			}
 		}
 	}
 	return d, nil
@@ -364,6 +367,51 @@ func (d *Datapath) AdmissionIfindex(remote netip.AddrPort) (int, error) {
 	}
 	return int(ifindex), nil
 }
+
+// AdmitRequest asks for on-demand admission to Addr (seen as the
+// destination of a bare TCP SYN on Ifindex without an admission).
+type AdmitRequest struct {
+	Ifindex int
+	Addr    netip.Addr
+	DstPort uint16
+}
+
+// AdmitRequestReader reads on-demand admission requests.
+type AdmitRequestReader struct{ rd *ringbuf.Reader }
+
+// AdmitRequests opens the egress program's request ring.
+func (d *Datapath) AdmitRequests() (*AdmitRequestReader, error) {
+	rd, err := ringbuf.NewReader(d.objs.AdmitRequests)
+	if err != nil {
+		return nil, fmt.Errorf("enforcer: open admission request ring: %w", err)
+	}
+	return &AdmitRequestReader{rd: rd}, nil
+}
+
+// SetDeadline makes Read return os.ErrDeadlineExceeded after t.
+func (r *AdmitRequestReader) SetDeadline(t time.Time) { r.rd.SetDeadline(t) }
+
+// Read blocks for the next request; after Close it returns io.EOF.
+func (r *AdmitRequestReader) Read() (AdmitRequest, error) {
+	rec, err := r.rd.Read()
+	if err != nil {
+		if errors.Is(err, ringbuf.ErrClosed) {
+			return AdmitRequest{}, io.EOF
+		}
+		return AdmitRequest{}, err
+	}
+	var q palisadeAdmitRequest
+	if _, err := binary.Decode(rec.RawSample, binary.NativeEndian, &q); err != nil {
+		return AdmitRequest{}, fmt.Errorf("enforcer: short admission request: %w", err)
+	}
+	return AdmitRequest{Ifindex: int(q.Ifindex), Addr: fromAddr16(q.Addr), DstPort: q.Dport}, nil
+}
+
+// Close unblocks Read.
+func (r *AdmitRequestReader) Close() error { return r.rd.Close() }
+
+// EgressProgram returns the on-demand admission program (tests).
+func (d *Datapath) EgressProgram() *ebpf.Program { return d.objs.PalisadeEgress }
 
 // Counters sums the per-CPU packet counters by reason.
 func (d *Datapath) Counters() (map[Reason]uint64, error) {

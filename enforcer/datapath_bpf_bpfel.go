@@ -13,6 +13,14 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type palisadeAdmitRequest struct {
+	_       structs.HostLayout
+	Ifindex uint32
+	Addr    [16]uint8
+	Dport   uint16
+	Pad     uint16
+}
+
 type palisadeConfig struct {
 	_             structs.HostLayout
 	Mode          uint32
@@ -75,16 +83,20 @@ type palisadeSeenKey struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	palisadeMapAdmissionSeen    = "admission_seen"
-	palisadeMapConfigMap        = "config_map"
-	palisadeMapCounters         = "counters"
-	palisadeMapFlowDedup        = "flow_dedup"
-	palisadeMapFlows            = "flows"
-	palisadeMapPeers            = "peers"
-	palisadeMapPolicy           = "policy"
-	palisadeProgPalisadeEmpty   = "palisade_empty"
-	palisadeProgPalisadeIngress = "palisade_ingress"
-	palisadeVarUnusedFlowEvent  = "unused_flow_event"
+	palisadeMapAdmissionSeen      = "admission_seen"
+	palisadeMapAdmitPending       = "admit_pending"
+	palisadeMapAdmitRequests      = "admit_requests"
+	palisadeMapConfigMap          = "config_map"
+	palisadeMapCounters           = "counters"
+	palisadeMapFlowDedup          = "flow_dedup"
+	palisadeMapFlows              = "flows"
+	palisadeMapPeers              = "peers"
+	palisadeMapPolicy             = "policy"
+	palisadeProgPalisadeEgress    = "palisade_egress"
+	palisadeProgPalisadeEmpty     = "palisade_empty"
+	palisadeProgPalisadeIngress   = "palisade_ingress"
+	palisadeVarUnusedAdmitRequest = "unused_admit_request"
+	palisadeVarUnusedFlowEvent    = "unused_flow_event"
 )
 
 // loadPalisade returns the embedded CollectionSpec for palisade.
@@ -129,6 +141,7 @@ type palisadeSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type palisadeProgramSpecs struct {
+	PalisadeEgress  *ebpf.ProgramSpec `ebpf:"palisade_egress"`
 	PalisadeEmpty   *ebpf.ProgramSpec `ebpf:"palisade_empty"`
 	PalisadeIngress *ebpf.ProgramSpec `ebpf:"palisade_ingress"`
 }
@@ -138,6 +151,8 @@ type palisadeProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type palisadeMapSpecs struct {
 	AdmissionSeen *ebpf.MapSpec `ebpf:"admission_seen"`
+	AdmitPending  *ebpf.MapSpec `ebpf:"admit_pending"`
+	AdmitRequests *ebpf.MapSpec `ebpf:"admit_requests"`
 	ConfigMap     *ebpf.MapSpec `ebpf:"config_map"`
 	Counters      *ebpf.MapSpec `ebpf:"counters"`
 	FlowDedup     *ebpf.MapSpec `ebpf:"flow_dedup"`
@@ -150,7 +165,8 @@ type palisadeMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type palisadeVariableSpecs struct {
-	UnusedFlowEvent *ebpf.VariableSpec `ebpf:"unused_flow_event"`
+	UnusedAdmitRequest *ebpf.VariableSpec `ebpf:"unused_admit_request"`
+	UnusedFlowEvent    *ebpf.VariableSpec `ebpf:"unused_flow_event"`
 }
 
 // palisadeObjects contains all objects after they have been loaded into the kernel.
@@ -174,6 +190,8 @@ func (o *palisadeObjects) Close() error {
 // It can be passed to loadPalisadeObjects or ebpf.CollectionSpec.LoadAndAssign.
 type palisadeMaps struct {
 	AdmissionSeen *ebpf.Map `ebpf:"admission_seen"`
+	AdmitPending  *ebpf.Map `ebpf:"admit_pending"`
+	AdmitRequests *ebpf.Map `ebpf:"admit_requests"`
 	ConfigMap     *ebpf.Map `ebpf:"config_map"`
 	Counters      *ebpf.Map `ebpf:"counters"`
 	FlowDedup     *ebpf.Map `ebpf:"flow_dedup"`
@@ -185,6 +203,8 @@ type palisadeMaps struct {
 func (m *palisadeMaps) Close() error {
 	return _PalisadeClose(
 		m.AdmissionSeen,
+		m.AdmitPending,
+		m.AdmitRequests,
 		m.ConfigMap,
 		m.Counters,
 		m.FlowDedup,
@@ -198,19 +218,22 @@ func (m *palisadeMaps) Close() error {
 //
 // It can be passed to loadPalisadeObjects or ebpf.CollectionSpec.LoadAndAssign.
 type palisadeVariables struct {
-	UnusedFlowEvent *ebpf.Variable `ebpf:"unused_flow_event"`
+	UnusedAdmitRequest *ebpf.Variable `ebpf:"unused_admit_request"`
+	UnusedFlowEvent    *ebpf.Variable `ebpf:"unused_flow_event"`
 }
 
 // palisadePrograms contains all programs after they have been loaded into the kernel.
 //
 // It can be passed to loadPalisadeObjects or ebpf.CollectionSpec.LoadAndAssign.
 type palisadePrograms struct {
+	PalisadeEgress  *ebpf.Program `ebpf:"palisade_egress"`
 	PalisadeEmpty   *ebpf.Program `ebpf:"palisade_empty"`
 	PalisadeIngress *ebpf.Program `ebpf:"palisade_ingress"`
 }
 
 func (p *palisadePrograms) Close() error {
 	return _PalisadeClose(
+		p.PalisadeEgress,
 		p.PalisadeEmpty,
 		p.PalisadeIngress,
 	)

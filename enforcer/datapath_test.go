@@ -344,3 +344,62 @@ func BenchmarkPerPacket(b *testing.B) {
 	b.ReportMetric(float64((empty / n).Nanoseconds()), "ns/pkt-empty")
 	b.ReportMetric(float64(((enf - empty) / n).Nanoseconds()), "ns/pkt-added")
 }
+
+func TestEgressRequestsOnDemandAdmission(t *testing.T) {
+	d := openTestDatapath(t)
+	if err := d.SetConfig(ModeEnforce, admPort); err != nil {
+		t.Fatal(err)
+	}
+	rr, err := d.AdmitRequests()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rr.Close()
+	// BPF_PROG_TEST_RUN runs the skb on loopback: ifindex 1.
+	admitted := netip.MustParseAddr("10.99.0.20")
+	if err := d.PutPeer(PeerEntry{Ifindex: 1, Addr: admitted, Identity: identityA, Expires: time.Now().Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	unknown6 := netip.MustParseAddr("fd99::30")
+	tests := []struct {
+		name string
+		pkt  []byte
+		want []AdmitRequest
+	}{
+		{"SYN to a stranger", frame{src: local4, dst: peer4, proto: ProtoTCP, sport: 40000, dport: 8080, tcpFlags: tcpSYN}.bytes(),
+			[]AdmitRequest{{Ifindex: 1, Addr: peer4, DstPort: 8080}}},
+		{"retransmitted SYN within the rate limit", frame{src: local4, dst: peer4, proto: ProtoTCP, sport: 40000, dport: 8080, tcpFlags: tcpSYN}.bytes(), nil},
+		{"SYN to an admitted peer", frame{src: local4, dst: admitted, proto: ProtoTCP, sport: 40000, dport: 8080, tcpFlags: tcpSYN}.bytes(), nil},
+		{"ACK to a stranger", frame{src: local4, dst: other4, proto: ProtoTCP, sport: 40000, dport: 8080, tcpFlags: tcpACK}.bytes(), nil},
+		{"SYN to the admission port", frame{src: local4, dst: other4, proto: ProtoTCP, sport: admPort, dport: admPort, tcpFlags: tcpSYN}.bytes(), nil},
+		{"UDP to a stranger", frame{src: local4, dst: other4, proto: ProtoUDP, sport: 40000, dport: 53}.bytes(), nil},
+		{"IPv6 SYN to a stranger", frame{src: local6, dst: unknown6, proto: ProtoTCP, sport: 40000, dport: 443, tcpFlags: tcpSYN}.bytes(),
+			[]AdmitRequest{{Ifindex: 1, Addr: unknown6, DstPort: 443}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ret, err := d.EgressProgram().Run(&ebpf.RunOptions{Data: tt.pkt})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ret != retPass {
+				t.Fatalf("egress verdict = %#x, want pass (egress never drops)", ret)
+			}
+			var got []AdmitRequest
+			for {
+				rr.SetDeadline(time.Now().Add(100 * time.Millisecond))
+				q, err := rr.Read()
+				if errors.Is(err, os.ErrDeadlineExceeded) {
+					break
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				got = append(got, q)
+			}
+			if len(got) != len(tt.want) || (len(got) == 1 && got[0] != tt.want[0]) {
+				t.Fatalf("requests = %+v, want %+v", got, tt.want)
+			}
+		})
+	}
+}

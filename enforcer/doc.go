@@ -14,8 +14,9 @@
 //     `palisade policy check FILE`), Drift + DriftReport.Format (for
 //     `palisade policy drift POLICY FLOWLOG`), ReadFlowLog + FormatFlows
 //     (for `palisade flows FLOWLOG`).
-//   - Lower level: OpenDatapath / Datapath (pinned maps, Attach/Detach,
-//     peers, policy entries, counters, flow ring), Uninstall (operator
+//   - Lower level: OpenDatapath / Datapath (pinned maps, Attach /
+//     AttachEgress / Detach, peers, policy entries, counters, flow and
+//     admission-request rings, BPF run stats), Uninstall (operator
 //     removal), Verifier and Admitter.
 //
 // The C source is bpf/enforcer.c; datapath_bpf_bpfel.{go,o} are generated

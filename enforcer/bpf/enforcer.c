@@ -157,8 +157,34 @@ struct {
 } counters SEC(".maps");
 
 
-// Emits BTF for the event type so bpf2go generates its Go struct.
+// On-demand admission: the egress program asks the agent to admit this
+// node to a destination it sends a TCP SYN to without holding an entry for
+// it; the SYN's retransmission then finds the admission done.
+struct admit_request {
+	__u32 ifindex;
+	__u8 addr[16];
+	__u16 dport;
+	__u16 _pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 16);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} admit_requests SEC(".maps");
+
+// Last request per destination, to ask at most twice a second.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct peer_key);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} admit_pending SEC(".maps");
+
+// Emits BTF for the event types so bpf2go generates their Go structs.
 const struct flow_event *unused_flow_event __attribute__((unused));
+const struct admit_request *unused_admit_request __attribute__((unused));
 
 #define ETH_HLEN_ 14
 #define PASS TC_ACT_UNSPEC // TCX_NEXT: let later programs see it
@@ -403,6 +429,68 @@ int palisade_ingress(struct __sk_buff *skb)
 			emit(&p, identity, VERDICT_PASS, REASON_POLICY);
 		}
 	}
+	return PASS;
+}
+
+#define ADMIT_REQUEST_NS 500000000ULL
+
+// Egress: never drops; requests admission for a bare TCP SYN towards a
+// destination without a peer entry.
+SEC("tc")
+int palisade_egress(struct __sk_buff *skb)
+{
+	struct peer_key dst = {};
+	__u32 off;
+	__u8 proto;
+
+	dst.ifindex = skb->ifindex;
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		__u8 h[20];
+		if (bpf_skb_load_bytes(skb, ETH_HLEN_, h, sizeof(h)) < 0)
+			return PASS;
+		__u32 d;
+		__builtin_memcpy(&d, &h[16], 4);
+		map_v4(dst.addr, d);
+		proto = h[9];
+		off = ETH_HLEN_ + (h[0] & 0x0f) * 4;
+	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		__u8 h[40];
+		if (bpf_skb_load_bytes(skb, ETH_HLEN_, h, sizeof(h)) < 0)
+			return PASS;
+		__builtin_memcpy(dst.addr, &h[24], 16);
+		proto = h[6]; // a SYN with extension headers is not worth a request
+		off = ETH_HLEN_ + 40;
+	} else {
+		return PASS;
+	}
+	if (proto != IPPROTO_TCP)
+		return PASS;
+	__u8 t[14];
+	if (bpf_skb_load_bytes(skb, off, t, sizeof(t)) < 0)
+		return PASS;
+	if ((t[13] & (TCP_SYN | TCP_ACK)) != TCP_SYN)
+		return PASS;
+	__u16 dport = (__u16)t[2] << 8 | t[3];
+	__u32 zero = 0;
+	struct config *cfg = bpf_map_lookup_elem(&config_map, &zero);
+	if (!cfg || dport == cfg->admission_port)
+		return PASS;
+	__u64 now = bpf_ktime_get_boot_ns();
+	struct peer_value *peer = bpf_map_lookup_elem(&peers, &dst);
+	if (peer && now < peer->expires_ns)
+		return PASS;
+	__u64 *last = bpf_map_lookup_elem(&admit_pending, &dst);
+	if (last && now - *last < ADMIT_REQUEST_NS)
+		return PASS;
+	bpf_map_update_elem(&admit_pending, &dst, &now, BPF_ANY);
+	struct admit_request *r = bpf_ringbuf_reserve(&admit_requests, sizeof(*r), 0);
+	if (!r)
+		return PASS;
+	r->ifindex = dst.ifindex;
+	__builtin_memcpy(r->addr, dst.addr, 16);
+	r->dport = dport;
+	r->_pad = 0;
+	bpf_ringbuf_submit(r, 0);
 	return PASS;
 }
 

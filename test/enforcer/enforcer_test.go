@@ -409,8 +409,8 @@ func TestEnforcerEndToEnd(t *testing.T) {
 		}
 		mustUnreachable(t, tp.rogue, netip.Addr{}, fromRogue)
 		links, err := os.ReadDir(filepath.Join(srvPins, "links"))
-		if err != nil || len(links) != 3 {
-			t.Fatalf("pinned links = %v, %v; want 3", links, err)
+		if err != nil || len(links) != 6 {
+			t.Fatalf("pinned links = %v, %v; want ingress and egress on 3 interfaces", links, err)
 		}
 		if err := reachable(tp.srv, netip.Addr{}, netip.MustParseAddrPort("10.77.3.2:"+strconv.Itoa(applPort)), time.Second); err != nil {
 			t.Fatalf("appliance unreachable after restart: %v", err)
