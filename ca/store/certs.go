@@ -102,41 +102,45 @@ func checkRecord(r *CertRecord) ([]byte, error) {
 	return key, nil
 }
 
-// RecordIssued durably records a certificate before it is handed out. It
-// joins concurrent callers into one commit. ErrSerialExists if the serial
-// was ever recorded: the CA must sign again with a fresh serial.
+// RecordIssued durably records a certificate before it is handed out: it
+// returns once the record is in the fsynced issuance journal (journal.go),
+// shared with concurrent callers. ErrSerialExists if the serial was ever
+// recorded: the CA must sign again with a fresh serial.
 func (s *Store) RecordIssued(rec CertRecord) error {
 	key, err := checkRecord(&rec)
 	if err != nil {
 		return err
 	}
-	val := encodeCert(&rec)
-	return s.groupUpdate("record issued", func(tx *bolt.Tx) error {
-		certs := tx.Bucket(bucketCerts)
-		if certs.Get(key) != nil {
-			return fmt.Errorf("%w: %x", ErrSerialExists, rec.Serial)
+	return s.journalRecord(key, encodeCert(&rec), rec)
+}
+
+// insertCert adds a new record and its index entries inside tx. It reports
+// false, changing nothing, when the serial is already recorded (journal
+// replay is idempotent).
+func insertCert(tx *bolt.Tx, key, val []byte, rec *CertRecord) (bool, error) {
+	certs := tx.Bucket(bucketCerts)
+	if certs.Get(key) != nil {
+		return false, nil
+	}
+	if err := certs.Put(key, val); err != nil {
+		return false, err
+	}
+	subj := tx.Bucket(bucketCertSubject)
+	if rec.NodeID != "" {
+		if err := subj.Put(compositeKey(rec.NodeID, key), nil); err != nil {
+			return false, err
 		}
-		if err := certs.Put(key, val); err != nil {
-			return err
+	}
+	if rec.SPIFFEID != "" && rec.SPIFFEID != rec.NodeID {
+		if err := subj.Put(compositeKey(rec.SPIFFEID, key), nil); err != nil {
+			return false, err
 		}
-		subj := tx.Bucket(bucketCertSubject)
-		exp := expiryKey(rec.NotAfter, key)
-		if rec.NodeID != "" {
-			if err := subj.Put(compositeKey(rec.NodeID, exp), nil); err != nil {
-				return err
-			}
-		}
-		if rec.SPIFFEID != "" && rec.SPIFFEID != rec.NodeID {
-			if err := subj.Put(compositeKey(rec.SPIFFEID, exp), nil); err != nil {
-				return err
-			}
-		}
-		if err := tx.Bucket(bucketCertExpiry).Put(exp, nil); err != nil {
-			return err
-		}
-		meta := tx.Bucket(bucketMeta)
-		return putU64(meta, keyNCerts, u64(meta.Get(keyNCerts))+1)
-	})
+	}
+	if err := tx.Bucket(bucketCertExpiry).Put(expiryKey(rec.NotAfter, key), nil); err != nil {
+		return false, err
+	}
+	meta := tx.Bucket(bucketMeta)
+	return true, putU64(meta, keyNCerts, u64(meta.Get(keyNCerts))+1)
 }
 
 const expiryPrefix = 12
@@ -156,6 +160,9 @@ func expiryKey(notAfter time.Time, serial []byte) []byte {
 func (s *Store) ForEachUnexpired(at time.Time, fn func(CertRecord) error) error {
 	if fn == nil {
 		return fmt.Errorf("%w: nil callback", ErrInvalid)
+	}
+	if err := s.flushJournal(); err != nil {
+		return err
 	}
 	return s.view("unexpired scan", func(tx *bolt.Tx) error {
 		rd := newRecordDecoder()
@@ -202,6 +209,9 @@ func (s *Store) Cert(serial *big.Int) (CertRecord, error) {
 	key, err := serialKey(serial)
 	if err != nil {
 		return CertRecord{}, err
+	}
+	if r, ok := s.pendingCert(key); ok {
+		return r, nil
 	}
 	var r CertRecord
 	err = s.view("cert", func(tx *bolt.Tx) (err error) {
@@ -256,6 +266,9 @@ func (s *Store) Revoke(serial *big.Int, reason int, at time.Time) (CertRecord, e
 	if err := checkRevoke(reason, at); err != nil {
 		return CertRecord{}, err
 	}
+	if err := s.flushJournal(); err != nil {
+		return CertRecord{}, err
+	}
 	var r CertRecord
 	err = s.update("revoke", func(tx *bolt.Tx) (err error) {
 		if r, err = s.getCert(tx, key); err != nil {
@@ -281,6 +294,9 @@ func (s *Store) RevokeNode(nodeID string, reason int, at time.Time) ([]CertRecor
 		return nil, err
 	}
 	if err := checkRevoke(reason, at); err != nil {
+		return nil, err
+	}
+	if err := s.flushJournal(); err != nil {
 		return nil, err
 	}
 	var out []CertRecord
@@ -355,6 +371,9 @@ func (s *Store) ForEachRevoked(issuerKeyID string, fn func(CertRecord) error) er
 func (s *Store) ForEachCert(fn func(CertRecord) error) error {
 	if fn == nil {
 		return fmt.Errorf("%w: nil callback", ErrInvalid)
+	}
+	if err := s.flushJournal(); err != nil {
+		return err
 	}
 	return s.view("cert scan", func(tx *bolt.Tx) error {
 		rd := newRecordDecoder()

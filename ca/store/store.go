@@ -41,9 +41,10 @@ type Options struct {
 // take a callback run it inside a read transaction, so the callback must not
 // call Store methods that write.
 type Store struct {
-	db     *bolt.DB
-	path   string
-	commit committer
+	db      *bolt.DB
+	path    string
+	commit  committer
+	journal *journal
 }
 
 // Open opens or creates the database at path (mode 0600).
@@ -75,6 +76,10 @@ func Open(path string, opts Options) (*Store, error) {
 			_ = db.Close()
 			return nil, fmt.Errorf("store: sync directory of %s: %w", path, err)
 		}
+	}
+	if err := s.openJournal(opts.NoSync); err != nil {
+		_ = db.Close()
+		return nil, err
 	}
 	return s, nil
 }
@@ -228,6 +233,9 @@ func (s *Store) Backup(w io.Writer) (int64, error) {
 	if w == nil {
 		return 0, fmt.Errorf("%w: nil backup writer", ErrInvalid)
 	}
+	if err := s.flushJournal(); err != nil {
+		return 0, err
+	}
 	var n int64
 	err := s.view("backup", func(tx *bolt.Tx) (err error) {
 		n, err = tx.WriteTo(w)
@@ -242,10 +250,11 @@ func (s *Store) Path() string { return s.path }
 // Close releases the file. Callers must not use the Store concurrently with
 // or after Close (they get ErrClosed).
 func (s *Store) Close() error {
+	jerr := s.closeJournal()
 	if err := s.db.Close(); err != nil {
 		return fmt.Errorf("store: close %s: %w", s.path, err)
 	}
-	return nil
+	return jerr
 }
 
 // Stats are record counts, plus RecordIssued's group-commit counters since
@@ -262,6 +271,9 @@ type Stats struct {
 // Stats counts records. Certificate counts are maintained counters, so this
 // is cheap with millions of serials.
 func (s *Store) Stats() (Stats, error) {
+	if err := s.flushJournal(); err != nil {
+		return Stats{}, err
+	}
 	var st Stats
 	err := s.view("stats", func(tx *bolt.Tx) error {
 		meta := tx.Bucket(bucketMeta)

@@ -1,0 +1,438 @@
+package store
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// The issuance journal: RecordIssued's durability point.
+//
+// A bbolt commit costs two fdatasyncs (pages, then meta) and rewrites the
+// B-tree pages it touches; an append-only journal costs one fdatasync for a
+// whole batch of records. RecordIssued therefore reserves the serial (in
+// memory and against the B-tree), appends the record to the journal with
+// group commit, and returns once that write is durable. A background applier
+// moves journaled records into the B-tree in large transactions and then
+// deletes the journal segments it has applied. Open replays any segment left
+// by a crash before it returns, so every acknowledged record is in the
+// B-tree by the time anyone reads it after a restart.
+//
+// Segment files sit beside the database: <db>.journal.<16 hex digits>. A
+// segment is a sequence of frames:
+//
+//	u32 length of payload (big-endian)
+//	u32 CRC-32C of payload
+//	payload: 20-byte serial key, then the cert record (binary v1, schema.go)
+//
+// A frame that is cut short or fails its CRC can only be the unacknowledged
+// tail of the last write before a crash: replay stops reading that segment
+// there.
+//
+// Readers see journaled records at once: Cert consults the pending set, and
+// every operation that scans or modifies certificates (Revoke, RevokeNode,
+// ForEach*, Stats, Backup) first applies the journal.
+
+var crcTable = crc32.MakeTable(crc32.Castagnoli)
+
+const (
+	// ApplyInterval is how often journaled records move into the B-tree.
+	ApplyInterval = 20 * time.Millisecond
+	// applyThreshold starts an apply early when this many records wait.
+	applyThreshold = 4096
+	maxFrame       = 1 << 20
+)
+
+type pendingRec struct {
+	rec     CertRecord
+	key     []byte // serial key
+	val     []byte // encoded record
+	seg     uint64
+	durable bool
+}
+
+type jcall struct {
+	key   []byte
+	frame []byte
+	done  chan error
+}
+
+type journal struct {
+	base   string // database path
+	noSync bool
+
+	ioMu sync.Mutex // held across write+fsync and segment rotation
+	f    *os.File
+	seg  uint64
+
+	mu      sync.Mutex
+	pending map[string]*pendingRec
+	queue   []*jcall
+	running bool
+	failed  error // sticky: a write or fsync failed; nothing more is acknowledged
+
+	applyMu sync.Mutex
+	kick    chan struct{}
+	stop    chan struct{}
+	stopped chan struct{}
+}
+
+func segmentName(base string, n uint64) string {
+	return base + ".journal." + fmt.Sprintf("%016x", n)
+}
+
+// segments lists existing segment numbers in order.
+func segments(base string) ([]uint64, error) {
+	matches, err := filepath.Glob(base + ".journal.*")
+	if err != nil {
+		return nil, err
+	}
+	var out []uint64
+	for _, m := range matches {
+		suffix := strings.TrimPrefix(m, base+".journal.")
+		n, err := strconv.ParseUint(suffix, 16, 64)
+		if err != nil || len(suffix) != 16 {
+			return nil, fmt.Errorf("%w: unexpected journal file %s", ErrCorrupt, m)
+		}
+		out = append(out, n)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
+	return out, nil
+}
+
+// openJournal replays what a previous process left, then starts a fresh
+// segment and the applier.
+func (s *Store) openJournal(noSync bool) error {
+	j := &journal{base: s.path, noSync: noSync, pending: map[string]*pendingRec{},
+		kick: make(chan struct{}, 1), stop: make(chan struct{}), stopped: make(chan struct{})}
+	segs, err := segments(s.path)
+	if err != nil {
+		return err
+	}
+	var recs []pendingRec
+	for _, n := range segs {
+		got, err := readSegment(segmentName(s.path, n))
+		if err != nil {
+			return err
+		}
+		recs = append(recs, got...)
+		j.seg = n
+	}
+	if len(recs) > 0 {
+		if err := s.update("journal replay", func(tx *bolt.Tx) error {
+			for i := range recs {
+				if _, err := insertCert(tx, recs[i].key, recs[i].val, &recs[i].rec); err != nil {
+					return err
+				}
+			}
+			return nil
+		}); err != nil {
+			return fmt.Errorf("store: replay journal: %w", err)
+		}
+	}
+	for _, n := range segs {
+		if err := os.Remove(segmentName(s.path, n)); err != nil {
+			return fmt.Errorf("store: remove applied journal: %w", err)
+		}
+	}
+	j.seg++
+	if j.f, err = j.create(j.seg); err != nil {
+		return err
+	}
+	s.journal = j
+	go s.applier()
+	return nil
+}
+
+func readSegment(path string) ([]pendingRec, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("store: journal: %w", err)
+	}
+	defer f.Close()
+	br := bufio.NewReaderSize(f, 1<<16)
+	var out []pendingRec
+	var hdr [8]byte
+	for {
+		if _, err := io.ReadFull(br, hdr[:]); err != nil {
+			return out, nil // end, or a torn header: never acknowledged
+		}
+		n := binary.BigEndian.Uint32(hdr[:4])
+		if n < serialLen+1 || n > maxFrame {
+			return out, nil
+		}
+		payload := make([]byte, n)
+		if _, err := io.ReadFull(br, payload); err != nil {
+			return out, nil
+		}
+		if crc32.Checksum(payload, crcTable) != binary.BigEndian.Uint32(hdr[4:]) {
+			return out, nil
+		}
+		rec, err := decodeCert(payload[:serialLen], payload[serialLen:])
+		if err != nil {
+			return nil, fmt.Errorf("%w: journal %s: %v", ErrCorrupt, path, err)
+		}
+		out = append(out, pendingRec{rec: rec, key: payload[:serialLen], val: payload[serialLen:]})
+	}
+}
+
+func (j *journal) create(n uint64) (*os.File, error) {
+	f, err := os.OpenFile(segmentName(j.base, n), os.O_CREATE|os.O_EXCL|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("store: journal: %w", err)
+	}
+	if !j.noSync {
+		if err := syncDir(filepath.Dir(j.base)); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("store: journal: sync directory: %w", err)
+		}
+	}
+	return f, nil
+}
+
+// reserve claims key for rec unless it is pending or already recorded.
+func (s *Store) reserve(key, val []byte, rec CertRecord) error {
+	j := s.journal
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.failed != nil {
+		return j.failed
+	}
+	if _, ok := j.pending[string(key)]; ok {
+		return fmt.Errorf("%w: %x", ErrSerialExists, rec.Serial)
+	}
+	// Still under j.mu: the applier cannot move this key into the tree
+	// between this check and the reservation.
+	var exists bool
+	if err := s.view("serial check", func(tx *bolt.Tx) error {
+		exists = tx.Bucket(bucketCerts).Get(key) != nil
+		return nil
+	}); err != nil {
+		return err
+	}
+	if exists {
+		return fmt.Errorf("%w: %x", ErrSerialExists, rec.Serial)
+	}
+	j.pending[string(key)] = &pendingRec{rec: rec, key: key, val: val}
+	return nil
+}
+
+// journalRecord makes rec durable in the journal (group-committed).
+func (s *Store) journalRecord(key, val []byte, rec CertRecord) error {
+	if err := s.reserve(key, val, rec); err != nil {
+		return err
+	}
+	payload := make([]byte, 0, len(key)+len(val))
+	payload = append(append(payload, key...), val...)
+	frame := make([]byte, 8, 8+len(payload))
+	binary.BigEndian.PutUint32(frame[:4], uint32(len(payload)))
+	binary.BigEndian.PutUint32(frame[4:], crc32.Checksum(payload, crcTable))
+	frame = append(frame, payload...)
+	c := &jcall{key: key, frame: frame, done: make(chan error, 1)}
+	j := s.journal
+	j.mu.Lock()
+	j.queue = append(j.queue, c)
+	lead := !j.running
+	j.running = true
+	j.mu.Unlock()
+	if lead {
+		s.leadJournal()
+	}
+	err := <-c.done
+	if err != nil {
+		j.mu.Lock()
+		delete(j.pending, string(key))
+		j.mu.Unlock()
+		return err
+	}
+	if s.pendingCount() >= applyThreshold {
+		select {
+		case j.kick <- struct{}{}:
+		default:
+		}
+	}
+	return nil
+}
+
+// leadJournal writes queued frames until the queue is empty: callers that
+// arrive during a write form the next batch.
+func (s *Store) leadJournal() {
+	j := s.journal
+	for {
+		j.mu.Lock()
+		batch := j.queue
+		j.queue = nil
+		if len(batch) == 0 {
+			j.running = false
+			j.mu.Unlock()
+			return
+		}
+		j.mu.Unlock()
+		var buf []byte
+		for _, c := range batch {
+			buf = append(buf, c.frame...)
+		}
+		j.ioMu.Lock()
+		_, err := j.f.Write(buf)
+		if err == nil && !j.noSync {
+			err = j.f.Sync()
+		}
+		seg := j.seg
+		j.mu.Lock()
+		if err != nil {
+			err = fmt.Errorf("store: journal write: %w", err)
+			j.failed = err
+		}
+		for _, c := range batch {
+			if p := j.pending[string(c.key)]; p != nil && err == nil {
+				p.durable, p.seg = true, seg
+			}
+		}
+		j.mu.Unlock()
+		j.ioMu.Unlock()
+		for _, c := range batch {
+			c.done <- err
+		}
+	}
+}
+
+func (s *Store) pendingCount() int {
+	s.journal.mu.Lock()
+	defer s.journal.mu.Unlock()
+	return len(s.journal.pending)
+}
+
+// pendingCert returns a journaled record not yet in the tree.
+func (s *Store) pendingCert(key []byte) (CertRecord, bool) {
+	j := s.journal
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	p, ok := j.pending[string(key)]
+	if !ok || !p.durable {
+		return CertRecord{}, false
+	}
+	return p.rec, true
+}
+
+func (s *Store) applier() {
+	j := s.journal
+	defer close(j.stopped)
+	t := time.NewTicker(ApplyInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-j.stop:
+			return
+		case <-t.C:
+		case <-j.kick:
+		}
+		// A failure leaves the records journaled and pending; the next
+		// round, or the next Open, applies them.
+		_ = s.applyJournal()
+	}
+}
+
+// applyJournal moves every durable journaled record into the tree and
+// deletes the segments that held them.
+func (s *Store) applyJournal() error {
+	j := s.journal
+	j.applyMu.Lock()
+	defer j.applyMu.Unlock()
+	j.ioMu.Lock()
+	j.mu.Lock()
+	var batch []*pendingRec
+	for _, p := range j.pending {
+		if p.durable {
+			batch = append(batch, p)
+		}
+	}
+	j.mu.Unlock()
+	if len(batch) == 0 {
+		j.ioMu.Unlock()
+		return nil
+	}
+	// Rotate: records written from now on go to a new segment, so the old
+	// ones can be deleted once this batch is in the tree.
+	old := j.seg
+	nf, err := j.create(old + 1)
+	if err != nil {
+		j.ioMu.Unlock()
+		return err
+	}
+	prev := j.f
+	j.f, j.seg = nf, old+1
+	j.ioMu.Unlock()
+	prev.Close()
+	sort.Slice(batch, func(a, b int) bool { return string(batch[a].key) < string(batch[b].key) })
+	if err := s.update("journal apply", func(tx *bolt.Tx) error {
+		for _, p := range batch {
+			if _, err := insertCert(tx, p.key, p.val, &p.rec); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	segs, err := segments(s.path)
+	if err != nil {
+		return err
+	}
+	for _, n := range segs {
+		if n <= old {
+			if err := os.Remove(segmentName(s.path, n)); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return err
+			}
+		}
+	}
+	j.mu.Lock()
+	for _, p := range batch {
+		delete(j.pending, string(p.key))
+	}
+	j.mu.Unlock()
+	s.commit.mu.Lock()
+	s.commit.commits++
+	s.commit.records += uint64(len(batch))
+	s.commit.mu.Unlock()
+	return nil
+}
+
+// flushJournal makes every acknowledged record visible in the tree; callers
+// that scan or modify certificates use it first.
+func (s *Store) flushJournal() error {
+	if s.journal == nil {
+		return nil
+	}
+	return s.applyJournal()
+}
+
+// closeJournal stops the applier, applies what is left and removes the
+// (then empty) segment.
+func (s *Store) closeJournal() error {
+	j := s.journal
+	if j == nil {
+		return nil
+	}
+	close(j.stop)
+	<-j.stopped
+	err := s.applyJournal()
+	j.ioMu.Lock()
+	defer j.ioMu.Unlock()
+	j.f.Close()
+	if err == nil && s.pendingCount() == 0 {
+		_ = os.Remove(segmentName(s.path, j.seg))
+	}
+	return err
+}
