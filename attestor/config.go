@@ -11,7 +11,8 @@ type Config struct {
 	NonceTTL time.Duration `yaml:"nonce_ttl"`
 	// SessionTimeout bounds one whole Attest stream (default 60s).
 	SessionTimeout time.Duration `yaml:"session_timeout"`
-	// MaxMessageBytes caps every protocol message (default 64 KiB).
+	// MaxMessageBytes caps every protocol message (default 256 KiB: a
+	// quote may carry a firmware event log).
 	MaxMessageBytes int `yaml:"max_message_bytes"`
 	// MaxPendingNonces caps outstanding nonces (default 65536).
 	MaxPendingNonces int `yaml:"max_pending_nonces"`
@@ -21,7 +22,7 @@ type Config struct {
 const (
 	DefaultNonceTTL         = 30 * time.Second
 	DefaultSessionTimeout   = 60 * time.Second
-	DefaultMaxMessageBytes  = 64 << 10
+	DefaultMaxMessageBytes  = 256 << 10
 	DefaultMaxPendingNonces = 1 << 16
 )
 

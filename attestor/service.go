@@ -135,7 +135,7 @@ func isRefusal(err error) bool {
 		verify.ErrMalformed, verify.ErrTooLarge, verify.ErrEKAttributes, verify.ErrEKAlgorithm,
 		verify.ErrEKCert, verify.ErrEKCertMismatch, verify.ErrAKAttributes, verify.ErrAKAlgorithm,
 		verify.ErrQuoteSignature, verify.ErrQuoteType, verify.ErrQuoteNonce, verify.ErrQuoteSelection,
-		verify.ErrPCRDigest, verify.ErrPCRMismatch, verify.ErrUnknownClass, verify.ErrPolicy} {
+		verify.ErrPCRDigest, verify.ErrPCRMismatch, verify.ErrEventLog, verify.ErrUnknownClass, verify.ErrPolicy} {
 		if errors.Is(err, e) {
 			return true
 		}

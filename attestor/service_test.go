@@ -244,6 +244,12 @@ func TestAttestRefused(t *testing.T) {
 			_, err := agent.Attest(context.Background(), e.client, attestortest.SoftTPM{Node: e.node}, attestortest.CSR(t))
 			return err
 		}, codes.PermissionDenied, verify.ErrPCRMismatch, false},
+		{"event log does not replay", func(t *testing.T, e *env) error {
+			// The log claims a measurement into PCR 0 the TPM never saw.
+			e.node.Log = []verifytest.LogEvent{{PCR: 0, Type: 8, Data: []byte("trusted firmware")}}
+			_, err := agent.Attest(context.Background(), e.client, attestortest.SoftTPM{Node: e.node}, attestortest.CSR(t))
+			return err
+		}, codes.PermissionDenied, verify.ErrEventLog, false},
 		{"forged quote signature", func(t *testing.T, e *env) error {
 			d := open(t, e)
 			qr := upToQuote(t, d, e.node)
@@ -326,6 +332,21 @@ func TestAttestRefused(t *testing.T) {
 				t.Fatal("manifest changed")
 			}
 		})
+	}
+}
+
+func TestAttestWithEventLog(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t)
+	// Firmware measured into PCR 0 (quoted) and PCR 9 (not quoted): the log
+	// must replay for the quoted PCRs it touches; the rest is not checked.
+	e.node.Measure(0, 8, []byte("fw"))
+	e.node.Measure(9, 13, []byte("kernel cmdline"))
+	if _, err := e.svc.SetPCRPolicy(ctx, "op", policyFor(2, e.node)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := agent.Attest(ctx, e.client, attestortest.SoftTPM{Node: e.node}, attestortest.CSR(t)); err != nil {
+		t.Fatalf("consistent event log refused: %v", err)
 	}
 }
 

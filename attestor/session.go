@@ -203,6 +203,15 @@ func (ss *session) quote(ctx context.Context, q *attestorpb.QuoteResponse) (*att
 	if err := quote.CheckPCRs(ss.pcrs, values); err != nil {
 		return nil, err
 	}
+	if raw := q.GetEventLog(); len(raw) > 0 {
+		log, err := verify.ParseEventLog(raw)
+		if err != nil {
+			return nil, err
+		}
+		if err := log.Replay(values); err != nil {
+			return nil, err
+		}
+	}
 	if err := ss.policy.Check(ss.entry.Class, values); err != nil {
 		return nil, err
 	}

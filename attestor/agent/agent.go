@@ -31,6 +31,12 @@ type TPM interface {
 	Quote(nonce []byte, pcrs []uint32) (quoted, sig []byte, values map[uint32][]byte, err error)
 }
 
+// EventLogger is implemented by TPMs that can supply the firmware event
+// log; Attest sends it with the quote.
+type EventLogger interface {
+	EventLog() ([]byte, error)
+}
+
 // ErrProtocol reports an unexpected server message.
 var ErrProtocol = errors.New("agent: unexpected server message")
 
@@ -82,8 +88,14 @@ func Attest(ctx context.Context, client attestorpb.AttestorClient, tpm TPM, csrD
 	if err != nil {
 		return nil, fmt.Errorf("agent: quote: %w", err)
 	}
+	var eventLog []byte
+	if el, ok := tpm.(EventLogger); ok {
+		if eventLog, err = el.EventLog(); err != nil {
+			return nil, fmt.Errorf("agent: event log: %w", err)
+		}
+	}
 	if err := stream.Send(&attestorpb.NodeMessage{Msg: &attestorpb.NodeMessage_Quote{Quote: &attestorpb.QuoteResponse{
-		Quoted: quoted, Signature: sig, PcrValues: PCRValues(values),
+		Quoted: quoted, Signature: sig, PcrValues: PCRValues(values), EventLog: eventLog,
 	}}}); err != nil {
 		return nil, recvErr(stream, err)
 	}

@@ -31,6 +31,9 @@ type Config struct {
 	// EKIntermediates are PEM files of CA certificates between the EK
 	// certificate and the manufacturer root, sent along with the EK.
 	EKIntermediates []string `yaml:"ek_intermediates"`
+	// EventLog is the firmware event log sent with quotes (default: the
+	// securityfs log for a TPM device, none for swtpm; "none" disables).
+	EventLog string `yaml:"event_log"`
 }
 
 // DefaultTPM is the kernel resource-managed TPM device.
@@ -40,6 +43,9 @@ const DefaultTPM = "/dev/tpmrm0"
 func (c Config) WithDefaults() Config {
 	if c.TPM == "" {
 		c.TPM = DefaultTPM
+	}
+	if c.EventLog == "" && !strings.HasPrefix(c.TPM, "swtpm:") {
+		c.EventLog = device.DefaultEventLog
 	}
 	return c
 }
@@ -77,7 +83,8 @@ func parseTPMSpec(spec string) (network, addr string, err error) {
 
 // OpenTPM opens the configured TPM.
 func (c Config) OpenTPM() (*device.TPM, error) {
-	network, addr, err := parseTPMSpec(c.WithDefaults().TPM)
+	c = c.WithDefaults()
+	network, addr, err := parseTPMSpec(c.TPM)
 	if err != nil {
 		return nil, err
 	}
@@ -93,7 +100,11 @@ func (c Config) OpenTPM() (*device.TPM, error) {
 	if err != nil {
 		return nil, err
 	}
-	return device.Open(tr, device.Options{EKHandle: tpm2.TPMHandle(c.EKHandle), EKCertIndex: tpm2.TPMHandle(c.EKCertIndex)})
+	logPath := c.EventLog
+	if logPath == "none" {
+		logPath = ""
+	}
+	return device.Open(tr, device.Options{EKHandle: tpm2.TPMHandle(c.EKHandle), EKCertIndex: tpm2.TPMHandle(c.EKCertIndex), EventLog: logPath})
 }
 
 // Roots loads the trust bundle.

@@ -11,7 +11,7 @@ import (
 )
 
 // MaxMessageBytes caps what the node accepts from the server (an SVID chain).
-const MaxMessageBytes = 64 << 10
+const MaxMessageBytes = 256 << 10
 
 // ClientTLSConfig is the node's TLS configuration for the attestation
 // endpoint: it verifies the server against roots (the trust bundle

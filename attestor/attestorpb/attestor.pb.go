@@ -519,7 +519,10 @@ type QuoteResponse struct {
 	// TPMT_SIGNATURE over quoted.
 	Signature []byte `protobuf:"bytes,2,opt,name=signature,proto3" json:"signature,omitempty"`
 	// SHA-256 bank values of the quoted PCRs (for per-PCR diagnostics).
-	PcrValues     []*PCRValue `protobuf:"bytes,3,rep,name=pcr_values,json=pcrValues,proto3" json:"pcr_values,omitempty"`
+	PcrValues []*PCRValue `protobuf:"bytes,3,rep,name=pcr_values,json=pcrValues,proto3" json:"pcr_values,omitempty"`
+	// Optional TCG crypto-agile firmware event log; if sent, it must replay
+	// to the quoted values of every PCR it measures.
+	EventLog      []byte `protobuf:"bytes,4,opt,name=event_log,json=eventLog,proto3" json:"event_log,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -571,6 +574,13 @@ func (x *QuoteResponse) GetSignature() []byte {
 func (x *QuoteResponse) GetPcrValues() []*PCRValue {
 	if x != nil {
 		return x.PcrValues
+	}
+	return nil
+}
+
+func (x *QuoteResponse) GetEventLog() []byte {
+	if x != nil {
+		return x.EventLog
 	}
 	return nil
 }
@@ -661,12 +671,13 @@ const file_attestor_proto_rawDesc = "" +
 	"\x04pcrs\x18\x02 \x03(\rR\x04pcrs\"8\n" +
 	"\bPCRValue\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\rR\x05index\x12\x16\n" +
-	"\x06digest\x18\x02 \x01(\fR\x06digest\"\x84\x01\n" +
+	"\x06digest\x18\x02 \x01(\fR\x06digest\"\xa1\x01\n" +
 	"\rQuoteResponse\x12\x16\n" +
 	"\x06quoted\x18\x01 \x01(\fR\x06quoted\x12\x1c\n" +
 	"\tsignature\x18\x02 \x01(\fR\tsignature\x12=\n" +
 	"\n" +
-	"pcr_values\x18\x03 \x03(\v2\x1e.palisade.attestor.v1.PCRValueR\tpcrValues\"D\n" +
+	"pcr_values\x18\x03 \x03(\v2\x1e.palisade.attestor.v1.PCRValueR\tpcrValues\x12\x1b\n" +
+	"\tevent_log\x18\x04 \x01(\fR\beventLog\"D\n" +
 	"\x06Result\x12\x1b\n" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x1d\n" +
 	"\n" +

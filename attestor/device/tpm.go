@@ -6,6 +6,7 @@ import (
 	"encoding/asn1"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"sync"
 
@@ -30,16 +31,23 @@ type Options struct {
 	// EKCertIndex is the NV index of the EK certificate (default
 	// 0x01c00002); a missing index means no certificate.
 	EKCertIndex tpm2.TPMHandle
+	// EventLog is the firmware event log file sent with quotes, e.g.
+	// DefaultEventLog for a hardware TPM; empty sends none.
+	EventLog string
 }
+
+// DefaultEventLog is where Linux exposes the firmware event log.
+const DefaultEventLog = "/sys/kernel/security/tpm0/binary_bios_measurements"
 
 // TPM is an open TPM with a loaded EK and AK.
 type TPM struct {
-	mu     sync.Mutex
-	t      transport.TPMCloser
-	ek, ak tpm2.NamedHandle
-	ekPub  []byte
-	akPub  []byte
-	ekCert []byte
+	mu      sync.Mutex
+	t       transport.TPMCloser
+	ek, ak  tpm2.NamedHandle
+	ekPub   []byte
+	akPub   []byte
+	ekCert  []byte
+	logPath string
 	// transient handles to flush on Close
 	flush []tpm2.TPMHandle
 }
@@ -56,7 +64,7 @@ func Open(t transport.TPMCloser, o Options) (_ *TPM, err error) {
 	if o.EKCertIndex == 0 {
 		o.EKCertIndex = DefaultEKCertIndex
 	}
-	d := &TPM{t: t}
+	d := &TPM{t: t, logPath: o.EventLog}
 	defer func() {
 		if err != nil {
 			d.Close()
@@ -288,6 +296,22 @@ func (d *TPM) ExtendPCR(i uint32, data []byte) error {
 		return fmt.Errorf("device: extend PCR %d: %w", i, err)
 	}
 	return nil
+}
+
+// EventLog returns the firmware event log, or nil if none is configured
+// or the file does not exist.
+func (d *TPM) EventLog() ([]byte, error) {
+	if d.logPath == "" {
+		return nil, nil
+	}
+	b, err := os.ReadFile(d.logPath)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil // firmware without a log
+	}
+	if err != nil {
+		return nil, fmt.Errorf("device: event log: %w", err)
+	}
+	return b, nil
 }
 
 // Close flushes transient objects and closes the transport.

@@ -33,6 +33,8 @@ type Node struct {
 	AKName   []byte
 	// PCRs holds SHA-256 bank values; missing indices read as zero.
 	PCRs map[uint32][]byte
+	// Log is the firmware event log recorded by Measure.
+	Log []LogEvent
 }
 
 // NewNode generates fresh keys.

@@ -153,6 +153,12 @@ func (s SoftTPM) AKPublic() []byte { return s.Node.AKPublic }
 func (s SoftTPM) ActivateCredential(id, enc []byte) ([]byte, error) {
 	return s.Node.Activate(s.Node.AKName, id, enc)
 }
+func (s SoftTPM) EventLog() ([]byte, error) {
+	if len(s.Node.Log) == 0 {
+		return nil, nil
+	}
+	return s.Node.EventLog(), nil
+}
 func (s SoftTPM) Quote(nonce []byte, pcrs []uint32) ([]byte, []byte, map[uint32][]byte, error) {
 	return s.Node.Quote(nonce, pcrs)
 }
