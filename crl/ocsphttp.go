@@ -64,9 +64,12 @@ func (r *responder) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 // decodeGET undoes the URL and base64 encodings of a GET request, accepting
 // the padded, unpadded and URL-safe alphabets clients use.
 func decodeGET(enc string) ([]byte, error) {
-	s, err := url.PathUnescape(enc)
-	if err != nil {
-		return nil, err
+	s := enc
+	if strings.IndexByte(enc, '%') >= 0 {
+		var err error
+		if s, err = url.PathUnescape(enc); err != nil {
+			return nil, err
+		}
 	}
 	s = strings.TrimRight(s, "=")
 	if strings.ContainsAny(s, "-_") {
@@ -74,6 +77,8 @@ func decodeGET(enc string) ([]byte, error) {
 	}
 	return base64.RawStdEncoding.DecodeString(s)
 }
+
+var ctOCSPResponse = []string{"application/ocsp-response"}
 
 func writeOCSPError(w http.ResponseWriter, code int, body []byte) {
 	h := w.Header()
@@ -127,21 +132,22 @@ func (r *responder) answer(w http.ResponseWriter, hr *http.Request, der []byte) 
 			return
 		}
 	}
+	// Header values are precomputed per answer: a request is a lookup.
 	h := w.Header()
-	h.Set("Content-Type", "application/ocsp-response")
-	h.Set("ETag", c.etag)
-	h.Set("Last-Modified", c.lastModified)
-	h.Set("Expires", c.expires)
+	h["Content-Type"] = ctOCSPResponse
+	h["Etag"] = c.hETag
+	h["Last-Modified"] = c.hLastModified
+	h["Expires"] = c.hExpires
 	maxAge := int(c.nextUpdate.Sub(now) / time.Second)
 	if maxAge < 0 {
 		maxAge = 0
 	}
-	h.Set("Cache-Control", "max-age="+strconv.Itoa(maxAge)+", public, no-transform, must-revalidate")
+	h["Cache-Control"] = []string{"max-age=" + strconv.Itoa(maxAge) + ", public, no-transform, must-revalidate"}
 	if hr.Method != http.MethodPost && etagMatch(hr.Header.Get("If-None-Match"), c.etag) {
 		w.WriteHeader(http.StatusNotModified)
 		return
 	}
-	h.Set("Content-Length", strconv.Itoa(len(c.der)))
+	h["Content-Length"] = c.hLength
 	w.WriteHeader(http.StatusOK)
 	if hr.Method != http.MethodHead {
 		w.Write(c.der)

@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"math/big"
 	"net/http"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -58,6 +59,8 @@ type cached struct {
 	etag         string
 	lastModified string
 	expires      string
+	// Header values, ready to assign.
+	hETag, hLastModified, hExpires, hLength []string
 }
 
 // ocspIssuer is one issuer as the responder serves it.
@@ -319,6 +322,8 @@ func (r *responder) signCached(oi *ocspIssuer, h crypto.Hash, serial []byte) (*c
 		lastModified: a.thisUpdate.UTC().Format(http.TimeFormat),
 		expires:      a.nextUpdate.UTC().Format(http.TimeFormat),
 	}
+	c.hETag, c.hLastModified, c.hExpires = []string{c.etag}, []string{c.lastModified}, []string{c.expires}
+	c.hLength = []string{strconv.Itoa(len(der))}
 	r.mu.Lock()
 	// A revocation that landed while this was signed may have been missed
 	// by the status read: never cache a "good" across it.

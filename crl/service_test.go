@@ -102,7 +102,7 @@ type env struct {
 	iss   crl.Issuer
 }
 
-func newEnv(t *testing.T, cfg crl.Config) *env {
+func newEnv(t testing.TB, cfg crl.Config) *env {
 	t.Helper()
 	e := &env{ca: testca.New(t, "example.org"), store: memsource.New(), audit: &memAudit{}, down: &atomic.Bool{}}
 	e.keys = &memKeys{keys: map[string]crypto.Signer{}, down: e.down}
@@ -120,7 +120,7 @@ func newEnv(t *testing.T, cfg crl.Config) *env {
 	return e
 }
 
-func (e *env) start(t *testing.T) {
+func (e *env) start(t testing.TB) {
 	t.Helper()
 	var err error
 	mux := http.NewServeMux()
@@ -140,7 +140,7 @@ func (e *env) start(t *testing.T) {
 	waitFor(t, "ready", func() bool { return e.svc.Ready() == nil })
 }
 
-func (e *env) mint(t *testing.T, node string) *x509.Certificate {
+func (e *env) mint(t testing.TB, node string) *x509.Certificate {
 	t.Helper()
 	leaf, _, _ := e.ca.MintX509SVID(t, "spiffe://example.org/w/"+node, time.Hour)
 	e.store.Add(crl.CertInfo{Serial: leaf.SerialNumber, SPIFFEID: leaf.URIs[0].String(), NodeID: node,
@@ -149,7 +149,7 @@ func (e *env) mint(t *testing.T, node string) *x509.Certificate {
 	return leaf
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
+func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for !cond() {
