@@ -112,9 +112,9 @@ func serve(cfgPath string) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/test/ready", func(w http.ResponseWriter, r *http.Request) {
 		if err := svc.Ready(); err != nil {
-			http.Error(w, err.Error(), 503)
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
 		} else if _, n, err := svc.CRL(iss.KeyID, false); err != nil {
-			http.Error(w, err.Error(), 503)
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
 		} else {
 			fmt.Fprint(w, n)
 		}
@@ -123,18 +123,18 @@ func serve(cfgPath string) error {
 		serial, ok := new(big.Int).SetString(r.FormValue("serial"), 16)
 		reason, err := strconv.Atoi(r.FormValue("reason"))
 		if !ok || err != nil {
-			http.Error(w, "bad serial or reason", 400)
+			http.Error(w, "bad serial or reason", http.StatusBadRequest)
 			return
 		}
 		if _, err := svc.Revoke(r.Context(), "test-operator", serial, reason); err != nil {
-			http.Error(w, err.Error(), 409)
+			http.Error(w, err.Error(), http.StatusConflict)
 		}
 	})
 	mux.HandleFunc("/test/ban", func(w http.ResponseWriter, r *http.Request) {
 		reason, _ := strconv.Atoi(r.FormValue("reason"))
 		n, err := svc.RevokeNode(r.Context(), "test-operator", r.FormValue("node"), reason)
 		if err != nil {
-			http.Error(w, err.Error(), 409)
+			http.Error(w, err.Error(), http.StatusConflict)
 			return
 		}
 		fmt.Fprint(w, n)
