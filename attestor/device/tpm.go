@@ -48,6 +48,11 @@ type TPM struct {
 	akPub   []byte
 	ekCert  []byte
 	logPath string
+	// ekNameAlg is the hash of the EK's policy session (its nameAlg);
+	// ekUserAuth means the EK takes its (empty) password, as the TCG
+	// high-range templates allow.
+	ekNameAlg  tpm2.TPMIAlgHash
+	ekUserAuth bool
 	// transient handles to flush on Close
 	flush []tpm2.TPMHandle
 }
@@ -64,6 +69,7 @@ func Open(t transport.TPMCloser, o Options) (_ *TPM, err error) {
 	if o.EKCertIndex == 0 {
 		o.EKCertIndex = DefaultEKCertIndex
 	}
+	t = retrying{t}
 	d := &TPM{t: t, logPath: o.EventLog}
 	defer func() {
 		if err != nil {
@@ -82,6 +88,11 @@ func Open(t transport.TPMCloser, o Options) (_ *TPM, err error) {
 		d.ek = tpm2.NamedHandle{Handle: cp.ObjectHandle, Name: cp.Name}
 		d.ekPub = cp.OutPublic.Bytes()
 	}
+	ekPub, err := tpm2.Unmarshal[tpm2.TPMTPublic](d.ekPub)
+	if err != nil {
+		return nil, fmt.Errorf("device: EK public: %w", err)
+	}
+	d.ekNameAlg, d.ekUserAuth = ekPub.NameAlg, ekPub.ObjectAttributes.UserWithAuth
 	if d.ekCert, err = readNV(t, o.EKCertIndex); err != nil {
 		return nil, err
 	}
@@ -180,6 +191,15 @@ func (d *TPM) EKCert() []byte { return bytes.Clone(d.ekCert) }
 // AKPublic returns the AK's TPMT_PUBLIC.
 func (d *TPM) AKPublic() []byte { return bytes.Clone(d.akPub) }
 
+// ekAuth authorises EK use: the empty password if the EK allows it, else
+// the TCG default policy PolicySecret(TPM_RH_ENDORSEMENT).
+func (d *TPM) ekAuth() tpm2.Session {
+	if d.ekUserAuth {
+		return tpm2.PasswordAuth(nil)
+	}
+	return tpm2.Policy(d.ekNameAlg, 16, ekPolicy)
+}
+
 func ekPolicy(t transport.TPM, handle tpm2.TPMISHPolicy, nonceTPM tpm2.TPM2BNonce) error {
 	_, err := (tpm2.PolicySecret{AuthHandle: tpm2.TPMRHEndorsement, PolicySession: handle, NonceTPM: nonceTPM}).Execute(t)
 	return err
@@ -192,7 +212,7 @@ func (d *TPM) ActivateCredential(idObject, encryptedSecret []byte) ([]byte, erro
 	defer d.mu.Unlock()
 	r, err := (tpm2.ActivateCredential{
 		ActivateHandle: tpm2.AuthHandle{Handle: d.ak.Handle, Name: d.ak.Name, Auth: tpm2.PasswordAuth(nil)},
-		KeyHandle:      tpm2.AuthHandle{Handle: d.ek.Handle, Name: d.ek.Name, Auth: tpm2.Policy(tpm2.TPMAlgSHA256, 16, ekPolicy)},
+		KeyHandle:      tpm2.AuthHandle{Handle: d.ek.Handle, Name: d.ek.Name, Auth: d.ekAuth()},
 		CredentialBlob: tpm2.TPM2BIDObject{Buffer: idObject},
 		Secret:         tpm2.TPM2BEncryptedSecret{Buffer: encryptedSecret},
 	}).Execute(d.t)

@@ -113,3 +113,29 @@ func checkHeader(rsp []byte, n int) error {
 	}
 	return nil
 }
+
+// Warning codes after which the TPM did not run the command and asks for
+// it again (TPM 2.0 Part 2, 6.6.3).
+const (
+	rcYielded = 0x908
+	rcTesting = 0x90A
+	rcRetry   = 0x922
+)
+
+// retrying resends a command the TPM asked to retry.
+type retrying struct{ transport.TPMCloser }
+
+func (r retrying) Send(cmd []byte) ([]byte, error) {
+	for attempt := 0; ; attempt++ {
+		rsp, err := r.TPMCloser.Send(cmd)
+		if err != nil || len(rsp) < 10 || attempt == 50 {
+			return rsp, err
+		}
+		switch binary.BigEndian.Uint32(rsp[6:10]) {
+		case rcYielded, rcTesting, rcRetry:
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		return rsp, nil
+	}
+}
