@@ -393,3 +393,33 @@ func BenchmarkRoundTripSwtpm(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "attestations/s")
 }
+
+// TestAgentConfigOpensSwtpm opens the TPM the way palisade-agent does, from
+// its configuration, and attests with it.
+func TestAgentConfigOpensSwtpm(t *testing.T) {
+	in := swtpm.New(t)
+	cfg := agent.Config{Server: "127.0.0.1:1", ServerName: attestortest.ServerName, TrustBundle: "/dev/null",
+		TPM: "swtpm:unix:" + in.Socket}.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.EventLog != "" {
+		t.Fatalf("swtpm defaulted to event log %q", cfg.EventLog)
+	}
+	tpm, err := cfg.OpenTPM()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ek, err := verify.ParseEKPublic(tpm.EKPublic())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tpm.Close()
+	e := newEnv(t, in, byHash)
+	if e.ekHash != ek.HashHex() {
+		t.Fatalf("config-opened TPM has EK %s, device.Open %s", ek.HashHex(), e.ekHash)
+	}
+	if _, err := e.attest(t); err != nil {
+		t.Fatal(err)
+	}
+}
