@@ -241,15 +241,12 @@ func (a *Agent) recordFlows(ctx context.Context) error {
 	go func() { <-ctx.Done(); fr.Close() }()
 	var w io.Writer = io.Discard
 	if a.cfg.FlowLog != "" {
-		if err := os.MkdirAll(filepath.Dir(a.cfg.FlowLog), 0o700); err != nil {
-			return fmt.Errorf("enforcer: flow log: %w", err)
-		}
-		f, err := os.OpenFile(a.cfg.FlowLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		rw, err := openRotating(a.cfg.FlowLog, a.cfg.FlowLogMaxBytes)
 		if err != nil {
-			return fmt.Errorf("enforcer: flow log: %w", err)
+			return err
 		}
-		defer f.Close()
-		w = f
+		defer rw.Close()
+		w = rw
 	}
 	for {
 		ev, err := fr.Read()
@@ -262,12 +259,59 @@ func (a *Agent) recordFlows(ctx context.Context) error {
 		a.mu.Lock()
 		pol := a.policy
 		a.mu.Unlock()
-		rec := a.record(pol, ev)
-		if err := WriteFlowRecord(w, rec); err != nil {
+		if err := WriteFlowRecord(w, a.record(pol, ev)); err != nil {
 			a.log.Error("flow log write failed", "err", err)
 		}
 	}
 }
+
+// rotatingFile appends to path and moves it to path.1 (replacing the
+// previous one) once it exceeds max bytes: the flow log stays bounded.
+type rotatingFile struct {
+	path string
+	max  int64
+	f    *os.File
+	size int64
+}
+
+func openRotating(path string, max int64) (*rotatingFile, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("enforcer: flow log: %w", err)
+	}
+	r := &rotatingFile{path: path, max: max}
+	return r, r.open()
+}
+
+func (r *rotatingFile) open() error {
+	f, err := os.OpenFile(r.path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("enforcer: flow log: %w", err)
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return fmt.Errorf("enforcer: flow log: %w", err)
+	}
+	r.f, r.size = f, st.Size()
+	return nil
+}
+
+func (r *rotatingFile) Write(b []byte) (int, error) {
+	if r.max > 0 && r.size+int64(len(b)) > r.max && r.size > 0 {
+		r.f.Close()
+		if err := os.Rename(r.path, r.path+".1"); err != nil {
+			return 0, fmt.Errorf("enforcer: rotate flow log: %w", err)
+		}
+		if err := r.open(); err != nil {
+			return 0, err
+		}
+	}
+	n, err := r.f.Write(b)
+	r.size += int64(n)
+	return n, err
+}
+
+func (r *rotatingFile) Close() error { return r.f.Close() }
 
 // record orients an event like a policy rule (initiator first).
 func (a *Agent) record(pol *Policy, ev FlowEvent) FlowRecord {

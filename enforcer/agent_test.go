@@ -78,3 +78,35 @@ func TestDriftFromFiles(t *testing.T) {
 		t.Fatal("missing flow log accepted")
 	}
 }
+
+func TestRotatingFlowLog(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "flows.jsonl")
+	r, err := openRotating(path, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	line := []byte(`{"to":"spiffe://a/b","from_addr":"10.0.0.1","to_addr":"10.0.0.2"}` + "\n") // 67 bytes
+	for i := 0; i < 3; i++ {
+		if _, err := r.Write(line); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r.Close()
+	cur, err1 := os.ReadFile(path)
+	old, err2 := os.ReadFile(path + ".1")
+	if err1 != nil || err2 != nil {
+		t.Fatal(err1, err2)
+	}
+	if len(cur) != len(line) || len(old) != len(line) {
+		t.Fatalf("current %d bytes, rotated %d bytes; want one line each", len(cur), len(old))
+	}
+	// Reopening continues the current file's size.
+	r, err = openRotating(path, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if r.size != int64(len(line)) {
+		t.Fatalf("size after reopen = %d", r.size)
+	}
+}

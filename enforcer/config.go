@@ -41,6 +41,8 @@ type Config struct {
 	Peers []string `yaml:"peers"`
 	// FlowLog is the JSON Lines flow log (`palisade flows`). Empty: none.
 	FlowLog string `yaml:"flow_log"`
+	// FlowLogMaxBytes rotates the flow log to FlowLog.1 beyond this size.
+	FlowLogMaxBytes int64 `yaml:"flow_log_max_bytes"`
 	// Infrastructure: "addr:port" TCP services (the appliance: SVIDs,
 	// attestation, CRLs) this node reaches without admission. Only their
 	// answers pass, never a new flow from them.
@@ -58,6 +60,7 @@ const (
 	DefaultAdmissionPort   = 7443
 	DefaultMaxAdmission    = time.Hour
 	DefaultRecheckInterval = 250 * time.Millisecond
+	DefaultFlowLogMaxBytes = 64 << 20
 )
 
 // SetDefaults fills unset fields.
@@ -82,6 +85,9 @@ func (c *Config) SetDefaults() {
 	}
 	if c.RecheckInterval == 0 {
 		c.RecheckInterval = DefaultRecheckInterval
+	}
+	if c.FlowLogMaxBytes == 0 {
+		c.FlowLogMaxBytes = DefaultFlowLogMaxBytes
 	}
 	if c.OnDemandAdmission == nil {
 		on := true
@@ -127,6 +133,9 @@ func (c *Config) Validate() error {
 	}
 	if c.PolicyFile == "" {
 		return bad("policy_file missing")
+	}
+	if c.FlowLogMaxBytes < 4096 {
+		return bad("flow_log_max_bytes %d is under 4096", c.FlowLogMaxBytes)
 	}
 	if _, err := c.PeerAddrs(); err != nil {
 		return err

@@ -102,14 +102,19 @@ const (
 	ReasonFragment    Reason = 8
 	ReasonMalformed   Reason = 9
 	ReasonUnsupported Reason = 10
-	numReasonCounters        = 16
+	// CounterSuppressed counts flow events not written because of the
+	// per-source and per-CPU rate limits (it is not a verdict reason).
+	CounterSuppressed Reason = 15
 )
+
+// numReasonCounters is the size of the kernel's counters array.
+const numReasonCounters = 16
 
 var reasonNames = map[Reason]string{
 	ReasonPolicy: "policy", ReasonAdmission: "admission-port", ReasonLinkControl: "link-control",
 	ReasonPMTU: "pmtu", ReasonNotAdmitted: "not-admitted", ReasonExpired: "expired",
 	ReasonNoPolicy: "no-policy", ReasonFragment: "fragment", ReasonMalformed: "malformed",
-	ReasonUnsupported: "unsupported-l3",
+	ReasonUnsupported: "unsupported-l3", CounterSuppressed: "events-suppressed",
 }
 
 func (r Reason) String() string {

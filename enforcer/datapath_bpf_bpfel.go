@@ -33,7 +33,13 @@ type palisadeDedupKey struct {
 	Peer  palisadePeerKey
 	Port  uint16
 	Proto uint8
-	Dir   uint8
+	Tag   uint8
+}
+
+type palisadeEventBudget struct {
+	_        structs.HostLayout
+	WindowNs uint64
+	N        uint64
 }
 
 type palisadeFlowEvent struct {
@@ -88,6 +94,7 @@ const (
 	palisadeMapAdmitRequests      = "admit_requests"
 	palisadeMapConfigMap          = "config_map"
 	palisadeMapCounters           = "counters"
+	palisadeMapEventBudget        = "event_budget"
 	palisadeMapFlowDedup          = "flow_dedup"
 	palisadeMapFlows              = "flows"
 	palisadeMapPeers              = "peers"
@@ -155,6 +162,7 @@ type palisadeMapSpecs struct {
 	AdmitRequests *ebpf.MapSpec `ebpf:"admit_requests"`
 	ConfigMap     *ebpf.MapSpec `ebpf:"config_map"`
 	Counters      *ebpf.MapSpec `ebpf:"counters"`
+	EventBudget   *ebpf.MapSpec `ebpf:"event_budget"`
 	FlowDedup     *ebpf.MapSpec `ebpf:"flow_dedup"`
 	Flows         *ebpf.MapSpec `ebpf:"flows"`
 	Peers         *ebpf.MapSpec `ebpf:"peers"`
@@ -194,6 +202,7 @@ type palisadeMaps struct {
 	AdmitRequests *ebpf.Map `ebpf:"admit_requests"`
 	ConfigMap     *ebpf.Map `ebpf:"config_map"`
 	Counters      *ebpf.Map `ebpf:"counters"`
+	EventBudget   *ebpf.Map `ebpf:"event_budget"`
 	FlowDedup     *ebpf.Map `ebpf:"flow_dedup"`
 	Flows         *ebpf.Map `ebpf:"flows"`
 	Peers         *ebpf.Map `ebpf:"peers"`
@@ -207,6 +216,7 @@ func (m *palisadeMaps) Close() error {
 		m.AdmitRequests,
 		m.ConfigMap,
 		m.Counters,
+		m.EventBudget,
 		m.FlowDedup,
 		m.Flows,
 		m.Peers,

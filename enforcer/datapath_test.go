@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/netip"
 	"os"
+	"runtime"
 	"testing"
 	"time"
 
@@ -401,5 +402,52 @@ func TestEgressRequestsOnDemandAdmission(t *testing.T) {
 				t.Fatalf("requests = %+v, want %+v", got, tt.want)
 			}
 		})
+	}
+}
+
+func TestFlowEventsRateLimited(t *testing.T) {
+	d := openTestDatapath(t)
+	if err := d.SetConfig(ModeEnforce, admPort); err != nil {
+		t.Fatal(err)
+	}
+	fr, err := d.Flows()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fr.Close()
+	// A spoofed-source flood: every packet from a new address.
+	const flood = 12000
+	for i := 0; i < flood; i++ {
+		src := netip.AddrFrom4([4]byte{10, 200, byte(i >> 8), byte(i)})
+		pkt := frame{src: src, dst: local4, proto: ProtoUDP, sport: 1, dport: 53}.bytes()
+		if got := run(t, d.Program(), pkt, ifIn); got != retDrop {
+			t.Fatalf("verdict = %#x, want drop", got)
+		}
+	}
+	// The same source again within the second: deduplicated.
+	same := frame{src: netip.AddrFrom4([4]byte{10, 200, 0, 0}), dst: local4, proto: ProtoUDP, sport: 2, dport: 53}.bytes()
+	run(t, d.Program(), same, ifIn)
+	events := 0
+	for {
+		fr.SetDeadline(time.Now().Add(100 * time.Millisecond))
+		if _, err := fr.Read(); err != nil {
+			break
+		}
+		events++
+	}
+	c, err := d.Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 5000 per CPU per second; the test may have run on every CPU.
+	maxEvents := 5000 * runtime.NumCPU()
+	if events == 0 || events > maxEvents || events > flood {
+		t.Fatalf("%d events for a %d-packet flood, want 1..%d", events, flood, maxEvents)
+	}
+	if int(c[CounterSuppressed])+events != flood {
+		t.Fatalf("suppressed %d + written %d != %d distinct sources", c[CounterSuppressed], events, flood)
+	}
+	if c[ReasonNotAdmitted] != flood+1 {
+		t.Fatalf("not-admitted counter = %d, want %d", c[ReasonNotAdmitted], flood+1)
 	}
 }

@@ -32,6 +32,7 @@ enum reason {
 	REASON_FRAGMENT = 8,      // drop: non-first fragment
 	REASON_MALFORMED = 9,     // drop: truncated or unparsable header
 	REASON_UNSUPPORTED = 10,  // drop: neither ARP, IPv4 nor IPv6
+	COUNTER_SUPPRESSED = 15,  // flow events not written (rate limits)
 	REASON_MAX = 16,
 };
 
@@ -80,7 +81,12 @@ struct dedup_key {
 	struct peer_key peer;
 	__u16 port;
 	__u8 proto;
-	__u8 dir;
+	__u8 tag; // verdict << 4 | (reason of a drop, or direction of a pass)
+};
+
+struct event_budget {
+	__u64 window_ns;
+	__u64 n;
 };
 
 struct flow_event {
@@ -133,7 +139,17 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } admission_seen SEC(".maps");
 
-// Rate limit of "pass" events for flows without a TCP SYN.
+// Flow events are rate limited twice: once a second per (source, port,
+// protocol, outcome), and a per-CPU budget per second, so a flood (spoofed
+// sources included) cannot flood the agent or the flow log.
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct event_budget);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} event_budget SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
@@ -195,6 +211,7 @@ const struct admit_request *unused_admit_request __attribute__((unused));
 #define TCP_ACK 0x10
 
 #define DEDUP_NS 1000000000ULL
+#define EVENTS_PER_CPU_SECOND 5000
 
 struct pkt {
 	struct peer_key src;
@@ -212,12 +229,40 @@ static __always_inline void count(__u32 reason)
 		*c += 1;
 }
 
-static __always_inline void emit(struct pkt *p, __u32 identity, __u8 verdict, __u8 reason)
+static __always_inline void emit(struct pkt *p, __u32 identity, __u8 verdict, __u8 reason,
+				 __u16 port, __u8 tag)
 {
-	struct flow_event *e = bpf_ringbuf_reserve(&flows, sizeof(*e), 0);
-	if (!e)
+	__u64 now = bpf_ktime_get_boot_ns();
+	struct dedup_key dk = {};
+	dk.peer = p->src;
+	dk.port = port;
+	dk.proto = p->proto;
+	dk.tag = tag;
+	__u64 *last = bpf_map_lookup_elem(&flow_dedup, &dk);
+	if (last && now - *last < DEDUP_NS)
 		return;
-	e->ts_ns = bpf_ktime_get_boot_ns();
+	bpf_map_update_elem(&flow_dedup, &dk, &now, BPF_ANY);
+
+	__u32 zero = 0;
+	struct event_budget *b = bpf_map_lookup_elem(&event_budget, &zero);
+	if (!b)
+		return;
+	if (now - b->window_ns >= DEDUP_NS) {
+		b->window_ns = now;
+		b->n = 0;
+	}
+	if (b->n >= EVENTS_PER_CPU_SECOND) {
+		count(COUNTER_SUPPRESSED);
+		return;
+	}
+	b->n++;
+
+	struct flow_event *e = bpf_ringbuf_reserve(&flows, sizeof(*e), 0);
+	if (!e) {
+		count(COUNTER_SUPPRESSED);
+		return;
+	}
+	e->ts_ns = now;
 	e->ifindex = p->src.ifindex;
 	e->identity = identity;
 	__builtin_memcpy(e->saddr, p->src.addr, 16);
@@ -235,10 +280,10 @@ static __always_inline int deny(struct pkt *p, struct config *cfg, __u32 identit
 {
 	count(reason);
 	if (cfg && cfg->mode == MODE_AUDIT) {
-		emit(p, identity, VERDICT_AUDIT, reason);
+		emit(p, identity, VERDICT_AUDIT, reason, p->dport, VERDICT_AUDIT << 4 | reason);
 		return PASS;
 	}
-	emit(p, identity, VERDICT_DROP, reason);
+	emit(p, identity, VERDICT_DROP, reason, p->dport, VERDICT_DROP << 4 | reason);
 	return DROP;
 }
 
@@ -413,22 +458,10 @@ int palisade_ingress(struct __sk_buff *skb)
 	}
 	count(REASON_POLICY);
 
-	// Flow log: every TCP SYN, other flows at most once a second.
-	if (p.proto == IPPROTO_TCP) {
-		if (syn_only)
-			emit(&p, identity, VERDICT_PASS, REASON_POLICY);
-	} else {
-		struct dedup_key dk = {};
-		dk.peer = p.src;
-		dk.port = pk.port;
-		dk.proto = p.proto;
-		dk.dir = dir;
-		__u64 *last = bpf_map_lookup_elem(&flow_dedup, &dk);
-		if (!last || now - *last >= DEDUP_NS) {
-			bpf_map_update_elem(&flow_dedup, &dk, &now, BPF_ANY);
-			emit(&p, identity, VERDICT_PASS, REASON_POLICY);
-		}
-	}
+	// Flow log: TCP connection starts and other flows (both at most once
+	// a second per source and port), not every packet of a TCP flow.
+	if (p.proto != IPPROTO_TCP || syn_only)
+		emit(&p, identity, VERDICT_PASS, REASON_POLICY, pk.port, VERDICT_PASS << 4 | dir);
 	return PASS;
 }
 

@@ -381,6 +381,11 @@ func TestEnforcerEndToEnd(t *testing.T) {
 	t.Run("audit mode passes and logs would-be drops", func(t *testing.T) {
 		srv.cfg.Mode = "audit"
 		srv.writeConfig(t)
+		defer func() {
+			srv.kill9(t)
+			srv.cfg.Mode = "enforce"
+			srv.writeConfig(t)
+		}()
 		srv.start(t)
 		if err := reachable(tp.rogue, netip.Addr{}, fromRogue, time.Second); err != nil {
 			t.Fatalf("audit mode dropped: %v", err)
@@ -388,9 +393,6 @@ func TestEnforcerEndToEnd(t *testing.T) {
 		waitFlow(t, srv, func(r enforcer.FlowRecord) bool {
 			return r.FromAddr == tp.rogue4 && r.Port == openPort && r.Verdict == "audit" && r.Reason == "not-admitted"
 		})
-		srv.kill9(t)
-		srv.cfg.Mode = "enforce"
-		srv.writeConfig(t)
 	})
 
 	var established net.Conn
