@@ -126,17 +126,18 @@ func insertCert(tx *bolt.Tx, key, val []byte, rec *CertRecord) (bool, error) {
 		return false, err
 	}
 	subj := tx.Bucket(bucketCertSubject)
+	exp := expiryKey(rec.NotAfter, key)
 	if rec.NodeID != "" {
-		if err := subj.Put(compositeKey(rec.NodeID, key), nil); err != nil {
+		if err := subj.Put(compositeKey(rec.NodeID, exp), nil); err != nil {
 			return false, err
 		}
 	}
 	if rec.SPIFFEID != "" && rec.SPIFFEID != rec.NodeID {
-		if err := subj.Put(compositeKey(rec.SPIFFEID, key), nil); err != nil {
+		if err := subj.Put(compositeKey(rec.SPIFFEID, exp), nil); err != nil {
 			return false, err
 		}
 	}
-	if err := tx.Bucket(bucketCertExpiry).Put(expiryKey(rec.NotAfter, key), nil); err != nil {
+	if err := tx.Bucket(bucketCertExpiry).Put(exp, nil); err != nil {
 		return false, err
 	}
 	meta := tx.Bucket(bucketMeta)

@@ -1,12 +1,10 @@
 package store
 
 import (
-	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/crc32"
-	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -48,11 +46,14 @@ import (
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
 
 const (
-	// ApplyInterval is how often journaled records move into the B-tree.
-	ApplyInterval = 20 * time.Millisecond
+	// DefaultApplyInterval is how often journaled records move into the
+	// B-tree.
+	DefaultApplyInterval = 20 * time.Millisecond
 	// applyThreshold starts an apply early when this many records wait.
 	applyThreshold = 4096
 	maxFrame       = 1 << 20
+	// segmentBytes is the size at which the journal moves to a new segment.
+	segmentBytes = 4 << 20
 )
 
 type pendingRec struct {
@@ -72,16 +73,21 @@ type jcall struct {
 type journal struct {
 	base   string // database path
 	noSync bool
+	max    int           // frames per write (Options.MaxBatchSize)
+	every  time.Duration // apply interval
 
 	ioMu sync.Mutex // held across write+fsync and segment rotation
 	f    *os.File
 	seg  uint64
+	size int64 // bytes in the current segment
 
 	mu      sync.Mutex
 	pending map[string]*pendingRec
 	queue   []*jcall
 	running bool
 	failed  error // sticky: a write or fsync failed; nothing more is acknowledged
+	writes  uint64
+	records uint64
 
 	applyMu sync.Mutex
 	kick    chan struct{}
@@ -114,16 +120,16 @@ func segments(base string) ([]uint64, error) {
 
 // openJournal replays what a previous process left, then starts a fresh
 // segment and the applier.
-func (s *Store) openJournal(noSync bool) error {
-	j := &journal{base: s.path, noSync: noSync, pending: map[string]*pendingRec{},
+func (s *Store) openJournal(noSync bool, maxBatch int, every time.Duration) error {
+	j := &journal{base: s.path, noSync: noSync, max: maxBatch, every: every, pending: map[string]*pendingRec{},
 		kick: make(chan struct{}, 1), stop: make(chan struct{}), stopped: make(chan struct{})}
 	segs, err := segments(s.path)
 	if err != nil {
 		return err
 	}
 	var recs []pendingRec
-	for _, n := range segs {
-		got, err := readSegment(segmentName(s.path, n))
+	for i, n := range segs {
+		got, err := readSegment(segmentName(s.path, n), i == len(segs)-1)
 		if err != nil {
 			return err
 		}
@@ -156,36 +162,49 @@ func (s *Store) openJournal(noSync bool) error {
 	return nil
 }
 
-func readSegment(path string) ([]pendingRec, error) {
-	f, err := os.Open(path)
+// readSegment returns a segment's records. Only the last segment may end
+// in a damaged frame, and only if that frame runs to the end of the file (a
+// write cut short by a crash, never acknowledged); damage anywhere else
+// would drop acknowledged records, so it is ErrCorrupt.
+func readSegment(path string, last bool) ([]pendingRec, error) {
+	raw, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("store: journal: %w", err)
 	}
-	defer f.Close()
-	br := bufio.NewReaderSize(f, 1<<16)
 	var out []pendingRec
-	var hdr [8]byte
-	for {
-		if _, err := io.ReadFull(br, hdr[:]); err != nil {
-			return out, nil // end, or a torn header: never acknowledged
+	for off := 0; off < len(raw); {
+		torn := func(why string) ([]pendingRec, error) {
+			if last {
+				return out, nil
+			}
+			return nil, fmt.Errorf("%w: journal %s: %s at offset %d", ErrCorrupt, path, why, off)
 		}
-		n := binary.BigEndian.Uint32(hdr[:4])
+		if len(raw)-off < 8 {
+			return torn("short frame header")
+		}
+		n := int(binary.BigEndian.Uint32(raw[off:]))
 		if n < serialLen+1 || n > maxFrame {
-			return out, nil
+			return nil, fmt.Errorf("%w: journal %s: frame length %d at offset %d", ErrCorrupt, path, n, off)
 		}
-		payload := make([]byte, n)
-		if _, err := io.ReadFull(br, payload); err != nil {
-			return out, nil
+		end := off + 8 + n
+		if end > len(raw) {
+			return torn("short frame")
 		}
-		if crc32.Checksum(payload, crcTable) != binary.BigEndian.Uint32(hdr[4:]) {
-			return out, nil
+		payload := raw[off+8 : end]
+		if crc32.Checksum(payload, crcTable) != binary.BigEndian.Uint32(raw[off+4:]) {
+			if end == len(raw) {
+				return torn("checksum mismatch in the final frame")
+			}
+			return nil, fmt.Errorf("%w: journal %s: checksum mismatch at offset %d", ErrCorrupt, path, off)
 		}
 		rec, err := decodeCert(payload[:serialLen], payload[serialLen:])
 		if err != nil {
 			return nil, fmt.Errorf("%w: journal %s: %v", ErrCorrupt, path, err)
 		}
 		out = append(out, pendingRec{rec: rec, key: payload[:serialLen], val: payload[serialLen:]})
+		off = end
 	}
+	return out, nil
 }
 
 func (j *journal) create(n uint64) (*os.File, error) {
@@ -266,14 +285,17 @@ func (s *Store) journalRecord(key, val []byte, rec CertRecord) error {
 	return nil
 }
 
-// leadJournal writes queued frames until the queue is empty: callers that
-// arrive during a write form the next batch.
+// leadJournal writes queued frames until the queue is empty. There is no
+// timer: a caller that finds no write running writes at once, and callers
+// that arrive during a write form the next batch (at most j.max frames), so
+// a lone caller pays one fsync and N steady callers share one.
 func (s *Store) leadJournal() {
 	j := s.journal
 	for {
 		j.mu.Lock()
-		batch := j.queue
-		j.queue = nil
+		n := min(len(j.queue), j.max)
+		batch := append([]*jcall(nil), j.queue[:n]...)
+		j.queue = append(j.queue[:0], j.queue[n:]...)
 		if len(batch) == 0 {
 			j.running = false
 			j.mu.Unlock()
@@ -286,6 +308,7 @@ func (s *Store) leadJournal() {
 		}
 		j.ioMu.Lock()
 		_, err := j.f.Write(buf)
+		j.size += int64(len(buf))
 		if err == nil && !j.noSync {
 			err = j.f.Sync()
 		}
@@ -294,6 +317,9 @@ func (s *Store) leadJournal() {
 		if err != nil {
 			err = fmt.Errorf("store: journal write: %w", err)
 			j.failed = err
+		} else {
+			j.writes++
+			j.records += uint64(len(batch))
 		}
 		for _, c := range batch {
 			if p := j.pending[string(c.key)]; p != nil && err == nil {
@@ -329,7 +355,7 @@ func (s *Store) pendingCert(key []byte) (CertRecord, bool) {
 func (s *Store) applier() {
 	j := s.journal
 	defer close(j.stopped)
-	t := time.NewTicker(ApplyInterval)
+	t := time.NewTicker(j.every)
 	defer t.Stop()
 	for {
 		select {
@@ -350,7 +376,6 @@ func (s *Store) applyJournal() error {
 	j := s.journal
 	j.applyMu.Lock()
 	defer j.applyMu.Unlock()
-	j.ioMu.Lock()
 	j.mu.Lock()
 	var batch []*pendingRec
 	for _, p := range j.pending {
@@ -359,53 +384,66 @@ func (s *Store) applyJournal() error {
 		}
 	}
 	j.mu.Unlock()
-	if len(batch) == 0 {
+	if len(batch) > 0 {
+		sort.Slice(batch, func(a, b int) bool { return string(batch[a].key) < string(batch[b].key) })
+		if err := s.update("journal apply", func(tx *bolt.Tx) error {
+			for _, p := range batch {
+				if _, err := insertCert(tx, p.key, p.val, &p.rec); err != nil {
+					return err
+				}
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		j.mu.Lock()
+		for _, p := range batch {
+			delete(j.pending, string(p.key))
+		}
+		j.mu.Unlock()
+	}
+	return s.rotateJournal(false)
+}
+
+// rotateJournal starts a new segment once the current one is large (or
+// always, with force) and deletes every older segment none of whose records
+// still waits to be applied. Rotation costs a directory fsync, so it is
+// rare; replaying an applied record after a crash is harmless.
+func (s *Store) rotateJournal(force bool) error {
+	j := s.journal
+	j.ioMu.Lock()
+	if j.size < segmentBytes && !force {
 		j.ioMu.Unlock()
 		return nil
 	}
-	// Rotate: records written from now on go to a new segment, so the old
-	// ones can be deleted once this batch is in the tree.
-	old := j.seg
-	nf, err := j.create(old + 1)
+	nf, err := j.create(j.seg + 1)
 	if err != nil {
 		j.ioMu.Unlock()
 		return err
 	}
 	prev := j.f
-	j.f, j.seg = nf, old+1
+	j.f, j.seg, j.size = nf, j.seg+1, 0
 	j.ioMu.Unlock()
 	prev.Close()
-	sort.Slice(batch, func(a, b int) bool { return string(batch[a].key) < string(batch[b].key) })
-	if err := s.update("journal apply", func(tx *bolt.Tx) error {
-		for _, p := range batch {
-			if _, err := insertCert(tx, p.key, p.val, &p.rec); err != nil {
-				return err
-			}
+	j.mu.Lock()
+	keep := j.seg // oldest segment still needed
+	for _, p := range j.pending {
+		if p.durable && p.seg < keep {
+			keep = p.seg
 		}
-		return nil
-	}); err != nil {
-		return err
 	}
+	j.mu.Unlock()
 	segs, err := segments(s.path)
 	if err != nil {
 		return err
 	}
 	for _, n := range segs {
-		if n <= old {
+		if n < keep {
 			if err := os.Remove(segmentName(s.path, n)); err != nil && !errors.Is(err, os.ErrNotExist) {
 				return err
 			}
 		}
 	}
-	j.mu.Lock()
-	for _, p := range batch {
-		delete(j.pending, string(p.key))
-	}
-	j.mu.Unlock()
-	s.commit.mu.Lock()
-	s.commit.commits++
-	s.commit.records += uint64(len(batch))
-	s.commit.mu.Unlock()
 	return nil
 }
 
@@ -419,7 +457,7 @@ func (s *Store) flushJournal() error {
 }
 
 // closeJournal stops the applier, applies what is left and removes the
-// (then empty) segment.
+// segments, all of whose records are then in the tree.
 func (s *Store) closeJournal() error {
 	j := s.journal
 	if j == nil {
@@ -432,7 +470,10 @@ func (s *Store) closeJournal() error {
 	defer j.ioMu.Unlock()
 	j.f.Close()
 	if err == nil && s.pendingCount() == 0 {
-		_ = os.Remove(segmentName(s.path, j.seg))
+		segs, _ := segments(s.path)
+		for _, n := range segs {
+			_ = os.Remove(segmentName(s.path, n))
+		}
 	}
 	return err
 }

@@ -64,6 +64,9 @@ import (
 //	time     revoked_at
 //	uvarint  revoke_seq
 //
+// Beside the file, <db>.journal.<n> segments hold issuances acknowledged but
+// not yet applied to certs/ and its indexes (journal.go); Open replays them.
+//
 // The other records are JSON: there are few of them and operators may read
 // them with bbolt tooling.
 const SchemaVersion uint32 = 1

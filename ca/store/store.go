@@ -15,7 +15,7 @@ import (
 )
 
 const (
-	// DefaultMaxBatchSize caps the records one group commit carries
+	// DefaultMaxBatchSize caps the records one journal write carries
 	// (commit.go): it bounds a transaction's dirty pages and the replay
 	// cost when one call in it fails, while staying far above the
 	// concurrency a CA sees.
@@ -32,9 +32,13 @@ type Options struct {
 	// Verify runs a full page-level consistency check at open (reads the
 	// whole file; for `store check`-style tooling and recovery drills).
 	Verify bool
-	// MaxBatchSize caps RecordIssued's group commit (default
-	// DefaultMaxBatchSize). There is no delay to tune: see commit.go.
+	// MaxBatchSize caps the records one journal write (RecordIssued's
+	// group commit) carries (default DefaultMaxBatchSize). There is no
+	// delay to tune: see journal.go.
 	MaxBatchSize int
+	// ApplyInterval is how often journaled issuances move into the B-tree
+	// (default DefaultApplyInterval).
+	ApplyInterval time.Duration
 }
 
 // Store is the CA's database. It is safe for concurrent use; methods that
@@ -43,7 +47,7 @@ type Options struct {
 type Store struct {
 	db      *bolt.DB
 	path    string
-	commit  committer
+	opts    Options
 	journal *journal
 }
 
@@ -58,7 +62,10 @@ func Open(path string, opts Options) (*Store, error) {
 	if opts.MaxBatchSize <= 0 {
 		opts.MaxBatchSize = DefaultMaxBatchSize
 	}
-	s := &Store{path: path, commit: committer{max: opts.MaxBatchSize}}
+	if opts.ApplyInterval <= 0 {
+		opts.ApplyInterval = DefaultApplyInterval
+	}
+	s := &Store{path: path, opts: opts}
 	_, statErr := os.Stat(path)
 	created := errors.Is(statErr, os.ErrNotExist)
 	db, err := s.openBolt(opts)
@@ -77,7 +84,7 @@ func Open(path string, opts Options) (*Store, error) {
 			return nil, fmt.Errorf("store: sync directory of %s: %w", path, err)
 		}
 	}
-	if err := s.openJournal(opts.NoSync); err != nil {
+	if err := s.openJournal(opts.NoSync, opts.MaxBatchSize, opts.ApplyInterval); err != nil {
 		_ = db.Close()
 		return nil, err
 	}
@@ -283,9 +290,9 @@ func (s *Store) Stats() (Stats, error) {
 		st.Intermediates = tx.Bucket(bucketIntermediates).Stats().KeyN
 		return nil
 	})
-	s.commit.mu.Lock()
-	st.GroupCommits, st.GroupRecords = s.commit.commits, s.commit.records
-	s.commit.mu.Unlock()
+	s.journal.mu.Lock()
+	st.GroupCommits, st.GroupRecords = s.journal.writes, s.journal.records
+	s.journal.mu.Unlock()
 	return st, err
 }
 
