@@ -16,6 +16,9 @@ type Config struct {
 	MaxMessageBytes int `yaml:"max_message_bytes"`
 	// MaxPendingNonces caps outstanding nonces (default 65536).
 	MaxPendingNonces int `yaml:"max_pending_nonces"`
+	// MaxSessions caps concurrent Attest streams (default 512); more are
+	// refused with ResourceExhausted.
+	MaxSessions int `yaml:"max_sessions"`
 }
 
 // Defaults.
@@ -24,6 +27,7 @@ const (
 	DefaultSessionTimeout   = 60 * time.Second
 	DefaultMaxMessageBytes  = 256 << 10
 	DefaultMaxPendingNonces = 1 << 16
+	DefaultMaxSessions      = 512
 )
 
 // WithDefaults returns c with zero fields set to their defaults.
@@ -40,6 +44,9 @@ func (c Config) WithDefaults() Config {
 	if c.MaxPendingNonces == 0 {
 		c.MaxPendingNonces = DefaultMaxPendingNonces
 	}
+	if c.MaxSessions == 0 {
+		c.MaxSessions = DefaultMaxSessions
+	}
 	return c
 }
 
@@ -54,6 +61,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("attestor: max_message_bytes %d outside [4 KiB, 1 MiB]", c.MaxMessageBytes)
 	case c.MaxPendingNonces < 1 || c.MaxPendingNonces > 1<<22:
 		return fmt.Errorf("attestor: max_pending_nonces %d outside [1, 4194304]", c.MaxPendingNonces)
+	case c.MaxSessions < 1 || c.MaxSessions > 1<<16:
+		return fmt.Errorf("attestor: max_sessions %d outside [1, 65536]", c.MaxSessions)
 	}
 	return nil
 }

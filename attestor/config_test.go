@@ -18,6 +18,7 @@ func TestConfigValidate(t *testing.T) {
 		{"tiny messages", Config{MaxMessageBytes: 100}, false},
 		{"huge messages", Config{MaxMessageBytes: 1 << 30}, false},
 		{"negative nonces", Config{MaxPendingNonces: -1}, false},
+		{"negative sessions", Config{MaxSessions: -1}, false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -15,6 +15,7 @@ var (
 	ErrNonceStale      = errors.New("attestor: quote nonce expired")
 	ErrNonceSession    = errors.New("attestor: quote nonce was issued to another session")
 	ErrTooManyNonces   = errors.New("attestor: too many outstanding nonces")
+	ErrBusy            = errors.New("attestor: too many concurrent attestations")
 	ErrIssue           = errors.New("attestor: node SVID issuance failed")
 	ErrNotFound        = errors.New("attestor: not found")
 	ErrPolicyVersion   = errors.New("attestor: PCR policy version must increase")

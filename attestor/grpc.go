@@ -46,6 +46,12 @@ func (s *Service) Attest(stream grpc.BidiStreamingServer[attestorpb.NodeMessage,
 		addr = p.Addr.String()
 	}
 	ss := s.newSession(addr)
+	select {
+	case s.slots <- struct{}{}:
+		defer func() { <-s.slots }()
+	default:
+		return s.finish(ctx, ss, ErrBusy)
+	}
 	for ss.state != done {
 		msg, err := recvCtx(ctx, stream)
 		if err != nil {
@@ -102,7 +108,7 @@ func Code(err error) codes.Code {
 	switch {
 	case errors.Is(err, context.DeadlineExceeded):
 		return codes.DeadlineExceeded
-	case errors.Is(err, ErrTooManyNonces):
+	case errors.Is(err, ErrTooManyNonces), errors.Is(err, ErrBusy):
 		return codes.ResourceExhausted
 	case errors.Is(err, ErrBadMessage), errors.Is(err, verify.ErrMalformed), errors.Is(err, verify.ErrTooLarge):
 		return codes.InvalidArgument

@@ -41,6 +41,7 @@ type Service struct {
 
 	nonces   *nonces
 	sessions atomic.Uint64
+	slots    chan struct{} // one per concurrent Attest stream
 
 	mu       sync.Mutex // serialises admin mutations and cache reloads
 	manifest atomic.Pointer[manifestIndex]
@@ -75,7 +76,8 @@ func New(ctx context.Context, td spiffeid.TrustDomain, cfg Config, d Deps) (*Ser
 	if d.Logger == nil {
 		d.Logger = slog.New(slog.DiscardHandler)
 	}
-	s := &Service{td: td, cfg: cfg, deps: d, log: d.Logger, nonces: newNonces(cfg.NonceTTL, cfg.MaxPendingNonces)}
+	s := &Service{td: td, cfg: cfg, deps: d, log: d.Logger, nonces: newNonces(cfg.NonceTTL, cfg.MaxPendingNonces),
+		slots: make(chan struct{}, cfg.MaxSessions)}
 	s.newSecret = func() ([]byte, error) {
 		b := make([]byte, 32)
 		_, err := io.ReadFull(s.deps.Rand, b)

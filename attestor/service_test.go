@@ -71,8 +71,12 @@ func policyFor(version int, n *verifytest.Node) []byte {
 		version, hex.EncodeToString(n.PCR(0)), hex.EncodeToString(n.PCR(7)))
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t *testing.T, cfgs ...attestor.Config) *env {
 	t.Helper()
+	cfg := attestor.Config{NonceTTL: 30 * time.Second}
+	if len(cfgs) > 0 {
+		cfg = cfgs[0]
+	}
 	db, err := store.Open(filepath.Join(t.TempDir(), "attestor.db"))
 	if err != nil {
 		t.Fatal(err)
@@ -81,7 +85,7 @@ func newEnv(t *testing.T) *env {
 	ca := testca.New(t, td)
 	e := &env{db: db, ca: ca, iss: &attestortest.Issuer{CA: ca, TTL: time.Hour},
 		aud: &attestortest.Auditor{}, rev: &attestortest.Revoker{}, clock: attestortest.NewClock(), node: softNode(t, 0)}
-	e.svc, err = attestor.New(context.Background(), spiffeid.RequireTrustDomainFromString(td), attestor.Config{NonceTTL: 30 * time.Second},
+	e.svc, err = attestor.New(context.Background(), spiffeid.RequireTrustDomainFromString(td), cfg,
 		attestor.Deps{Store: db, Issuer: e.iss, Auditor: e.aud, Revoker: e.rev, Now: e.clock.Now})
 	if err != nil {
 		t.Fatal(err)
@@ -347,6 +351,19 @@ func TestAttestWithEventLog(t *testing.T) {
 	}
 	if _, err := agent.Attest(ctx, e.client, attestortest.SoftTPM{Node: e.node}, attestortest.CSR(t)); err != nil {
 		t.Fatalf("consistent event log refused: %v", err)
+	}
+}
+
+func TestConcurrentSessionCap(t *testing.T) {
+	e := newEnv(t, attestor.Config{MaxSessions: 1})
+	d := open(t, e)
+	if _, err := d.send(hello(e.node, e.node.AKPublic, attestortest.CSR(t))); err != nil {
+		t.Fatal(err)
+	}
+	// The first session holds the only slot.
+	_, err := open(t, e).send(hello(e.node, e.node.AKPublic, attestortest.CSR(t)))
+	if status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("second session: %v", err)
 	}
 }
 
