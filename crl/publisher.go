@@ -33,6 +33,7 @@ type crlDoc struct {
 type crlIssuer struct {
 	iss     atomic.Pointer[Issuer]
 	trigger chan struct{}
+	stop    chan struct{} // closed when the issuer leaves the live set
 	full    atomic.Pointer[crlDoc]
 	delta   atomic.Pointer[crlDoc]
 	size    int // entries in the last full CRL
@@ -78,7 +79,7 @@ func (p *publisher) setIssuers(ctx context.Context, list []Issuer) {
 			ci.iss.Store(&iss)
 			continue
 		}
-		ci := &crlIssuer{trigger: make(chan struct{}, 1)}
+		ci := &crlIssuer{trigger: make(chan struct{}, 1), stop: make(chan struct{})}
 		ci.iss.Store(&iss)
 		p.issuers[iss.KeyID] = ci
 		go p.loop(ctx, ci)
@@ -86,7 +87,7 @@ func (p *publisher) setIssuers(ctx context.Context, list []Issuer) {
 	for id, ci := range p.issuers {
 		if !seen[id] {
 			delete(p.issuers, id)
-			close(ci.trigger)
+			close(ci.stop)
 		}
 	}
 }
@@ -124,10 +125,9 @@ func (p *publisher) loop(ctx context.Context, ci *crlIssuer) {
 		select {
 		case <-ctx.Done():
 			return
-		case _, ok := <-ci.trigger:
-			if !ok {
-				return
-			}
+		case <-ci.stop:
+			return
+		case <-ci.trigger:
 		case <-timer.C:
 		}
 		wait, err := p.build(ci)

@@ -641,3 +641,14 @@ func TestFeedReset(t *testing.T) {
 		t.Fatalf("bad after: HTTP %d", resp.StatusCode)
 	}
 }
+
+// newServer serves svc over loopback HTTP and runs it until the test ends.
+func newServer(t testing.TB, svc *crl.Service) string {
+	t.Helper()
+	srv := httptest.NewServer(svc.Handler())
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { svc.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done; srv.Close() })
+	return srv.URL
+}
