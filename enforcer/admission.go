@@ -62,13 +62,19 @@ type AdmitterOptions struct {
 	// StatePath, if set, is a file where admissions are kept across
 	// restarts (written atomically).
 	StatePath string
-	// Infrastructure lists TCP services this node must reach before it
-	// has any admission: the appliance (SVIDs, attestation, CRLs). Their
-	// answers (not a bare SYN) pass on Ifindexes; nothing from them can
-	// open a flow to this node. See docs/enforcer.md.
-	Infrastructure []netip.AddrPort
+	// Infrastructure lists services this node must reach before it has
+	// any admission: the appliance (SVIDs, attestation, CRLs). Their
+	// answers (for TCP: not a bare SYN) pass on Ifindexes; nothing from
+	// them can open a TCP flow to this node. See docs/enforcer.md.
+	Infrastructure []Service
 	Ifindexes      []int
 	Logger         *slog.Logger
+}
+
+// Service is a TCP or UDP endpoint.
+type Service struct {
+	netip.AddrPort
+	Proto uint8 // ProtoTCP or ProtoUDP
 }
 
 // InfrastructureIdentity is the numeric identity of Infrastructure
@@ -374,7 +380,7 @@ func (a *Admitter) identityLocked(gs []Grant) (uint32, error) {
 func (a *Admitter) entriesLocked() map[PolicyKey]bool {
 	m := map[PolicyKey]bool{}
 	for _, ap := range a.o.Infrastructure {
-		m[PolicyKey{Identity: InfrastructureIdentity, Port: ap.Port(), Proto: ProtoTCP, Dir: Reply}] = true
+		m[PolicyKey{Identity: InfrastructureIdentity, Port: ap.Port(), Proto: ap.Proto, Dir: Reply}] = true
 	}
 	for id, gs := range a.grants {
 		for _, g := range gs {

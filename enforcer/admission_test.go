@@ -465,7 +465,7 @@ func TestInfrastructureEntries(t *testing.T) {
 	s := newSide(t, ca, svidFor(t, schain, skey), freePort(t), "")
 	appliance := netip.MustParseAddrPort("10.0.0.1:8443")
 	o := s.a.o
-	o.Infrastructure = []netip.AddrPort{appliance}
+	o.Infrastructure = []Service{{appliance, ProtoTCP}, {netip.MustParseAddrPort("10.0.0.1:53"), ProtoUDP}}
 	o.Ifindexes = []int{1, 2}
 	// A stale infrastructure entry from an older config.
 	if err := s.table.PutPeer(PeerEntry{Ifindex: 1, Addr: netip.MustParseAddr("10.0.0.9"), Identity: InfrastructureIdentity, Expires: time.Now().Add(time.Hour)}); err != nil {
@@ -485,8 +485,9 @@ func TestInfrastructureEntries(t *testing.T) {
 		t.Fatal("stale infrastructure entry kept")
 	}
 	want := PolicyKey{InfrastructureIdentity, 8443, ProtoTCP, Reply}
-	if !s.table.policy[want] || len(s.table.policy) != 1 {
-		t.Fatalf("policy = %v, want only %v", s.table.policy, want)
+	wantUDP := PolicyKey{InfrastructureIdentity, 53, ProtoUDP, Reply}
+	if !s.table.policy[want] || !s.table.policy[wantUDP] || len(s.table.policy) != 2 {
+		t.Fatalf("policy = %v, want only %v and %v", s.table.policy, want, wantUDP)
 	}
 	// Rechecks and restarts keep them; nobody can be admitted on that address.
 	a.Recheck()

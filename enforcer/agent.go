@@ -206,7 +206,7 @@ func (a *Agent) admitOnDemand(ctx context.Context) {
 		if err != nil {
 			return
 		}
-		if slices.ContainsFunc(infra, func(ap netip.AddrPort) bool { return ap.Addr().Unmap() == q.Addr }) {
+		if slices.ContainsFunc(infra, func(ap Service) bool { return ap.Addr().Unmap() == q.Addr }) {
 			continue
 		}
 		mu.Lock()

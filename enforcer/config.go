@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -43,9 +44,9 @@ type Config struct {
 	FlowLog string `yaml:"flow_log"`
 	// FlowLogMaxBytes rotates the flow log to FlowLog.1 beyond this size.
 	FlowLogMaxBytes int64 `yaml:"flow_log_max_bytes"`
-	// Infrastructure: "addr:port" TCP services (the appliance: SVIDs,
-	// attestation, CRLs) this node reaches without admission. Only their
-	// answers pass, never a new flow from them.
+	// Infrastructure: "addr:port" TCP services, or "addr:port/udp" UDP
+	// services (the appliance: SVIDs, attestation, CRLs; DNS, NTP) this
+	// node reaches without admission. Only their answers pass.
 	Infrastructure []string `yaml:"infrastructure"`
 	// OnDemandAdmission attaches an egress program that triggers admission
 	// when this node sends a TCP SYN to a destination it is not admitted
@@ -147,16 +148,30 @@ func (c *Config) Validate() error {
 }
 
 // InfrastructureAddrs parses Infrastructure.
-func (c *Config) InfrastructureAddrs() ([]netip.AddrPort, error) {
-	var out []netip.AddrPort
+func (c *Config) InfrastructureAddrs() ([]Service, error) {
+	var out []Service
 	for _, s := range c.Infrastructure {
-		ap, err := netip.ParseAddrPort(s)
-		if err != nil || ap.Port() == 0 {
-			return nil, fmt.Errorf("%w: infrastructure %q: want address:port", ErrConfig, s)
+		addr, proto := s, ProtoTCP
+		if a, ok := strings.CutSuffix(s, "/udp"); ok {
+			addr, proto = a, ProtoUDP
+		} else if a, ok := strings.CutSuffix(s, "/tcp"); ok {
+			addr = a
 		}
-		out = append(out, ap)
+		ap, err := netip.ParseAddrPort(addr)
+		if err != nil || ap.Port() == 0 {
+			return nil, fmt.Errorf("%w: infrastructure %q: want address:port[/tcp|/udp]", ErrConfig, s)
+		}
+		out = append(out, Service{AddrPort: ap, Proto: proto})
 	}
 	return out, nil
+}
+
+func (c *Config) listenAddr() string {
+	addr := netip.IPv6Unspecified()
+	if c.AdmissionAddress != "" {
+		addr = netip.MustParseAddr(c.AdmissionAddress)
+	}
+	return netip.AddrPortFrom(addr, c.AdmissionPort).String()
 }
 
 // PeerAddrs parses Peers.
@@ -174,13 +189,4 @@ func (c *Config) PeerAddrs() ([]netip.AddrPort, error) {
 		out = append(out, netip.AddrPortFrom(a, c.AdmissionPort))
 	}
 	return out, nil
-}
-
-func (c *Config) listenAddr() string {
-	return netip.AddrPortFrom(func() netip.Addr {
-		if c.AdmissionAddress == "" {
-			return netip.IPv6Unspecified()
-		}
-		return netip.MustParseAddr(c.AdmissionAddress)
-	}(), c.AdmissionPort).String()
 }

@@ -78,7 +78,7 @@ func newTopology(t *testing.T) *topology {
 	}
 	link(t, tp.srv, tp.srvGoodIf, []string{"10.77.1.1/24", "fd77:1::1/64"}, tp.good, "eth0", []string{"10.77.1.2/24", "fd77:1::2/64"})
 	link(t, tp.srv, tp.srvRogueIf, []string{"10.77.2.1/24"}, tp.rogue, "eth0", []string{"10.77.2.2/24"})
-	// The appliance (CA, attestation, CRLs): reached as infrastructure.
+	// The appliance (CA, attestation, CRLs): reached as infrastructure (TCP; UDP with the /udp suffix).
 	tp.appl = newNetns(t, "appl")
 	link(t, tp.srv, "to-appl", []string{"10.77.3.1/24"}, tp.appl, "eth0", []string{"10.77.3.2/24"})
 	// The rogue can route to the good client's subnet through the server's
