@@ -65,6 +65,7 @@ func auditVerify(_ context.Context, e *env, args []string) error {
 	cfgPath := fs.String("config", "", "palisade-server configuration (for the log and bundle paths)")
 	logPath := fs.String("log", "", "audit log file (default: from -config)")
 	bundlePath := fs.String("bundle", "", "trust roots PEM the checkpoint key must chain to (default: data_dir/bundle.pem)")
+	sealed := fs.Bool("requireCheckpointAtEnd", false, "fail unless the log ends with a signed checkpoint (the server is stopped)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -100,14 +101,16 @@ func auditVerify(_ context.Context, e *env, args []string) error {
 	if n == 0 {
 		return fmt.Errorf("bundle %s holds no certificate", *bundlePath)
 	}
-	f, err := os.Open(*logPath)
+	segs, err := audit.Segments(*logPath)
 	if err != nil {
 		return err
 	}
-	defer f.Close()
-	rep, err := audit.Verify(f, audit.VerifyOptions{Roots: roots})
+	rep, err := audit.VerifyChain(segs, audit.VerifyOptions{Roots: roots, RequireCheckpointAtEnd: *sealed})
 	for _, p := range rep.Problems {
 		fmt.Fprintf(e.stdout, "PROBLEM %s\n", p)
+	}
+	if rep.ProblemsOmitted > 0 {
+		fmt.Fprintf(e.stdout, "(%d more problems not shown)\n", rep.ProblemsOmitted)
 	}
 	if err != nil {
 		if errors.Is(err, audit.ErrTampered) {
@@ -115,7 +118,7 @@ func auditVerify(_ context.Context, e *env, args []string) error {
 		}
 		return err
 	}
-	fmt.Fprintf(e.stdout, "audit log %s verified: %d records, %d signed checkpoints, last checkpoint at seq %d\n",
-		*logPath, rep.Records, rep.Checkpoints, rep.LastCheckpointSeq)
+	fmt.Fprintf(e.stdout, "audit log %s verified (%d file(s)): %d records, %d signed checkpoints, last checkpoint at seq %d, head seq %d hash %s\n",
+		*logPath, len(segs), rep.Records, rep.Checkpoints, rep.LastCheckpointSeq, rep.HeadSeq, rep.HeadHash)
 	return nil
 }

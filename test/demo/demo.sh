@@ -114,7 +114,7 @@ step "Stopping the server and verifying the audit log"
 kill "$SERVER_PID"
 wait "$SERVER_PID" || true
 SERVER_PID=""
-"$BIN/palisade" audit verify -config "$WORK/server.yaml"
+"$BIN/palisade" audit verify -requireCheckpointAtEnd -config "$WORK/server.yaml"
 cp "$WORK/data/audit.log" "$OUT/audit.log"
 
 printf '\nDemo complete. Trust roots: %s\nSVID (leaf, intermediate): %s\n' "$OUT/bundle.pem" "$OUT/svid.pem"

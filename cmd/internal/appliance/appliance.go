@@ -61,6 +61,7 @@ func auditOptions(cfg *config.Server, cert *x509.Certificate) audit.Options {
 	return audit.Options{
 		CheckpointEvery:    cfg.Audit.CheckpointEvery,
 		CheckpointInterval: cfg.Audit.CheckpointInterval,
+		SegmentBytes:       cfg.Audit.SegmentBytes,
 		SignerCert:         cert,
 	}
 }

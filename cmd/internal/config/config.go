@@ -62,6 +62,9 @@ type Audit struct {
 	Path               string        `yaml:"path"`
 	CheckpointEvery    int           `yaml:"checkpoint_every"`
 	CheckpointInterval time.Duration `yaml:"checkpoint_interval"`
+	// SegmentBytes seals the log with a checkpoint and starts a new file
+	// once it reaches this size (0: never), so opening stays fast.
+	SegmentBytes int64 `yaml:"segment_bytes"`
 }
 
 // Log configures slog.
@@ -134,6 +137,9 @@ func (c *Server) Defaults() {
 	if c.Audit.CheckpointInterval == 0 {
 		c.Audit.CheckpointInterval = time.Minute
 	}
+	if c.Audit.SegmentBytes == 0 {
+		c.Audit.SegmentBytes = 256 << 20
+	}
 	if c.Log.Level == "" {
 		c.Log.Level = "info"
 	}
@@ -173,6 +179,9 @@ func (c *Server) Validate() error {
 	}
 	if c.Audit.CheckpointEvery < 1 || c.Audit.CheckpointInterval < time.Second {
 		return errors.New("audit: checkpoint_every must be ≥ 1 and checkpoint_interval ≥ 1s")
+	}
+	if c.Audit.SegmentBytes < 1<<20 {
+		return fmt.Errorf("audit.segment_bytes %d: at least 1 MiB", c.Audit.SegmentBytes)
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
