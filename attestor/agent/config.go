@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"context"
+	"crypto"
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
@@ -9,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/google/go-tpm/tpm2"
+	"github.com/palisade-id/palisade/attestor/attestorpb"
 	"github.com/palisade-id/palisade/attestor/device"
 )
 
@@ -135,4 +138,37 @@ func (c Config) Intermediates() ([][]byte, error) {
 		}
 	}
 	return out, nil
+}
+
+// AttestOnce is one complete node attestation from configuration: it opens
+// the TPM, connects to the endpoint, and returns the node SVID for key
+// (whose CSR it builds). Renewal is calling it again before expiry.
+func (c Config) AttestOnce(ctx context.Context, key crypto.Signer) (*Result, error) {
+	c = c.WithDefaults()
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	roots, err := c.Roots()
+	if err != nil {
+		return nil, err
+	}
+	inter, err := c.Intermediates()
+	if err != nil {
+		return nil, err
+	}
+	csr, err := NewCSR(key)
+	if err != nil {
+		return nil, fmt.Errorf("agent: CSR: %w", err)
+	}
+	tpm, err := c.OpenTPM()
+	if err != nil {
+		return nil, err
+	}
+	defer tpm.Close()
+	cc, err := Dial(c.Server, ClientTLSConfig(roots, c.ServerName))
+	if err != nil {
+		return nil, err
+	}
+	defer cc.Close()
+	return Attest(ctx, attestorpb.NewAttestorClient(cc), tpm, csr, inter...)
 }

@@ -10,6 +10,7 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -394,32 +395,52 @@ func BenchmarkRoundTripSwtpm(b *testing.B) {
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "attestations/s")
 }
 
-// TestAgentConfigOpensSwtpm opens the TPM the way palisade-agent does, from
-// its configuration, and attests with it.
-func TestAgentConfigOpensSwtpm(t *testing.T) {
+// TestAgentConfigAttests attests the way palisade-agent does: from its
+// configuration (swtpm socket, trust bundle file, EK intermediate file).
+func TestAgentConfigAttests(t *testing.T) {
 	in := swtpm.New(t)
-	cfg := agent.Config{Server: "127.0.0.1:1", ServerName: attestortest.ServerName, TrustBundle: "/dev/null",
-		TPM: "swtpm:unix:" + in.Socket}.WithDefaults()
-	if err := cfg.Validate(); err != nil {
+	dir := t.TempDir()
+	bundle, issuerPEM := filepath.Join(dir, "bundle.pem"), filepath.Join(dir, "ek-issuer.pem")
+	e := &env{ca: testca.New(t, td)}
+	if err := os.WriteFile(bundle, e.ca.BundlePEM(), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if cfg.EventLog != "" {
-		t.Fatalf("swtpm defaulted to event log %q", cfg.EventLog)
+	if err := os.WriteFile(issuerPEM, in.CAPEM(t, "issuer"), 0o600); err != nil {
+		t.Fatal(err)
 	}
-	tpm, err := cfg.OpenTPM()
+	db, err := store.Open(filepath.Join(dir, "a.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	ek, err := verify.ParseEKPublic(tpm.EKPublic())
+	defer db.Close()
+	svc, err := attestor.New(context.Background(), spiffeid.RequireTrustDomainFromString(td), attestor.Config{},
+		attestor.Deps{Store: db, Issuer: &attestortest.Issuer{CA: e.ca, TTL: time.Hour}, Auditor: &attestortest.Auditor{}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	tpm.Close()
-	e := newEnv(t, in, byHash)
-	if e.ekHash != ek.HashHex() {
-		t.Fatalf("config-opened TPM has EK %s, device.Open %s", ek.HashHex(), e.ekHash)
-	}
-	if _, err := e.attest(t); err != nil {
+	ctx := context.Background()
+	entry, err := attestor.ParseManifestInput(in.CAPEM(t, "root"), "worker", "")
+	if err != nil {
 		t.Fatal(err)
+	}
+	if _, err := svc.AddManifestEntry(ctx, "op", entry); err != nil {
+		t.Fatal(err)
+	}
+	zero := strings.Repeat("0", 64)
+	if _, err := svc.SetPCRPolicy(ctx, "op", []byte("version: 1\nclasses:\n  worker:\n    pcrs:\n      0: [\""+zero+"\"]\n")); err != nil {
+		t.Fatal(err)
+	}
+	cfg := agent.Config{Server: attestortest.Listen(t, svc, e.ca), ServerName: attestortest.ServerName,
+		TrustBundle: bundle, TPM: "swtpm:unix:" + in.Socket, EKIntermediates: []string{issuerPEM}}
+	if cfg.WithDefaults().EventLog != "" {
+		t.Fatal("swtpm must not default to the host's event log")
+	}
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	res, err := cfg.AttestOnce(ctx, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(res.ID.String(), "spiffe://"+td+"/palisade/node/") || !res.Chain[0].PublicKey.(*ecdsa.PublicKey).Equal(&key.PublicKey) {
+		t.Fatalf("SVID %s for the wrong key or ID", res.ID)
 	}
 }

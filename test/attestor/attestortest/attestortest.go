@@ -167,6 +167,19 @@ func (s SoftTPM) Quote(nonce []byte, pcrs []uint32) ([]byte, []byte, map[uint32]
 // ca and returns a connected client; everything stops at test cleanup.
 func Serve(t testing.TB, svc *attestor.Service, ca *testca.CA) attestorpb.AttestorClient {
 	t.Helper()
+	addr := Listen(t, svc, ca)
+	cc, err := agent.Dial(addr, agent.ClientTLSConfig(ca.Pool(), ServerName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return attestorpb.NewAttestorClient(cc)
+}
+
+// Listen serves svc on a loopback TLS listener until the test ends and
+// returns its address.
+func Listen(t testing.TB, svc *attestor.Service, ca *testca.CA) string {
+	t.Helper()
 	cert := ServerCert(t, ca)
 	gs := svc.NewGRPCServer(attestor.ServerTLSConfig(func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return cert, nil }))
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
@@ -175,12 +188,7 @@ func Serve(t testing.TB, svc *attestor.Service, ca *testca.CA) attestorpb.Attest
 	}
 	go func() { _ = gs.Serve(lis) }()
 	t.Cleanup(gs.Stop)
-	cc, err := agent.Dial(lis.Addr().String(), agent.ClientTLSConfig(ca.Pool(), ServerName))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cc.Close() })
-	return attestorpb.NewAttestorClient(cc)
+	return lis.Addr().String()
 }
 
 // ServerCert issues a TLS server certificate for ServerName from ca.
