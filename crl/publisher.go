@@ -154,7 +154,8 @@ func (p *publisher) loop(ctx context.Context, ci *crlIssuer) {
 // how long until the next build is due.
 func (p *publisher) build(ci *crlIssuer) (time.Duration, error) {
 	iss := ci.iss.Load()
-	now := p.now().Truncate(time.Second)
+	real := p.now()
+	now := real.Truncate(time.Second) // CRL times have second precision
 	half := p.cfg.CRLValidity / 2
 
 	ci.mu.Lock()
@@ -172,7 +173,7 @@ func (p *publisher) build(ci *crlIssuer) (time.Duration, error) {
 
 	full := ci.full.Load()
 	fullDue := full == nil || !now.Before(full.thisUpdate.Add(half)) ||
-		(dirty && !now.Before(lastFull.Add(p.cfg.FullCRLMinInterval)))
+		(dirty && !real.Before(lastFull.Add(p.cfg.FullCRLMinInterval)))
 	st := p.state.get(iss.KeyID)
 	if fullDue {
 		scanStart := p.now()
@@ -194,7 +195,7 @@ func (p *publisher) build(ci *crlIssuer) (time.Duration, error) {
 		ci.size = n
 		ci.full.Store(doc)
 		ci.mu.Lock()
-		ci.lastFull = now
+		ci.lastFull = real
 		ci.dirty = ci.dirty && !dirty // a revocation during the build keeps it dirty
 		ci.mu.Unlock()
 		full = doc

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"math/big"
 	"net"
+	"log/slog"
 	"net/http"
 	"os"
 	"os/signal"
@@ -100,6 +101,7 @@ func serve(cfgPath string) error {
 	cfg := crl.Config{DataDir: sc.DataDir, FullCRLMinInterval: 100 * time.Millisecond, OCSPValidity: sc.OCSPValidity}
 	svc, err := crl.New(cfg, crl.Options{
 		Store: castore.New(st), Audit: &fileAudit{f: af}, Keys: tok, BaseURL: "http://" + sc.Addr,
+		Logger: slog.New(slog.NewTextHandler(os.Stderr, nil)),
 		Issuers: crl.IssuersFunc(func() []crl.Issuer { return []crl.Issuer{iss} }),
 	})
 	if err != nil {
@@ -118,6 +120,13 @@ func serve(cfgPath string) error {
 		} else {
 			fmt.Fprint(w, n)
 		}
+	})
+	mux.HandleFunc("/test/metrics", func(w http.ResponseWriter, r *http.Request) {
+		m := svc.Metrics()
+		json.NewEncoder(w).Encode(map[string]uint64{
+			"refresh_failures": m.RefreshFailures.Load(), "crl_build_errors": m.CRLBuildErrors.Load(),
+			"signatures": m.Signatures.Load(),
+		})
 	})
 	mux.HandleFunc("/test/revoke", func(w http.ResponseWriter, r *http.Request) {
 		serial, ok := new(big.Int).SetString(r.FormValue("serial"), 16)
