@@ -68,13 +68,16 @@ func TestMain(m *testing.M) {
 // pki is a root and an intermediate whose keys live in SoftHSM2, and leaves
 // signed through PKCS#11 with the CDP and AIA the CA writes.
 type pki struct {
-	dir       string
-	tok       *pkcs11.Token
-	root      *x509.Certificate
-	inter     *x509.Certificate
-	interSign crypto.Signer
-	base      string
+	dir        string
+	tok        *pkcs11.Token
+	root       *x509.Certificate
+	inter      *x509.Certificate
+	interSign  crypto.Signer
+	interLabel string
+	base       string
 }
+
+var runSeq int
 
 func freeAddr(t *testing.T) string {
 	t.Helper()
@@ -102,11 +105,13 @@ func newPKI(t *testing.T, addr string) *pki {
 	}
 	t.Cleanup(func() { tok.Close() })
 	p := &pki{dir: t.TempDir(), tok: tok, base: "http://" + addr}
-	rootKey, err := tok.GenerateSigner("e2e-root")
+	runSeq++ // -count=N reuses the process's token: fresh labels per run
+	p.interLabel = fmt.Sprintf("e2e-int-%d", runSeq)
+	rootKey, err := tok.GenerateSigner(fmt.Sprintf("e2e-root-%d", runSeq))
 	if err != nil {
 		t.Fatal(err)
 	}
-	p.interSign, err = tok.GenerateSigner("e2e-int")
+	p.interSign, err = tok.GenerateSigner(p.interLabel)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -344,7 +349,7 @@ func TestRevocationEndToEnd(t *testing.T) {
 	}
 	st.Close()
 
-	sc := serverConfig{Addr: addr, TokenURI: hsm.TokenURI(), InterLabel: "e2e-int", InterCert: filepath.Join(p.dir, "inter.der"),
+	sc := serverConfig{Addr: addr, TokenURI: hsm.TokenURI(), InterLabel: p.interLabel, InterCert: filepath.Join(p.dir, "inter.der"),
 		StorePath: storePath, DataDir: filepath.Join(p.dir, "crl"), AuditPath: filepath.Join(p.dir, "audit.jsonl"), OCSPValidity: time.Hour}
 	b, _ := json.Marshal(sc)
 	cfgPath := filepath.Join(p.dir, "server.json")

@@ -7,9 +7,9 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"math/big"
 	"net"
-	"log/slog"
 	"net/http"
 	"os"
 	"os/signal"
@@ -101,7 +101,7 @@ func serve(cfgPath string) error {
 	cfg := crl.Config{DataDir: sc.DataDir, FullCRLMinInterval: 100 * time.Millisecond, OCSPValidity: sc.OCSPValidity}
 	svc, err := crl.New(cfg, crl.Options{
 		Store: castore.New(st), Audit: &fileAudit{f: af}, Keys: tok, BaseURL: "http://" + sc.Addr,
-		Logger: slog.New(slog.NewTextHandler(os.Stderr, nil)),
+		Logger:  slog.New(slog.NewTextHandler(os.Stderr, nil)),
 		Issuers: crl.IssuersFunc(func() []crl.Issuer { return []crl.Issuer{iss} }),
 	})
 	if err != nil {
