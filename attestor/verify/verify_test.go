@@ -8,6 +8,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -239,5 +240,20 @@ func TestNodeID(t *testing.T) {
 	want := "spiffe://example.org/palisade/node/ab" + strings.Repeat("00", 31)
 	if id.String() != want {
 		t.Fatalf("id = %s, want %s", id, want)
+	}
+}
+
+func TestPolicyExampleFile(t *testing.T) {
+	raw, err := os.ReadFile("testdata/pcrpolicy.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := verify.ParsePolicy(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sel, err := p.Selection("gateway")
+	if err != nil || len(sel) != 3 || sel[1] != 4 {
+		t.Fatalf("gateway selection %v, %v", sel, err)
 	}
 }
