@@ -411,6 +411,14 @@ func (s *Store) applyJournal() error {
 // rare; replaying an applied record after a crash is harmless.
 func (s *Store) rotateJournal(force bool) error {
 	j := s.journal
+	j.mu.Lock()
+	failed := j.failed
+	j.mu.Unlock()
+	if failed != nil {
+		// The failed write may have left a partial frame: the segment must
+		// stay the last one so Open treats that frame as a torn tail.
+		return nil
+	}
 	j.ioMu.Lock()
 	if j.size < segmentBytes && !force {
 		j.ioMu.Unlock()

@@ -16,9 +16,7 @@ import (
 
 const (
 	// DefaultMaxBatchSize caps the records one journal write carries
-	// (commit.go): it bounds a transaction's dirty pages and the replay
-	// cost when one call in it fails, while staying far above the
-	// concurrency a CA sees.
+	// (journal.go), far above the concurrency a CA sees.
 	DefaultMaxBatchSize = 512
 	DefaultTimeout      = time.Second
 )
