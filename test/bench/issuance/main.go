@@ -153,7 +153,7 @@ func run(dur time.Duration) error {
 
 	fmt.Printf("SVID issuance vs raw HSM signing (SoftHSM2, ECDSA P-256, %s per cell, %d CPUs)\n\n", dur, runtime.NumCPU())
 	fmt.Printf("%-8s %16s %22s %8s\n", "clients", "raw sign/s", "durable issuance/s", "ratio")
-	for _, n := range []int{1, 2, 8} {
+	for _, n := range []int{1, 2, 8, 32} {
 		raw, err := rate(n, dur, sign)
 		if err != nil {
 			return fmt.Errorf("raw sign: %w", err)
