@@ -7,6 +7,7 @@ import (
 	"encoding/asn1"
 	"encoding/hex"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -23,9 +24,12 @@ import (
 type CheckerConfig struct {
 	// BaseURL is the appliance's HTTP base, e.g. "http://10.0.0.1:8080".
 	BaseURL string
-	// Issuers returns the intermediates whose CRLs to follow. Only CRLs
-	// signed by one of them are accepted, so return certificates already
-	// verified against the trust bundle (e.g. from verified peer chains).
+	// Roots is the trust bundle: the Checker fetches the live
+	// intermediates from /crl/issuers.pem and follows the CRLs of those
+	// that chain to Roots as CAs.
+	Roots *x509.CertPool
+	// Issuers, optional, adds intermediates the caller already verified.
+	// Only CRLs signed by a followed intermediate are accepted.
 	Issuers func() []*x509.Certificate
 	// HTTPClient defaults to a client with a 30s timeout (longer than the
 	// server's long-poll).
@@ -48,8 +52,68 @@ type Checker struct {
 	cfg CheckerConfig
 	log *slog.Logger
 
-	mu     sync.RWMutex
-	states map[string]*issuerCRLs // by hex SKI
+	mu      sync.RWMutex
+	states  map[string]*issuerCRLs // by hex SKI
+	fetched []*x509.Certificate    // verified intermediates from the appliance
+	poke    chan struct{}          // an unknown issuer was asked about
+}
+
+// issuers returns the intermediates to follow.
+func (c *Checker) issuers() []*x509.Certificate {
+	var out []*x509.Certificate
+	if c.cfg.Issuers != nil {
+		out = append(out, c.cfg.Issuers()...)
+	}
+	c.mu.RLock()
+	out = append(out, c.fetched...)
+	c.mu.RUnlock()
+	return out
+}
+
+// fetchIssuers refreshes the intermediates from the appliance, keeping
+// only CA certificates that chain to Roots.
+func (c *Checker) fetchIssuers(ctx context.Context) error {
+	if c.cfg.Roots == nil {
+		return nil
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, IssuersURL(c.cfg.BaseURL), nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.cfg.HTTPClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("crl: fetch issuers: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("crl: fetch issuers: HTTP %d", resp.StatusCode)
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return fmt.Errorf("crl: fetch issuers: %w", err)
+	}
+	var out []*x509.Certificate
+	for {
+		var blk *pem.Block
+		blk, body = pem.Decode(body)
+		if blk == nil {
+			break
+		}
+		cert, err := x509.ParseCertificate(blk.Bytes)
+		if err != nil || !cert.IsCA || len(cert.SubjectKeyId) == 0 {
+			continue
+		}
+		if _, err := cert.Verify(x509.VerifyOptions{Roots: c.cfg.Roots, CurrentTime: c.cfg.Now(),
+			KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+			c.log.Warn("appliance lists an intermediate that does not chain to the trust bundle", "subject", cert.Subject.String(), "err", err)
+			continue
+		}
+		out = append(out, cert)
+	}
+	c.mu.Lock()
+	c.fetched = out
+	c.mu.Unlock()
+	return nil
 }
 
 type issuerCRLs struct {
@@ -68,8 +132,8 @@ func NewChecker(cfg CheckerConfig) (*Checker, error) {
 	if _, err := url.Parse(cfg.BaseURL); err != nil || cfg.BaseURL == "" {
 		return nil, fmt.Errorf("crl: checker base URL %q: invalid", cfg.BaseURL)
 	}
-	if cfg.Issuers == nil {
-		return nil, errors.New("crl: checker needs Issuers")
+	if cfg.Issuers == nil && cfg.Roots == nil {
+		return nil, errors.New("crl: checker needs Roots or Issuers")
 	}
 	if cfg.HTTPClient == nil {
 		cfg.HTTPClient = &http.Client{Timeout: 30 * time.Second}
@@ -87,7 +151,7 @@ func NewChecker(cfg CheckerConfig) (*Checker, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Checker{cfg: cfg, log: log, states: map[string]*issuerCRLs{}}, nil
+	return &Checker{cfg: cfg, log: log, states: map[string]*issuerCRLs{}, poke: make(chan struct{}, 1)}, nil
 }
 
 // Revoked reports whether serial, issued by the intermediate with Subject
@@ -99,6 +163,11 @@ func (c *Checker) Revoked(serial *big.Int, issuerSKI []byte) (bool, error) {
 	st := c.states[hex.EncodeToString(issuerSKI)]
 	c.mu.RUnlock()
 	if st == nil || st.full == nil {
+		// A new intermediate (rotation): have Run look for it now.
+		select {
+		case c.poke <- struct{}{}:
+		default:
+		}
 		return false, fmt.Errorf("%w: %x", ErrNoCRL, issuerSKI)
 	}
 	key := serial.Bytes()
@@ -117,8 +186,8 @@ func (c *Checker) Revoked(serial *big.Int, issuerSKI []byte) (bool, error) {
 // Sync fetches the full and delta CRL of every issuer and returns the
 // first failure.
 func (c *Checker) Sync(ctx context.Context) error {
-	var first error
-	for _, iss := range c.cfg.Issuers() {
+	first := c.fetchIssuers(ctx)
+	for _, iss := range c.issuers() {
 		if err := c.syncIssuer(ctx, iss, true); err != nil && first == nil {
 			first = err
 		}
@@ -130,7 +199,7 @@ func (c *Checker) Sync(ctx context.Context) error {
 // CRL where the delta needs a newer base.
 func (c *Checker) syncDeltas(ctx context.Context) error {
 	var first error
-	for _, iss := range c.cfg.Issuers() {
+	for _, iss := range c.issuers() {
 		if err := c.syncIssuer(ctx, iss, false); err != nil && first == nil {
 			first = err
 		}
@@ -268,7 +337,8 @@ func serialSet(rl *x509.RevocationList) map[string]struct{} {
 	return m
 }
 
-// Run long-polls the feed and refreshes the CRLs until ctx ends.
+// Run long-polls the feed and refreshes the CRLs until ctx ends. A question
+// about an issuer it does not follow yet interrupts the poll for a Sync.
 func (c *Checker) Run(ctx context.Context) {
 	epoch, seq := "", uint64(0)
 	lastFull := time.Time{}
@@ -281,7 +351,23 @@ func (c *Checker) Run(ctx context.Context) {
 				lastFull = time.Now()
 			}
 		}
-		page, err := c.poll(ctx, epoch, seq)
+		pollCtx, cancel := context.WithCancel(ctx)
+		poked := make(chan bool, 1)
+		go func() {
+			select {
+			case <-c.poke:
+				poked <- true
+				cancel()
+			case <-pollCtx.Done():
+				poked <- false
+			}
+		}()
+		page, err := c.poll(pollCtx, epoch, seq)
+		cancel()
+		if <-poked {
+			lastFull = time.Time{}
+			continue
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -307,8 +393,14 @@ func (c *Checker) Run(ctx context.Context) {
 			}
 		case len(page.Events) > 0:
 			if err := c.syncDeltas(ctx); err != nil {
-				c.log.Warn("delta CRL fetch after revocation event failed", "err", err)
-				continue // keep seq: retry the same events
+				c.log.Warn("delta CRL fetch after revocation event failed", "err", err, "retry_in", backoff)
+				select { // keep seq: retry the same events
+				case <-ctx.Done():
+					return
+				case <-time.After(backoff):
+				}
+				backoff = min(backoff*2, 10*time.Second)
+				continue
 			}
 			seq = page.Seq
 		}

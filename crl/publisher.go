@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/pem"
 	"fmt"
 	"log/slog"
 	"math/big"
@@ -263,6 +264,10 @@ func (p *publisher) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "CRLs are fetched with GET", http.StatusMethodNotAllowed)
 		return
 	}
+	if r.URL.Path == "/crl/issuers.pem" {
+		p.serveIssuers(w)
+		return
+	}
 	name, ok := cutPrefix(r.URL.Path, "/crl/")
 	if !ok || len(name) < 5 || name[len(name)-4:] != ".crl" {
 		http.NotFound(w, r)
@@ -300,4 +305,18 @@ func (p *publisher) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.Set("Cache-Control", "public, no-cache")
 	h.Set("X-CRL-Number", strconv.FormatUint(doc.number, 10))
 	http.ServeContent(w, r, "", doc.thisUpdate, bytesReader(doc.der))
+}
+
+// serveIssuers lists the live intermediates as PEM so clients that only
+// hold the trust bundle can find (and verify) the CRL signers.
+func (p *publisher) serveIssuers(w http.ResponseWriter) {
+	p.mu.RLock()
+	var out []byte
+	for _, ci := range p.issuers {
+		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ci.iss.Load().Cert.Raw})...)
+	}
+	p.mu.RUnlock()
+	w.Header().Set("Content-Type", "application/x-pem-file")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.Write(out)
 }

@@ -2,7 +2,9 @@ package crl_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/hex"
+	"errors"
 	"net/http"
 	"strings"
 	"sync"
@@ -119,4 +121,41 @@ func TestConfigYAML(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestCheckerLearnsIssuersFromRoots(t *testing.T) {
+	e := newEnv(t, crl.Config{})
+	leaf := e.mint(t, "n")
+	// A second live issuer under a root the checker does not trust.
+	rogue := testca.New(t, "example.org")
+	riss := crl.Issuer{KeyID: hex.EncodeToString(rogue.Intermediate().SubjectKeyId), Cert: rogue.Intermediate(), Signer: rogue.IssuerSigner()}
+	svc, err := crl.New(crl.Config{DataDir: t.TempDir()}, crl.Options{Store: e.store, Audit: e.audit, Keys: e.keys,
+		Issuers: crl.IssuersFunc(func() []crl.Issuer { return []crl.Issuer{e.iss, riss} })})
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := newServer(t, svc)
+	waitFor(t, "ready", func() bool { return svc.Ready() == nil })
+	chk, err := crl.NewChecker(crl.CheckerConfig{BaseURL: url, Roots: e.ca.Pool()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go chk.Run(ctx)
+	waitFor(t, "issuer learnt", func() bool {
+		_, err := chk.Revoked(leaf.SerialNumber, e.ca.Intermediate().SubjectKeyId)
+		return err == nil
+	})
+	time.Sleep(50 * time.Millisecond)
+	if _, err := chk.Revoked(leaf.SerialNumber, rogue.Intermediate().SubjectKeyId); !errors.Is(err, crl.ErrNoCRL) {
+		t.Fatalf("followed an issuer outside the trust bundle: %v", err)
+	}
+	if _, err := svc.Revoke(ctx, "op", leaf.SerialNumber, crl.ReasonKeyCompromise); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "revocation", func() bool {
+		r, err := chk.Revoked(leaf.SerialNumber, e.ca.Intermediate().SubjectKeyId)
+		return err == nil && r
+	})
 }

@@ -23,3 +23,6 @@ func OCSPURL(base string) string { return strings.TrimRight(base, "/") + "/ocsp"
 
 // FeedURL is the long-poll revocation feed.
 func FeedURL(base string) string { return strings.TrimRight(base, "/") + "/revocations" }
+
+// IssuersURL lists the live intermediates (PEM), for Checker.
+func IssuersURL(base string) string { return strings.TrimRight(base, "/") + "/crl/issuers.pem" }
