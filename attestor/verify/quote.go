@@ -48,7 +48,7 @@ func VerifyQuoteSignature(ak *AK, quoted, sig []byte) (*Quote, error) {
 	if len(quoted) > MaxAttestSize {
 		return nil, fmt.Errorf("%w: quote is %d bytes (max %d)", ErrTooLarge, len(quoted), MaxAttestSize)
 	}
-	s, err := unmarshalCanonical[tpm2.TPMTSignature]("quote signature", sig, MaxSignatureSize)
+	s, err := unmarshalLimited[tpm2.TPMTSignature]("quote signature", sig, MaxSignatureSize)
 	if err != nil {
 		return nil, err
 	}
@@ -62,14 +62,19 @@ func VerifyQuoteSignature(ak *AK, quoted, sig []byte) (*Quote, error) {
 	if ecc.Hash != tpm2.TPMAlgSHA256 {
 		return nil, fmt.Errorf("%w: signature hash 0x%x", ErrQuoteSignature, ecc.Hash)
 	}
+	// sigAlg, hash and two sized integers: nothing may follow.
+	if len(sig) != 8+len(ecc.SignatureR.Buffer)+len(ecc.SignatureS.Buffer) {
+		return nil, fmt.Errorf("%w: quote signature has trailing bytes", ErrMalformed)
+	}
 	digest := sha256.Sum256(quoted)
 	r := new(big.Int).SetBytes(ecc.SignatureR.Buffer)
 	sv := new(big.Int).SetBytes(ecc.SignatureS.Buffer)
 	if !ecdsa.Verify(ak.Key, digest[:], r, sv) {
 		return nil, ErrQuoteSignature
 	}
-	// Signed by the AK: the content is what the TPM produced.
-	att, err := unmarshalCanonical[tpm2.TPMSAttest]("quote", quoted, MaxAttestSize)
+	// Signed by the AK: the bytes are what the TPM produced, so no
+	// canonical-encoding check is needed.
+	att, err := unmarshalLimited[tpm2.TPMSAttest]("quote", quoted, MaxAttestSize)
 	if err != nil {
 		return nil, err
 	}

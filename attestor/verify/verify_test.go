@@ -162,6 +162,7 @@ func TestVerifyQuote(t *testing.T) {
 		{"forged signature", quoted, forged, nonce, pcrs, values, verify.ErrQuoteSignature},
 		{"SHA-1 signature", quoted, sigSHA1, nonce, pcrs, values, verify.ErrQuoteSignature},
 		{"truncated signature", quoted, sig[:9], nonce, pcrs, values, verify.ErrMalformed},
+		{"signature with trailer", quoted, append(bytes.Clone(sig), 0), nonce, pcrs, values, verify.ErrMalformed},
 		{"other nonce", quoted, sig, make([]byte, 32), pcrs, values, verify.ErrQuoteNonce},
 		{"other selection", quoted, sig, nonce, []uint32{0, 1, 7}, values, verify.ErrQuoteSelection},
 		{"tampered PCR values", quoted, sig, nonce, pcrs, tampered, verify.ErrPCRDigest},
