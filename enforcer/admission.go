@@ -109,6 +109,13 @@ type Admitter struct {
 	identities map[string]uint32 // grant-set signature → identity
 	grants     map[uint32][]Grant
 	nextID     uint32
+
+	// State is written off the admission path: losing the newest records
+	// to a crash only means those kernel entries are dropped at restart
+	// (fail closed) and the peers re-admit.
+	saveMu  sync.Mutex // serialises writers
+	saveGen uint64     // bumped (under mu) on every change
+	saved   uint64     // generation on disk (under saveMu)
 }
 
 // NewAdmitter checks options and adopts admissions from StatePath: kernel
@@ -581,6 +588,24 @@ func (a *Admitter) saveLocked() {
 	if a.o.StatePath == "" {
 		return
 	}
+	a.saveGen++
+	go a.Flush()
+}
+
+// Flush writes the admission records if they changed since the last
+// write. Admissions schedule it themselves; call it before a planned exit.
+func (a *Admitter) Flush() {
+	if a.o.StatePath == "" {
+		return
+	}
+	a.saveMu.Lock()
+	defer a.saveMu.Unlock()
+	a.mu.Lock()
+	gen := a.saveGen
+	if gen == a.saved {
+		a.mu.Unlock()
+		return
+	}
 	var st []stateEntry
 	for _, ad := range a.admitted {
 		e := stateEntry{Ifindex: ad.ifindex, Addr: ad.addr, ID: ad.ID.String(), NotAfter: ad.NotAfter, Expires: ad.expires}
@@ -589,9 +614,12 @@ func (a *Admitter) saveLocked() {
 		}
 		st = append(st, e)
 	}
+	a.mu.Unlock()
 	if err := writeFileAtomic(a.o.StatePath, st); err != nil {
 		a.log.Error("cannot save admissions", "path", a.o.StatePath, "err", err)
+		return
 	}
+	a.saved = gen
 }
 
 func writeFileAtomic(path string, v any) error {

@@ -161,6 +161,8 @@ func newSide(t *testing.T, ca *testca.CA, svid *x509svid.SVID, port uint16, stat
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Background state writes end before the temp dir goes.
+	t.Cleanup(s.a.Flush)
 	return s
 }
 
@@ -345,11 +347,13 @@ func TestAdmissionStateSurvivesRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	// "Restart": a new admitter over the same kernel table and state file.
+	srv.a.Flush()
 	srv.rev.revoke(big.NewInt(12345)) // unrelated
 	again, err := NewAdmitter(srv.a.o)
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(again.Flush)
 	if _, ok := srv.table.get(orphan); ok {
 		t.Fatal("unrecorded kernel entry survived adoption")
 	}

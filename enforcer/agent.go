@@ -178,6 +178,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		cancel()
 	}
 	wg.Wait()
+	a.adm.Flush()
 	a.dp.Close()
 	return err
 }
