@@ -133,3 +133,12 @@ func ParseReason(s string) (int, error) {
 	}
 	return n, nil
 }
+
+// AuditorFunc adapts a function to Auditor (e.g. an audit log whose Append
+// also returns the record).
+type AuditorFunc func(ctx contextT, kind, actor string, data any) error
+
+// Append implements Auditor.
+func (f AuditorFunc) Append(ctx contextT, kind, actor string, data any) error {
+	return f(ctx, kind, actor, data)
+}

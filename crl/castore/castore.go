@@ -93,3 +93,9 @@ func (s *Store) RevokeNode(nodeID string, reason int, at time.Time) ([]crl.CertI
 	}
 	return out, nil
 }
+
+// OnIssued returns a hook for ca.Options.OnIssued that has svc pre-sign
+// the new certificate's OCSP answer.
+func OnIssued(svc *crl.Service) func(store.CertRecord) {
+	return func(r store.CertRecord) { svc.Issued(r.Serial, r.IssuerKeyID, r.NotAfter) }
+}
