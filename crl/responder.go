@@ -146,9 +146,8 @@ func (r *responder) setIssuers(list []Issuer) error {
 			if firstErr == nil {
 				firstErr = err
 			}
-			if oi.rs.Load() == nil {
-				continue
-			}
+			// Still registered: its requests get tryLater, not
+			// unauthorized, until the HSM is back.
 		}
 		r.mu.Lock()
 		if r.issuers[iss.KeyID] == nil {

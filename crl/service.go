@@ -246,7 +246,7 @@ func (s *Service) Ready() error {
 		s.ocsp.mu.RLock()
 		oi := s.ocsp.issuers[iss.KeyID]
 		s.ocsp.mu.RUnlock()
-		if oi == nil {
+		if oi == nil || oi.rs.Load() == nil {
 			return fmt.Errorf("crl: issuer %s: OCSP responder: %w", iss.KeyID, ErrNotReady)
 		}
 	}

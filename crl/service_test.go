@@ -652,3 +652,34 @@ func newServer(t testing.TB, svc *crl.Service) string {
 	t.Cleanup(func() { cancel(); <-done; srv.Close() })
 	return srv.URL
 }
+
+func TestHSMDownAtStart(t *testing.T) {
+	e := &env{ca: testca.New(t, "example.org"), store: memsource.New(), audit: &memAudit{}, down: &atomic.Bool{}}
+	e.keys = &memKeys{keys: map[string]crypto.Signer{}, down: e.down}
+	inter := e.ca.Intermediate()
+	e.iss = crl.Issuer{KeyID: hex.EncodeToString(inter.SubjectKeyId), Cert: inter, Signer: flakySigner{e.ca.IssuerSigner(), e.down}, Active: true}
+	e.down.Store(true)
+	svc, err := crl.New(crl.Config{DataDir: t.TempDir()}, crl.Options{Store: e.store, Audit: e.audit, Keys: e.keys,
+		Issuers: crl.IssuersFunc(func() []crl.Issuer { return []crl.Issuer{e.iss} }), IssuerPoll: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := newServer(t, svc)
+	leaf, _, _ := e.ca.MintX509SVID(t, "spiffe://example.org/w", time.Hour)
+	req, _ := ocsp.CreateRequest(leaf, inter, nil)
+	waitFor(t, "failures counted", func() bool { return svc.Metrics().RefreshFailures.Load() > 0 })
+	if svc.Ready() == nil {
+		t.Fatal("ready with the HSM down")
+	}
+	_, body := postOCSP(t, url, req)
+	var re ocsp.ResponseError
+	if _, err := ocsp.ParseResponse(body, nil); !errors.As(err, &re) || re.Status != ocsp.TryLater {
+		t.Fatalf("with the HSM down at start: %v", err)
+	}
+	e.down.Store(false)
+	waitFor(t, "ready after the HSM returns", func() bool { return svc.Ready() == nil })
+	_, body = postOCSP(t, url, req)
+	if r, err := ocsp.ParseResponse(body, inter); err != nil || r.Status != ocsp.Unknown {
+		t.Fatalf("after recovery: %v", err)
+	}
+}
