@@ -88,6 +88,8 @@ func TestVerdicts(t *testing.T) {
 		{"admission port open to strangers", frame{src: stranger, dst: local4, proto: ProtoTCP, sport: 40000, dport: admPort, tcpFlags: tcpSYN}.bytes(), ifIn, retPass, ReasonAdmission},
 		{"stranger SYN dropped", frame{src: stranger, dst: local4, proto: ProtoTCP, sport: 40000, dport: 8080, tcpFlags: tcpSYN}.bytes(), ifIn, retDrop, ReasonNotAdmitted},
 		{"admitted allowed port", frame{src: peer4, dst: local4, proto: ProtoTCP, sport: 40000, dport: 8080, tcpFlags: tcpSYN}.bytes(), ifIn, retPass, ReasonPolicy},
+		{"ipv4 options before an allowed port", frame{src: peer4, dst: local4, proto: ProtoTCP, sport: 40000, dport: 8080, tcpFlags: tcpSYN, ipv4Options: 10}.bytes(), ifIn, retPass, ReasonPolicy},
+		{"ipv4 options hide a denied port", frame{src: peer4, dst: local4, proto: ProtoTCP, sport: 40000, dport: 9090, tcpFlags: tcpSYN, ipv4Options: 3}.bytes(), ifIn, retDrop, ReasonNoPolicy},
 		{"admitted other port", frame{src: peer4, dst: local4, proto: ProtoTCP, sport: 40000, dport: 9090, tcpFlags: tcpSYN}.bytes(), ifIn, retDrop, ReasonNoPolicy},
 		{"admitted UDP to TCP-only port", frame{src: peer4, dst: local4, proto: ProtoUDP, sport: 40000, dport: 8080}.bytes(), ifIn, retDrop, ReasonNoPolicy},
 		{"admitted UDP allowed", frame{src: peer4, dst: local4, proto: ProtoUDP, sport: 40000, dport: 53}.bytes(), ifIn, retPass, ReasonPolicy},

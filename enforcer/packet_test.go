@@ -19,6 +19,7 @@ type frame struct {
 	hopLimit     uint8
 	ethType      uint16 // overrides the computed EtherType
 	truncate     int    // bytes to cut from the end
+	ipv4Options  int    // 32-bit words of IPv4 options (NOPs)
 }
 
 const (
@@ -42,9 +43,12 @@ func (f frame) bytes() []byte {
 	binary.BigEndian.PutUint16(eth[12:], et)
 	b = append(b, eth...)
 	if f.src.Is4() {
-		ip := make([]byte, 20)
-		ip[0] = 0x45
-		binary.BigEndian.PutUint16(ip[2:], uint16(20+len(l4)))
+		ip := make([]byte, 20+4*f.ipv4Options)
+		ip[0] = 0x40 | byte(5+f.ipv4Options)
+		for i := 20; i < len(ip); i++ {
+			ip[i] = 1 // NOP
+		}
+		binary.BigEndian.PutUint16(ip[2:], uint16(len(ip)+len(l4)))
 		binary.BigEndian.PutUint16(ip[6:], f.fragOff&0x1fff)
 		ip[8] = 64
 		ip[9] = f.proto

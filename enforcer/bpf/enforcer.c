@@ -295,12 +295,27 @@ static __always_inline void map_v4(__u8 *dst, __u32 addr)
 	__builtin_memcpy(dst + 12, &addr, 4);
 }
 
+// load copies n bytes at off into dst: straight from the linear packet
+// data when it holds them (the common case, no helper call), otherwise
+// through bpf_skb_load_bytes (paged data). off must be bounded.
+#define load(skb, off, dst, n)                                                \
+	({                                                                    \
+		void *_d = (void *)(long)(skb)->data;                         \
+		void *_e = (void *)(long)(skb)->data_end;                     \
+		int _r = 0;                                                   \
+		if (_d + (off) + (n) <= _e)                                   \
+			__builtin_memcpy((dst), _d + (off), (n));             \
+		else                                                          \
+			_r = bpf_skb_load_bytes((skb), (off), (dst), (n));    \
+		_r;                                                           \
+	})
+
 // Loads the L4 ports and TCP flags at off. Returns 0 or -1 if truncated.
 static __always_inline int load_l4(struct __sk_buff *skb, __u32 off, struct pkt *p)
 {
 	if (p->proto == IPPROTO_TCP) {
 		__u8 h[14];
-		if (bpf_skb_load_bytes(skb, off, h, sizeof(h)) < 0)
+		if (load(skb, off, h, sizeof(h)) < 0)
 			return -1;
 		p->sport = (__u16)h[0] << 8 | h[1];
 		p->dport = (__u16)h[2] << 8 | h[3];
@@ -337,7 +352,7 @@ int palisade_ingress(struct __sk_buff *skb)
 	}
 	if (skb->protocol == bpf_htons(ETH_P_IP)) {
 		__u8 h[20];
-		if (bpf_skb_load_bytes(skb, ETH_HLEN_, h, sizeof(h)) < 0)
+		if (load(skb, ETH_HLEN_, h, sizeof(h)) < 0)
 			return deny(&p, cfg, 0, REASON_MALFORMED);
 		__u32 ihl = (h[0] & 0x0f) * 4;
 		if ((h[0] >> 4) != 4 || ihl < 20)
@@ -359,7 +374,7 @@ int palisade_ingress(struct __sk_buff *skb)
 		}
 	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
 		__u8 h[40];
-		if (bpf_skb_load_bytes(skb, ETH_HLEN_, h, sizeof(h)) < 0)
+		if (load(skb, ETH_HLEN_, h, sizeof(h)) < 0)
 			return deny(&p, cfg, 0, REASON_MALFORMED);
 		if ((h[0] >> 4) != 6)
 			return deny(&p, cfg, 0, REASON_MALFORMED);
