@@ -68,7 +68,12 @@ type AdmitterOptions struct {
 	// them can open a TCP flow to this node. See docs/enforcer.md.
 	Infrastructure []Service
 	Ifindexes      []int
-	Logger         *slog.Logger
+	// RevocationGrace keeps an existing admission while its revocation
+	// status is unknown (the appliance unreachable, a CRL not yet fetched
+	// after a restart) for this long; 0 removes it at once. New admissions
+	// always need a known status.
+	RevocationGrace time.Duration
+	Logger          *slog.Logger
 }
 
 // Service is a TCP or UDP endpoint.
@@ -92,8 +97,9 @@ type peerKey struct {
 type admission struct {
 	peerKey
 	Verified
-	expires  time.Time
-	identity uint32
+	expires      time.Time
+	identity     uint32
+	unknownSince time.Time // revocation status unknown since (zero: known)
 }
 
 // Admitter runs both sides of mutual admission and keeps the kernel's peer
@@ -458,10 +464,10 @@ func (a *Admitter) rebuildLocked(local spiffeid.ID) error {
 	return errors.Join(errs...)
 }
 
-// Recheck removes admissions that expired, were revoked, banned, or whose
-// revocation status cannot be established (fail closed). The revocation
-// feed calls it after each update; RecheckLoop calls it periodically.
-// It returns the number of admissions removed.
+// Recheck removes admissions that expired, were revoked or banned, or
+// whose revocation status has been unknown for longer than
+// RevocationGrace. The revocation feed can call it after each update;
+// RecheckLoop calls it periodically. It returns the number removed.
 func (a *Admitter) Recheck() int {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -471,7 +477,17 @@ func (a *Admitter) Recheck() int {
 		reason := ""
 		if !now.Before(ad.expires) {
 			reason = "expired"
-		} else if err := a.o.Verifier.Recheck(ad.Verified); err != nil {
+		} else if err := a.o.Verifier.Recheck(ad.Verified); err == nil {
+			ad.unknownSince = time.Time{}
+		} else if errors.Is(err, ErrRevocationUnknown) {
+			if ad.unknownSince.IsZero() {
+				ad.unknownSince = now
+				a.log.Warn("revocation status unknown; admission kept for the grace period", "peer", ad.ID.String(), "grace", a.o.RevocationGrace, "err", err)
+			}
+			if now.Sub(ad.unknownSince) >= a.o.RevocationGrace {
+				reason = err.Error()
+			}
+		} else {
 			reason = err.Error()
 		}
 		if reason == "" {

@@ -537,3 +537,43 @@ func TestMaintainReadmitsBeforeExpiry(t *testing.T) {
 	}
 	t.Fatalf("no re-admission seen (first expiry %v)", first)
 }
+
+func TestRevocationUnknownGrace(t *testing.T) {
+	ca := testca.New(t, "example.org")
+	port := freePort(t)
+	_, schain, skey := ca.MintX509SVID(t, "spiffe://example.org/node/server", time.Hour)
+	_, cchain, ckey := ca.MintX509SVID(t, "spiffe://example.org/node/client", time.Hour)
+	srv := newSide(t, ca, svidFor(t, schain, skey), port, "")
+	srv.a.o.RevocationGrace = 300 * time.Millisecond
+	cli := newSide(t, ca, svidFor(t, cchain, ckey), port, "")
+	serve(t, srv, netip.AddrPortFrom(serverAddr, port).String())
+	if _, err := cli.a.Admit(context.Background(), netip.AddrPortFrom(serverAddr, port)); err != nil {
+		t.Fatal(err)
+	}
+	srv.rev.mu.Lock()
+	srv.rev.fail = errors.New("no CRL")
+	srv.rev.mu.Unlock()
+	if n := srv.a.Recheck(); n != 0 {
+		t.Fatalf("removed %d within the grace period", n)
+	}
+	// New admissions need a known status.
+	if _, err := cli.a.Admit(context.Background(), netip.AddrPortFrom(serverAddr, port)); !errors.Is(err, ErrNotAdmitted) {
+		t.Fatalf("admission with unknown status: %v", err)
+	}
+	// Status known again: the clock resets.
+	srv.rev.mu.Lock()
+	srv.rev.fail = nil
+	srv.rev.mu.Unlock()
+	srv.a.Recheck()
+	srv.rev.mu.Lock()
+	srv.rev.fail = errors.New("no CRL")
+	srv.rev.mu.Unlock()
+	srv.a.Recheck()
+	time.Sleep(350 * time.Millisecond)
+	if n := srv.a.Recheck(); n != 1 {
+		t.Fatalf("removed %d after the grace period, want 1", n)
+	}
+	if _, ok := srv.table.get(clientAddr); ok {
+		t.Fatal("admission kept past the grace period")
+	}
+}

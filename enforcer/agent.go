@@ -107,7 +107,8 @@ func NewAgent(ctx context.Context, cfg Config, deps Deps) (*Agent, error) {
 		Verifier:      &Verifier{TrustDomain: td, Bundle: deps.Bundle, Revocation: deps.Revocation, Bans: deps.Bans},
 		AdmissionPort: cfg.AdmissionPort, MaxAdmission: cfg.MaxAdmission,
 		StatePath:      filepath.Join(cfg.StateDir, "admissions.json"),
-		Infrastructure: infra, Ifindexes: ifindexes, Logger: deps.Logger,
+		Infrastructure: infra, Ifindexes: ifindexes, RevocationGrace: cfg.RevocationGrace,
+		Logger: deps.Logger,
 	})
 	if err != nil {
 		return fail(err)

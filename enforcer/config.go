@@ -30,6 +30,9 @@ type Config struct {
 	MaxAdmission time.Duration `yaml:"max_admission"`
 	// RecheckInterval between revocation re-checks of admitted peers.
 	RecheckInterval time.Duration `yaml:"recheck_interval"`
+	// RevocationGrace keeps admitted peers while revocation status is
+	// unknown (appliance unreachable, CRL not yet fetched) this long.
+	RevocationGrace time.Duration `yaml:"revocation_grace"`
 	// TrustDomain of admitted peers, e.g. example.org.
 	TrustDomain string `yaml:"trust_domain"`
 	// TrustBundle is a PEM file of trust anchors (unless the agent
@@ -62,6 +65,7 @@ const (
 	DefaultMaxAdmission    = time.Hour
 	DefaultRecheckInterval = 250 * time.Millisecond
 	DefaultFlowLogMaxBytes = 64 << 20
+	DefaultRevocationGrace = time.Minute
 )
 
 // SetDefaults fills unset fields.
@@ -86,6 +90,9 @@ func (c *Config) SetDefaults() {
 	}
 	if c.RecheckInterval == 0 {
 		c.RecheckInterval = DefaultRecheckInterval
+	}
+	if c.RevocationGrace == 0 {
+		c.RevocationGrace = DefaultRevocationGrace
 	}
 	if c.FlowLogMaxBytes == 0 {
 		c.FlowLogMaxBytes = DefaultFlowLogMaxBytes
@@ -134,6 +141,9 @@ func (c *Config) Validate() error {
 	}
 	if c.PolicyFile == "" {
 		return bad("policy_file missing")
+	}
+	if c.RevocationGrace < 0 || c.RevocationGrace > c.MaxAdmission {
+		return bad("revocation_grace %v: want 0 to max_admission", c.RevocationGrace)
 	}
 	if c.FlowLogMaxBytes < 4096 {
 		return bad("flow_log_max_bytes %d is under 4096", c.FlowLogMaxBytes)

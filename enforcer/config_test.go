@@ -32,6 +32,7 @@ func TestConfigValidate(t *testing.T) {
 		{"bad trust domain", func(c *Config) { c.TrustDomain = "spiffe://x/y" }, "trust_domain"},
 		{"no policy", func(c *Config) { c.PolicyFile = "" }, "policy_file"},
 		{"bad peer", func(c *Config) { c.Peers = []string{"host.example"} }, "peer"},
+		{"negative grace", func(c *Config) { c.RevocationGrace = -time.Second }, "revocation_grace"},
 		{"bad infrastructure", func(c *Config) { c.Infrastructure = []string{"10.0.0.1:53/sctp"} }, "infrastructure"},
 		{"infrastructure ok", func(c *Config) { c.Infrastructure = []string{"10.0.0.1:8443", "10.0.0.1:53/udp", "[fd00::1]:443/tcp"} }, ""},
 		{"bad admission address", func(c *Config) { c.AdmissionAddress = "10.0.0.1:80" }, "admission_address"},

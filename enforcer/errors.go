@@ -17,4 +17,8 @@ var (
 	ErrNotAdmitted = errors.New("enforcer: peer not admitted")
 	// ErrRevoked: the peer's SVID is revoked or its node banned.
 	ErrRevoked = errors.New("enforcer: SVID revoked")
+	// ErrRevocationUnknown: the revocation or ban status cannot be
+	// established (no current CRL). New admissions are refused; existing
+	// ones are kept for AdmitterOptions.RevocationGrace.
+	ErrRevocationUnknown = errors.New("enforcer: revocation status unknown")
 )

@@ -89,7 +89,7 @@ func (v *Verifier) Recheck(p Verified) error {
 	for _, c := range p.Certs {
 		revoked, err := v.Revocation.Revoked(c.Serial, c.IssuerSKI)
 		if err != nil {
-			return fmt.Errorf("%w: revocation status of serial %x unknown: %w", ErrNotAdmitted, c.Serial, err)
+			return fmt.Errorf("%w: %w: serial %x: %w", ErrNotAdmitted, ErrRevocationUnknown, c.Serial, err)
 		}
 		if revoked {
 			return fmt.Errorf("%w: %w: serial %x", ErrNotAdmitted, ErrRevoked, c.Serial)
@@ -98,7 +98,7 @@ func (v *Verifier) Recheck(p Verified) error {
 	if v.Bans != nil {
 		banned, err := v.Bans.Banned(p.ID)
 		if err != nil {
-			return fmt.Errorf("%w: ban status of %s unknown: %w", ErrNotAdmitted, p.ID, err)
+			return fmt.Errorf("%w: %w: ban status of %s: %w", ErrNotAdmitted, ErrRevocationUnknown, p.ID, err)
 		}
 		if banned {
 			return fmt.Errorf("%w: %w: %s is banned", ErrNotAdmitted, ErrRevoked, p.ID)
