@@ -420,6 +420,8 @@ func (a *Admitter) SetPolicy(p *Policy) error {
 // new entries are added before peers move, stale ones removed last.
 func (a *Admitter) rebuildLocked(local spiffeid.ID) error {
 	old := a.entriesLocked()
+	// New numbers start above every old one, so old and new entries can
+	// coexist while peers move over.
 	a.identities, a.grants, a.nextID = map[string]uint32{}, map[uint32][]Grant{}, 1000*(a.nextID/1000+1)
 	var errs []error
 	keep := map[peerKey]uint32{}
