@@ -36,8 +36,9 @@ import (
 const serveEnv = "PALISADE_CRL_TEST_SERVE"
 
 var (
-	hsm    *softhsm.Token
-	hsmErr error
+	hsm       *softhsm.Token
+	hsmErr    error
+	benchDirs []string // removed when the test binary ends
 )
 
 func TestMain(m *testing.M) {
@@ -49,6 +50,11 @@ func TestMain(m *testing.M) {
 		os.Exit(0)
 	}
 	code := func() int {
+		defer func() {
+			for _, d := range benchDirs {
+				os.RemoveAll(d)
+			}
+		}()
 		if softhsm.FindModule() == "" {
 			hsmErr = fmt.Errorf("SoftHSM2 module not installed (apt-get install softhsm2)")
 			return m.Run()
