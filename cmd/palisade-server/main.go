@@ -13,7 +13,9 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -23,12 +25,18 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
+	"github.com/palisade-id/palisade/attestor"
+	"github.com/palisade-id/palisade/attestor/attestorpb"
+	attstore "github.com/palisade-id/palisade/attestor/store"
 	"github.com/palisade-id/palisade/ca"
 	"github.com/palisade-id/palisade/ca/admin"
 	"github.com/palisade-id/palisade/ca/nodeapi"
 	"github.com/palisade-id/palisade/ca/store"
 	"github.com/palisade-id/palisade/cmd/internal/appliance"
 	"github.com/palisade-id/palisade/cmd/internal/config"
+	"github.com/palisade-id/palisade/crl"
+	"github.com/palisade-id/palisade/crl/castore"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 func main() {
@@ -76,10 +84,18 @@ func newMetrics() *metrics {
 
 func run(ctx context.Context, cfg *config.Server, log *slog.Logger) error {
 	m := newMetrics()
+	// The revocation service needs the CA's issuers, the CA needs to tell
+	// it about each issuance: bind the hook once both exist.
+	var revocation atomic.Pointer[crl.Service]
 	caOpts := ca.Options{
-		CRLURL:   func(keyID string) string { return cfg.HTTP.PublicURL + "/crl/" + keyID + ".crl" },
-		OCSPURL:  cfg.HTTP.PublicURL + "/ocsp",
-		OnIssued: func(r store.CertRecord) { m.issued.WithLabelValues(r.Kind).Inc() },
+		CRLURL:  func(keyID string) string { return crl.CRLURL(cfg.HTTP.PublicURL, keyID) },
+		OCSPURL: crl.OCSPURL(cfg.HTTP.PublicURL),
+		OnIssued: func(r store.CertRecord) {
+			m.issued.WithLabelValues(r.Kind).Inc()
+			if svc := revocation.Load(); svc != nil {
+				svc.Issued(r.Serial, r.IssuerKeyID, r.NotAfter)
+			}
+		},
 	}
 	app, err := appliance.Open(cfg, caOpts)
 	if err != nil {
@@ -93,6 +109,34 @@ func run(ctx context.Context, cfg *config.Server, log *slog.Logger) error {
 	sink := appliance.Sink{Log: app.Audit}
 	if _, err := app.CA.Rotate(ctx); err != nil {
 		return fmt.Errorf("initial rotation check: %w", err)
+	}
+	crlSvc, err := crl.New(cfg.CRL, crl.Options{
+		Store: castore.New(app.Store), Audit: sink, Keys: app.Token,
+		Issuers: crl.IssuersFunc(func() []crl.Issuer {
+			var out []crl.Issuer
+			for _, is := range app.CA.Issuers() {
+				out = append(out, crl.Issuer{KeyID: is.KeyID, Cert: is.Cert, Signer: is.Signer, Active: is.Slot == "active"})
+			}
+			return out
+		}),
+		BaseURL: cfg.HTTP.PublicURL,
+		Logger:  log.With("component", "crl"),
+	})
+	if err != nil {
+		return err
+	}
+	revocation.Store(crlSvc)
+	attDB, err := attstore.Open(cfg.AttestorStorePath())
+	if err != nil {
+		return err
+	}
+	defer attDB.Close()
+	att, err := attestor.New(ctx, app.CA.TrustDomain(), cfg.Attestor, attestor.Deps{
+		Store: attDB, Issuer: nodeIssuer{app.CA}, Auditor: sink,
+		Revoker: nodeRevoker{crlSvc}, Logger: log.With("component", "attestor"),
+	})
+	if err != nil {
+		return err
 	}
 	ident, err := nodeapi.NewIdentity(ctx, app.CA)
 	if err != nil {
@@ -116,7 +160,12 @@ func run(ctx context.Context, cfg *config.Server, log *slog.Logger) error {
 		grpc.Creds(credentials.NewTLS(nodeapi.ServerTLS(ident.GetCertificate))),
 		grpc.MaxRecvMsgSize(1<<20),
 	)
-	nodeapi.New(nodeapi.Options{CA: app.CA, Entries: app.Store, Certs: app.Store, Log: log}).Register(grpcSrv)
+	nodeapi.New(nodeapi.Options{CA: app.CA, Entries: app.Store, Certs: app.Store, Log: log,
+		Gate: func(ctx context.Context, caller spiffeid.ID) error { return notBanned(ctx, att, caller) },
+	}).Register(grpcSrv)
+	// Attestation shares the listener: a node has no SVID yet, so this
+	// service needs none (the listener only requests client certificates).
+	attestorpb.RegisterAttestorServer(grpcSrv, att)
 
 	// Operator socket.
 	mux := admin.NewMux()
@@ -133,7 +182,10 @@ func run(ctx context.Context, cfg *config.Server, log *slog.Logger) error {
 			}
 			return nil
 		},
+		"crl": func(context.Context) error { return crlSvc.Ready() },
 	}}).Register(mux)
+	(&admin.RevocationRoutes{CRL: crlSvc}).Register(mux)
+	(&admin.AttestationRoutes{Attestor: att}).Register(mux)
 	adminSrv, err := admin.Listen(cfg.Admin.Socket, mux, log)
 	if err != nil {
 		return err
@@ -141,6 +193,10 @@ func run(ctx context.Context, cfg *config.Server, log *slog.Logger) error {
 
 	// Revocation over HTTP, inside the enclave.
 	httpMux := http.NewServeMux()
+	httpMux.Handle("/crl/", crlSvc.Handler())
+	httpMux.Handle("/ocsp", crlSvc.Handler())
+	httpMux.Handle("/ocsp/", crlSvc.Handler())
+	httpMux.Handle("/revocations", crlSvc.Handler())
 	httpMux.HandleFunc("GET /bundle.pem", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/x-pem-file")
 		_, _ = w.Write(app.CA.BundlePEM())
@@ -188,7 +244,12 @@ func run(ctx context.Context, cfg *config.Server, log *slog.Logger) error {
 		}
 		log.Info("HSM available")
 	})
-	go app.CA.RunRotation(bg, cfg.Rotate, log, nil)
+	go app.CA.RunRotation(bg, cfg.Rotate, log, func(ca.RotationEvent) { crlSvc.IssuersChanged() })
+	go func() {
+		if err := crlSvc.Run(bg); err != nil && bg.Err() == nil {
+			errc <- fmt.Errorf("crl: %w", err)
+		}
+	}()
 	log.Info("palisade-server ready", "trust_domain", cfg.CA.TrustDomain,
 		"node_api", nodeLn.Addr().String(), "http", httpLn.Addr().String(),
 		"metrics", metricsLn.Addr().String(), "admin", cfg.Admin.Socket)
@@ -210,4 +271,48 @@ func run(ctx context.Context, cfg *config.Server, log *slog.Logger) error {
 		log.Error("audit server.stopped", "err", err)
 	}
 	return runErr
+}
+
+// nodeIssuer lets the attestor have the CA issue node SVIDs.
+type nodeIssuer struct{ ca *ca.CA }
+
+func (n nodeIssuer) IssueNodeSVID(ctx context.Context, id spiffeid.ID, csrDER []byte) ([][]byte, error) {
+	csr, err := ca.ParseCSR(csrDER, n.ca.TrustDomain())
+	if err != nil {
+		return nil, err
+	}
+	svid, err := n.ca.SignX509SVID(ctx, ca.X509Request{CSR: csr, ID: id, Kind: store.KindNodeSVID, NodeID: id.String(), Actor: id.String()})
+	if err != nil {
+		return nil, err
+	}
+	out := make([][]byte, 0, len(svid.Certificates))
+	for _, c := range svid.Certificates {
+		out = append(out, c.Raw)
+	}
+	return out, nil
+}
+
+// nodeRevoker revokes what a banned node holds.
+type nodeRevoker struct{ svc *crl.Service }
+
+func (r nodeRevoker) RevokeNode(ctx context.Context, nodeID string, reason int) (int, error) {
+	return r.svc.RevokeNode(ctx, "attestor", nodeID, reason)
+}
+
+// notBanned refuses node-API callers that are banned nodes.
+func notBanned(ctx context.Context, att *attestor.Service, caller spiffeid.ID) error {
+	if !strings.HasPrefix(caller.Path(), nodeapi.NodePathPrefix) {
+		return nil
+	}
+	rec, err := att.Node(ctx, caller.String())
+	if errors.Is(err, attestor.ErrNotFound) || errors.Is(err, attestor.ErrInvalidArgument) {
+		return nil // minted by the operator, not attested
+	}
+	if err != nil {
+		return err
+	}
+	if rec.Banned {
+		return fmt.Errorf("node banned: %s", rec.BanReason)
+	}
+	return nil
 }

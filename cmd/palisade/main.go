@@ -142,3 +142,6 @@ type multi []string
 
 func (m *multi) String() string     { return strings.Join(*m, ",") }
 func (m *multi) Set(v string) error { *m = append(*m, v); return nil }
+
+// flagSet lets a command add flags to a shared helper's FlagSet.
+type flagSet struct{ *flag.FlagSet }

@@ -16,7 +16,9 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/palisade-id/palisade/attestor"
 	"github.com/palisade-id/palisade/ca"
+	"github.com/palisade-id/palisade/crl"
 )
 
 // Server is palisade-server's configuration.
@@ -33,6 +35,10 @@ type Server struct {
 	Audit   Audit         `yaml:"audit"`
 	Log     Log           `yaml:"log"`
 	Rotate  time.Duration `yaml:"rotation_interval"`
+	// CRL configures revocation (CRLs, OCSP, the enforcers' feed).
+	CRL crl.Config `yaml:"crl"`
+	// Attestor configures TPM node attestation.
+	Attestor attestor.Config `yaml:"attestor"`
 }
 
 // HSM selects the PKCS#11 token.
@@ -146,7 +152,15 @@ func (c *Server) Defaults() {
 	if c.Rotate == 0 {
 		c.Rotate = time.Minute
 	}
+	if c.CRL.DataDir == "" {
+		c.CRL.DataDir = c.DataDir
+	}
+	c.CRL.Defaults()
+	c.Attestor = c.Attestor.WithDefaults()
 }
+
+// AttestorStorePath is the attestor's bbolt file.
+func (c *Server) AttestorStorePath() string { return filepath.Join(c.DataDir, "attestor.db") }
 
 // StorePath is the bbolt file.
 func (c *Server) StorePath() string { return filepath.Join(c.DataDir, "palisade.db") }
@@ -190,6 +204,12 @@ func (c *Server) Validate() error {
 	}
 	if c.Rotate < time.Second {
 		return fmt.Errorf("rotation_interval %s: at least 1s", c.Rotate)
+	}
+	if err := c.CRL.Validate(); err != nil {
+		return err
+	}
+	if err := c.Attestor.Validate(); err != nil {
+		return err
 	}
 	return nil
 }
