@@ -13,14 +13,18 @@ import (
 	"github.com/google/go-tpm/tpm2"
 	"github.com/palisade-id/palisade/attestor/attestorpb"
 	"github.com/palisade-id/palisade/attestor/device"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 // Config is the attestation section of the node agent's configuration.
 type Config struct {
 	// Server is host:port of the attestation endpoint.
 	Server string `yaml:"server"`
-	// ServerName is the DNS name in the endpoint's certificate.
-	ServerName string `yaml:"server_name"`
+	// ServerID is the SPIFFE ID the endpoint must prove (default
+	// spiffe://<trust_domain>/palisade/server).
+	ServerID string `yaml:"server_id"`
+	// TrustDomain is the appliance's trust domain.
+	TrustDomain string `yaml:"trust_domain"`
 	// TrustBundle is the PEM file of roots provisioned at install, used to
 	// verify the endpoint.
 	TrustBundle string `yaml:"trust_bundle"`
@@ -58,8 +62,8 @@ func (c Config) Validate() error {
 	if _, _, err := net.SplitHostPort(c.Server); err != nil {
 		return fmt.Errorf("agent: server %q: %w", c.Server, err)
 	}
-	if c.ServerName == "" {
-		return fmt.Errorf("agent: server_name is required")
+	if _, err := c.ServerSPIFFEID(); err != nil {
+		return err
 	}
 	if c.TrustBundle == "" {
 		return fmt.Errorf("agent: trust_bundle is required")
@@ -111,16 +115,42 @@ func (c Config) OpenTPM() (*device.TPM, error) {
 }
 
 // Roots loads the trust bundle.
-func (c Config) Roots() (*x509.CertPool, error) {
+func (c Config) Roots() ([]*x509.Certificate, error) {
 	b, err := os.ReadFile(c.TrustBundle)
 	if err != nil {
 		return nil, fmt.Errorf("agent: trust bundle: %w", err)
 	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(b) {
+	var out []*x509.Certificate
+	for blk, rest := pem.Decode(b); blk != nil; blk, rest = pem.Decode(rest) {
+		if blk.Type != "CERTIFICATE" {
+			continue
+		}
+		cert, err := x509.ParseCertificate(blk.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("agent: trust bundle %s: %w", c.TrustBundle, err)
+		}
+		out = append(out, cert)
+	}
+	if len(out) == 0 {
 		return nil, fmt.Errorf("agent: trust bundle %s holds no certificate", c.TrustBundle)
 	}
-	return pool, nil
+	return out, nil
+}
+
+// ServerSPIFFEID is the SPIFFE ID the attestation endpoint must present.
+func (c Config) ServerSPIFFEID() (spiffeid.ID, error) {
+	if c.ServerID != "" {
+		id, err := spiffeid.FromString(c.ServerID)
+		if err != nil {
+			return spiffeid.ID{}, fmt.Errorf("agent: server_id %q: %w", c.ServerID, err)
+		}
+		return id, nil
+	}
+	td, err := spiffeid.TrustDomainFromString(c.TrustDomain)
+	if err != nil {
+		return spiffeid.ID{}, fmt.Errorf("agent: trust_domain %q (or server_id) is required: %w", c.TrustDomain, err)
+	}
+	return spiffeid.FromPath(td, "/palisade/server")
 }
 
 // Intermediates loads the EK chain intermediates as DER.
@@ -165,7 +195,11 @@ func (c Config) AttestOnce(ctx context.Context, key crypto.Signer) (*Result, err
 		return nil, err
 	}
 	defer tpm.Close()
-	cc, err := Dial(c.Server, ClientTLSConfig(roots, c.ServerName))
+	serverID, err := c.ServerSPIFFEID()
+	if err != nil {
+		return nil, err
+	}
+	cc, err := Dial(c.Server, ClientTLSConfig(roots, serverID))
 	if err != nil {
 		return nil, err
 	}

@@ -3,7 +3,7 @@ package agent
 import "testing"
 
 func TestConfigValidate(t *testing.T) {
-	good := Config{Server: "127.0.0.1:8444", ServerName: "palisade", TrustBundle: "/etc/palisade/bundle.pem"}.WithDefaults()
+	good := Config{Server: "127.0.0.1:8444", TrustDomain: "example.org", TrustBundle: "/etc/palisade/bundle.pem"}.WithDefaults()
 	tests := []struct {
 		name string
 		mod  func(*Config)
@@ -15,7 +15,9 @@ func TestConfigValidate(t *testing.T) {
 		{"relative device", func(c *Config) { c.TPM = "tpm0" }, false},
 		{"bad swtpm network", func(c *Config) { c.TPM = "swtpm:udp:x" }, false},
 		{"no port", func(c *Config) { c.Server = "host" }, false},
-		{"no server name", func(c *Config) { c.ServerName = "" }, false},
+		{"no trust domain or server id", func(c *Config) { c.TrustDomain = "" }, false},
+		{"server id instead of trust domain", func(c *Config) { c.TrustDomain = ""; c.ServerID = "spiffe://example.org/palisade/server" }, true},
+		{"bad server id", func(c *Config) { c.ServerID = "https://example.org/x" }, false},
 		{"no bundle", func(c *Config) { c.TrustBundle = "" }, false},
 	}
 	for _, tc := range tests {

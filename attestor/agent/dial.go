@@ -5,7 +5,8 @@ import (
 	"crypto/x509"
 	"fmt"
 
-	"github.com/palisade-id/palisade/ca/tlspolicy"
+	"github.com/palisade-id/palisade/ca/nodeapi"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 )
@@ -14,10 +15,11 @@ import (
 const MaxMessageBytes = 256 << 10
 
 // ClientTLSConfig is the node's TLS configuration for the attestation
-// endpoint: it verifies the server against roots (the trust bundle
-// provisioned at install) as serverName. The node presents no certificate.
-func ClientTLSConfig(roots *x509.CertPool, serverName string) *tls.Config {
-	return tlspolicy.Apply(&tls.Config{RootCAs: roots, ServerName: serverName})
+// endpoint: the server must present an X509-SVID for serverID that chains
+// to roots (the trust bundle provisioned at install): identity is a SPIFFE
+// ID, never a host name. The node presents no certificate.
+func ClientTLSConfig(roots []*x509.Certificate, serverID spiffeid.ID) *tls.Config {
+	return nodeapi.ClientTLS(serverID.TrustDomain(), roots, serverID, nil)
 }
 
 // Dial connects to the attestation endpoint at addr (host:port).

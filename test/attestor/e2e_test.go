@@ -430,7 +430,7 @@ func TestAgentConfigAttests(t *testing.T) {
 	if _, err := svc.SetPCRPolicy(ctx, "op", []byte("version: 1\nclasses:\n  worker:\n    pcrs:\n      0: [\""+zero+"\"]\n")); err != nil {
 		t.Fatal(err)
 	}
-	cfg := agent.Config{Server: attestortest.Listen(t, svc, e.ca), ServerName: attestortest.ServerName,
+	cfg := agent.Config{Server: attestortest.Listen(t, svc, e.ca), TrustDomain: td,
 		TrustBundle: bundle, TPM: "swtpm:unix:" + in.Socket, EKIntermediates: []string{issuerPEM}}
 	if cfg.WithDefaults().EventLog != "" {
 		t.Fatal("swtpm must not default to the host's event log")

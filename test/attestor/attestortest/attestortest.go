@@ -27,8 +27,11 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
-// ServerName is the DNS name of the test attestation endpoint.
-const ServerName = "attestor.palisade.test"
+// ServerID is the SPIFFE ID the test attestation endpoint presents, in
+// ca's trust domain.
+func ServerID(ca *testca.CA) spiffeid.ID {
+	return spiffeid.RequireFromPath(spiffeid.RequireTrustDomainFromString(ca.TrustDomain), "/palisade/server")
+}
 
 // Issuer is a NodeIssuer signing with a testca intermediate.
 type Issuer struct {
@@ -168,7 +171,7 @@ func (s SoftTPM) Quote(nonce []byte, pcrs []uint32) ([]byte, []byte, map[uint32]
 func Serve(t testing.TB, svc *attestor.Service, ca *testca.CA) attestorpb.AttestorClient {
 	t.Helper()
 	addr := Listen(t, svc, ca)
-	cc, err := agent.Dial(addr, agent.ClientTLSConfig(ca.Pool(), ServerName))
+	cc, err := agent.Dial(addr, agent.ClientTLSConfig([]*x509.Certificate{ca.Root()}, ServerID(ca)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -191,7 +194,7 @@ func Listen(t testing.TB, svc *attestor.Service, ca *testca.CA) string {
 	return lis.Addr().String()
 }
 
-// ServerCert issues a TLS server certificate for ServerName from ca.
+// ServerCert issues the endpoint's X509-SVID (ServerID) from ca.
 func ServerCert(t testing.TB, ca *testca.CA) *tls.Certificate {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -200,8 +203,8 @@ func ServerCert(t testing.TB, ca *testca.CA) *tls.Certificate {
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: testca.Serial(t), NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
-		DNSNames: []string{ServerName}, KeyUsage: x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		URIs: []*url.URL{ServerID(ca).URL()}, KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, BasicConstraintsValid: true,
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Intermediate(), &key.PublicKey, ca.IssuerSigner())
 	if err != nil {
