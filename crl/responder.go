@@ -495,15 +495,28 @@ func (r *responder) refresh(ctx context.Context) int {
 	return failures
 }
 
-// prefill queues every unexpired certificate for pre-signing.
-func (r *responder) prefill() error {
-	return r.src.ForEachUnexpired(r.now(), func(ci CertInfo) error {
-		if ci.Serial == nil || ci.Serial.Sign() < 0 {
-			return nil
+// prefill queues every unexpired certificate for pre-signing, waiting for
+// queue room rather than dropping (there may be more than the queue holds).
+// The serials are collected first: the walk may hold a store transaction.
+func (r *responder) prefill(ctx context.Context) error {
+	var serials [][]byte
+	err := r.src.ForEachUnexpired(r.now(), func(ci CertInfo) error {
+		if ci.Serial != nil && ci.Serial.Sign() >= 0 {
+			serials = append(serials, serialContent(ci.Serial))
 		}
-		r.enqueue(serialContent(ci.Serial))
 		return nil
 	})
+	if err != nil {
+		return err
+	}
+	for _, s := range serials {
+		select {
+		case r.queue <- s:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
 }
 
 // Metrics are counters a server can export (e.g. to Prometheus).

@@ -81,12 +81,14 @@ func New(cfg Config, opts Options) (*Service, error) {
 // already signed keep being served until their nextUpdate.
 func (s *Service) Run(ctx context.Context) error {
 	s.syncIssuers(ctx)
-	if err := s.ocsp.prefill(); err != nil {
-		s.log.Error("OCSP pre-sign: listing certificates failed", "err", err)
-	}
 	for i := 0; i < max(1, s.cfg.SignConcurrency/2); i++ {
 		go s.ocsp.presignWorker(ctx)
 	}
+	go func() {
+		if err := s.ocsp.prefill(ctx); err != nil && ctx.Err() == nil {
+			s.log.Error("OCSP pre-sign: listing certificates failed", "err", err)
+		}
+	}()
 	refresh := time.NewTicker(min(s.cfg.OCSPValidity/8, time.Minute))
 	defer refresh.Stop()
 	poll := time.NewTicker(s.opts.IssuerPoll)

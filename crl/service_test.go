@@ -13,6 +13,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"math/big"
 	"net/http"
@@ -681,5 +682,44 @@ func TestHSMDownAtStart(t *testing.T) {
 	_, body = postOCSP(t, url, req)
 	if r, err := ocsp.ParseResponse(body, inter); err != nil || r.Status != ocsp.Unknown {
 		t.Fatalf("after recovery: %v", err)
+	}
+}
+
+func TestPrefillPreSignsAtStart(t *testing.T) {
+	ca := testca.New(t, "example.org")
+	st := memsource.New()
+	inter := ca.Intermediate()
+	iss := crl.Issuer{KeyID: hex.EncodeToString(inter.SubjectKeyId), Cert: inter, Signer: ca.IssuerSigner(), Active: true}
+	var reqs [][]byte
+	for i := 0; i < 20; i++ {
+		leaf, _, _ := ca.MintX509SVID(t, fmt.Sprintf("spiffe://example.org/w/%d", i), time.Hour)
+		st.Add(crl.CertInfo{Serial: leaf.SerialNumber, IssuerKeyID: iss.KeyID, NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter})
+		r, _ := ocsp.CreateRequest(leaf, inter, nil)
+		reqs = append(reqs, r)
+	}
+	// One expired certificate is not pre-signed.
+	old, _, _ := ca.MintX509SVIDWith(t, "spiffe://example.org/old", time.Hour, testca.SVIDOptions{
+		NotBefore: time.Now().Add(-2 * time.Hour), NotAfter: time.Now().Add(-time.Hour)})
+	st.Add(crl.CertInfo{Serial: old.SerialNumber, IssuerKeyID: iss.KeyID, NotBefore: old.NotBefore, NotAfter: old.NotAfter})
+	down := &atomic.Bool{}
+	svc, err := crl.New(crl.Config{DataDir: t.TempDir()}, crl.Options{Store: st, Audit: &memAudit{},
+		Keys: &memKeys{keys: map[string]crypto.Signer{}, down: down}, Issuers: crl.IssuersFunc(func() []crl.Issuer { return []crl.Issuer{iss} })})
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := newServer(t, svc)
+	waitFor(t, "pre-signing", func() bool { return svc.Metrics().Signatures.Load() >= 20 })
+	time.Sleep(50 * time.Millisecond)
+	if n := svc.Metrics().Signatures.Load(); n != 20 {
+		t.Fatalf("%d signatures, want 20 (expired certificate pre-signed?)", n)
+	}
+	for _, r := range reqs {
+		_, body := postOCSP(t, url, r)
+		if resp, err := ocsp.ParseResponse(body, inter); err != nil || resp.Status != ocsp.Good {
+			t.Fatalf("%v", err)
+		}
+	}
+	if hits := svc.Metrics().CacheHits.Load(); hits != 20 || svc.Metrics().Signatures.Load() != 20 {
+		t.Fatalf("%d cache hits, %d signatures: requests were signed on demand", hits, svc.Metrics().Signatures.Load())
 	}
 }
