@@ -173,7 +173,7 @@ func postOCSP(t *testing.T, url string, body []byte) (*http.Response, []byte) {
 }
 
 // withNonce adds a nonce extension to a DER OCSPRequest from ocsp.CreateRequest.
-func withNonce(t *testing.T, req []byte, nonce []byte) []byte {
+func withNonce(t testing.TB, req []byte, nonce []byte) []byte {
 	t.Helper()
 	var r struct {
 		TBS struct {
@@ -722,4 +722,38 @@ func TestPrefillPreSignsAtStart(t *testing.T) {
 	if hits := svc.Metrics().CacheHits.Load(); hits != 20 || svc.Metrics().Signatures.Load() != 20 {
 		t.Fatalf("%d cache hits, %d signatures: requests were signed on demand", hits, svc.Metrics().Signatures.Load())
 	}
+}
+
+// FuzzOCSPHandler feeds arbitrary bodies and GET paths to the responder:
+// every answer must be a well-formed OCSP response, never a crash.
+func FuzzOCSPHandler(f *testing.F) {
+	e := newEnv(f, crl.Config{})
+	leaf := e.mint(f, "n")
+	req, _ := ocsp.CreateRequest(leaf, e.ca.Intermediate(), nil)
+	f.Add(req, false)
+	f.Add(withNonce(f, req, []byte("nonce")), false)
+	f.Add([]byte(base64.StdEncoding.EncodeToString(req)), true)
+	f.Add([]byte("%zz"), true)
+	h := e.svc.Handler()
+	f.Fuzz(func(t *testing.T, b []byte, get bool) {
+		var r *http.Request
+		if get {
+			r = httptest.NewRequest(http.MethodGet, "/ocsp/x", nil)
+			r.URL.Path = "/ocsp/" + string(b)
+			r.URL.RawPath = "/ocsp/" + string(b)
+		} else {
+			r = httptest.NewRequest(http.MethodPost, "/ocsp", bytes.NewReader(b))
+		}
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		if w.Code != 200 && w.Code != http.StatusRequestEntityTooLarge && w.Code != http.StatusRequestURITooLong {
+			t.Fatalf("HTTP %d", w.Code)
+		}
+		if _, err := ocsp.ParseResponse(w.Body.Bytes(), nil); err != nil {
+			var re ocsp.ResponseError
+			if !errors.As(err, &re) {
+				t.Fatalf("not an OCSP response: %v", err)
+			}
+		}
+	})
 }
