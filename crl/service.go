@@ -161,14 +161,14 @@ func (s *Service) Revoke(ctx context.Context, actor string, serial *big.Int, rea
 		return CertInfo{}, fmt.Errorf("%w: %d", ErrBadReason, reason)
 	}
 	at := s.now().UTC().Truncate(time.Second)
-	info, err := s.opts.Store.Revoke(serial, reason, at)
+	info, changed, err := s.opts.Store.Revoke(serial, reason, at)
 	if err != nil {
 		return CertInfo{}, fmt.Errorf("crl: revoke %x: %w", serial, err)
 	}
 	if !info.Revoked {
 		return info, fmt.Errorf("crl: store did not revoke %x", serial)
 	}
-	if !info.RevokedAt.Equal(at) {
+	if !changed {
 		return info, nil // already revoked earlier
 	}
 	s.revoked(info)

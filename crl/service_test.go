@@ -757,3 +757,22 @@ func FuzzOCSPHandler(f *testing.F) {
 		}
 	})
 }
+
+func TestRevokeTwiceAuditsOnce(t *testing.T) {
+	e := newEnv(t, crl.Config{})
+	leaf := e.mint(t, "n")
+	for i := 0; i < 2; i++ {
+		info, err := e.svc.Revoke(context.Background(), "op", leaf.SerialNumber, crl.ReasonSuperseded+i)
+		if err != nil || info.Reason != crl.ReasonSuperseded {
+			t.Fatalf("revoke %d: %+v %v", i, info, err)
+		}
+	}
+	e.audit.mu.Lock()
+	defer e.audit.mu.Unlock()
+	if len(e.audit.kinds) != 1 {
+		t.Fatalf("audit records: %v", e.audit.kinds)
+	}
+	if _, seq := e.svc.FeedSeq(); seq > 1 {
+		t.Fatalf("feed seq %d after one revocation", seq)
+	}
+}

@@ -39,10 +39,10 @@ type Source interface {
 type Store interface {
 	Source
 	// Revoke marks serial revoked at at with reason and returns the
-	// updated record. A certificate already revoked is returned unchanged
-	// (its original time and reason) with no error. An unknown serial is an
-	// error the store defines.
-	Revoke(serial *big.Int, reason int, at time.Time) (CertInfo, error)
+	// updated record and true. A certificate already revoked is returned
+	// unchanged (its original time and reason) with false and no error. An
+	// unknown serial is an error the store defines.
+	Revoke(serial *big.Int, reason int, at time.Time) (CertInfo, bool, error)
 	// RevokeNode revokes every unexpired, not yet revoked certificate
 	// whose NodeID is nodeID and returns the records it changed.
 	RevokeNode(nodeID string, reason int, at time.Time) ([]CertInfo, error)

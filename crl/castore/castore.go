@@ -67,17 +67,17 @@ func (s *Store) ForEachUnexpired(at time.Time, fn func(crl.CertInfo) error) erro
 
 // Revoke implements crl.Store: revoking a revoked certificate returns its
 // record unchanged.
-func (s *Store) Revoke(serial *big.Int, reason int, at time.Time) (crl.CertInfo, error) {
+func (s *Store) Revoke(serial *big.Int, reason int, at time.Time) (crl.CertInfo, bool, error) {
 	r, err := s.st.Revoke(serial, reason, at)
 	if errors.Is(err, store.ErrAlreadyRevoked) {
 		if r, err = s.st.Cert(serial); err == nil {
-			return info(r), nil
+			return info(r), false, nil
 		}
 	}
 	if err != nil {
-		return crl.CertInfo{}, err
+		return crl.CertInfo{}, false, err
 	}
-	return info(r), nil
+	return info(r), true, nil
 }
 
 // RevokeNode implements crl.Store. The store also revokes the node's own

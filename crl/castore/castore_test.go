@@ -36,15 +36,15 @@ func TestAdapter(t *testing.T) {
 	if _, found, err := s.Status(big.NewInt(99)); found || err != nil {
 		t.Fatalf("unknown: %v %v", found, err)
 	}
-	ci, err := s.Revoke(big.NewInt(3), 1, now)
-	if err != nil || !ci.Revoked || !ci.RevokedAt.Equal(now) {
+	ci, changed, err := s.Revoke(big.NewInt(3), 1, now)
+	if err != nil || !changed || !ci.Revoked || !ci.RevokedAt.Equal(now) {
 		t.Fatalf("revoke: %+v %v", ci, err)
 	}
-	again, err := s.Revoke(big.NewInt(3), 4, now.Add(time.Minute))
-	if err != nil || !again.RevokedAt.Equal(now) || again.Reason != 1 {
+	again, changed, err := s.Revoke(big.NewInt(3), 4, now.Add(time.Minute))
+	if err != nil || changed || !again.RevokedAt.Equal(now) || again.Reason != 1 {
 		t.Fatalf("second revoke: %+v %v", again, err)
 	}
-	if _, err := s.Revoke(big.NewInt(99), 1, now); !errors.Is(err, store.ErrCertNotFound) {
+	if _, _, err := s.Revoke(big.NewInt(99), 1, now); !errors.Is(err, store.ErrCertNotFound) {
 		t.Fatalf("unknown revoke: %v", err)
 	}
 	got, err := s.RevokeNode("spiffe://example.org/node/a", 9, now.Add(time.Second))

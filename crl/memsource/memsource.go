@@ -87,17 +87,18 @@ func (s *Store) ForEachUnexpired(at time.Time, fn func(crl.CertInfo) error) erro
 }
 
 // Revoke implements crl.Store.
-func (s *Store) Revoke(serial *big.Int, reason int, at time.Time) (crl.CertInfo, error) {
+func (s *Store) Revoke(serial *big.Int, reason int, at time.Time) (crl.CertInfo, bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	c, ok := s.certs[string(serial.Bytes())]
 	if !ok {
-		return crl.CertInfo{}, fmt.Errorf("%w: %x", ErrNotFound, serial)
+		return crl.CertInfo{}, false, fmt.Errorf("%w: %x", ErrNotFound, serial)
 	}
-	if !c.Revoked {
-		c.Revoked, c.RevokedAt, c.Reason = true, at, reason
+	if c.Revoked {
+		return *c, false, nil
 	}
-	return *c, nil
+	c.Revoked, c.RevokedAt, c.Reason = true, at, reason
+	return *c, true, nil
 }
 
 // RevokeNode implements crl.Store.
