@@ -373,6 +373,9 @@ func TestRevocationEndToEnd(t *testing.T) {
 	})
 	var numberBefore string
 	t.Run("revoke", func(t *testing.T) {
+		// The full CRL from before the revocation: with the delta, openssl
+		// must see the revocation (-use_deltas).
+		basePEM, _ := p.fetchCRL(t, s, "/crl/"+p.keyID()+".crl", "base")
 		s.post("/test/revoke", url.Values{"serial": {bad.SerialNumber.Text(16)}, "reason": {"1"}})
 		out := p.opensslOCSP(t, p.base, badPath)
 		if !strings.Contains(out, badPath+": revoked") || !strings.Contains(out, "Reason: keyCompromise") {
@@ -389,9 +392,21 @@ func TestRevocationEndToEnd(t *testing.T) {
 		if out, ok := p.verify(t, crlPEM, goodPath); !ok {
 			t.Fatalf("openssl verify refused a good certificate:\n%s", out)
 		}
-		_, dtext := p.fetchCRL(t, s, "/crl/"+p.keyID()+"-delta.crl", "delta")
+		deltaPEM, dtext := p.fetchCRL(t, s, "/crl/"+p.keyID()+"-delta.crl", "delta")
 		if !strings.Contains(dtext, "Delta CRL Indicator") || !strings.Contains(dtext, serialHex(bad)) {
 			t.Fatalf("delta CRL:\n%s", dtext)
+		}
+		both := filepath.Join(p.dir, "base+delta.pem")
+		bb, _ := os.ReadFile(basePEM)
+		db, _ := os.ReadFile(deltaPEM)
+		os.WriteFile(both, append(bb, db...), 0o600)
+		if out, ok := p.verify(t, basePEM, badPath); !ok {
+			t.Fatalf("old full CRL alone should not know the revocation:\n%s", out)
+		}
+		out, err := run(t, "openssl", "verify", "-crl_check", "-use_deltas", "-CAfile", filepath.Join(p.dir, "root.pem"),
+			"-untrusted", filepath.Join(p.dir, "inter.pem"), "-CRLfile", both, badPath)
+		if err == nil || !strings.Contains(out, "certificate revoked") {
+			t.Fatalf("openssl -use_deltas with base + delta accepted a revoked certificate:\n%s", out)
 		}
 		if _, ctext := p.fetchCRL(t, s, "/crl/current.crl", "current"); !strings.Contains(ctext, serialHex(bad)) {
 			t.Fatalf("current CRL:\n%s", ctext)
