@@ -1,0 +1,136 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/url"
+	"os"
+	"path/filepath"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/palisade-id/palisade/attestor/agent"
+	"github.com/palisade-id/palisade/enforcer"
+)
+
+// Config is palisade-agent's one configuration file.
+type Config struct {
+	// Attestation reaches palisade-server's node API and the TPM.
+	Attestation agent.Config `yaml:"attestation"`
+	// Enforcer is optional: without it the agent only keeps the node
+	// SVID current.
+	Enforcer *enforcer.Config `yaml:"enforcer"`
+	// ApplianceURL is palisade-server's http.public_url (CRLs, the
+	// revocation feed). Required with an enforcer.
+	ApplianceURL string `yaml:"appliance_url"`
+	// DataDir holds the current node certificate chain (never the key)
+	// and, by default, the enforcer's state.
+	DataDir string `yaml:"data_dir"`
+	Log     Log    `yaml:"log"`
+}
+
+// Log configures slog.
+type Log struct {
+	Level string `yaml:"level"` // debug, info, warn, error
+}
+
+// DefaultDataDir is data_dir's default.
+const DefaultDataDir = "/var/lib/palisade-agent"
+
+// LoadConfig reads, defaults and validates path.
+func LoadConfig(path string) (*Config, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	cfg, err := ParseConfig(raw)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// ParseConfig decodes raw strictly (unknown keys are errors), applies
+// defaults and validates.
+func ParseConfig(raw []byte) (*Config, error) {
+	var cfg Config
+	dec := yaml.NewDecoder(bytes.NewReader(raw))
+	dec.KnownFields(true)
+	if err := dec.Decode(&cfg); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, errors.New("empty configuration")
+		}
+		return nil, err
+	}
+	var extra any
+	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+		return nil, errors.New("more than one YAML document")
+	}
+	cfg.Defaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &cfg, nil
+}
+
+// Defaults fills unset fields. The enforcer inherits the trust domain and
+// bundle from attestation unless it names its own.
+func (c *Config) Defaults() {
+	if c.DataDir == "" {
+		c.DataDir = DefaultDataDir
+	}
+	if c.Log.Level == "" {
+		c.Log.Level = "info"
+	}
+	c.Attestation = c.Attestation.WithDefaults()
+	if e := c.Enforcer; e != nil {
+		if e.StateDir == "" {
+			e.StateDir = filepath.Join(c.DataDir, "enforcer")
+		}
+		if e.TrustDomain == "" {
+			if id, err := c.Attestation.ServerSPIFFEID(); err == nil {
+				e.TrustDomain = id.TrustDomain().Name()
+			}
+		}
+		if e.TrustBundle == "" {
+			e.TrustBundle = c.Attestation.TrustBundle
+		}
+		e.SetDefaults()
+	}
+}
+
+// Validate checks the configuration (after Defaults).
+func (c *Config) Validate() error {
+	if err := c.Attestation.Validate(); err != nil {
+		return fmt.Errorf("attestation: %w", err)
+	}
+	if !filepath.IsAbs(c.DataDir) {
+		return fmt.Errorf("data_dir %q: want an absolute path", c.DataDir)
+	}
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(c.Log.Level)); err != nil {
+		return fmt.Errorf("log.level %q: want debug, info, warn or error", c.Log.Level)
+	}
+	if c.ApplianceURL != "" {
+		u, err := url.Parse(c.ApplianceURL)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return fmt.Errorf("appliance_url %q: want http(s)://host[:port]", c.ApplianceURL)
+		}
+	}
+	if c.Enforcer != nil {
+		if c.ApplianceURL == "" {
+			return errors.New("appliance_url is required with an enforcer (revocation)")
+		}
+		if err := c.Enforcer.Validate(); err != nil {
+			return fmt.Errorf("enforcer: %w", err)
+		}
+		id, _ := c.Attestation.ServerSPIFFEID()
+		if c.Enforcer.TrustDomain != id.TrustDomain().Name() {
+			return fmt.Errorf("enforcer: trust_domain %q differs from the appliance's %q", c.Enforcer.TrustDomain, id.TrustDomain().Name())
+		}
+	}
+	return nil
+}
