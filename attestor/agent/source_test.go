@@ -78,7 +78,7 @@ func TestNewSource(t *testing.T) {
 	ca := testca.New(t, "example.org")
 	refused := errors.New("refused")
 	tests := []struct {
-		name    string
+		name     string
 		ttl      time.Duration
 		fail     error
 		otherKey bool
