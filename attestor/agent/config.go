@@ -172,7 +172,7 @@ func (c Config) Intermediates() ([][]byte, error) {
 
 // AttestOnce is one complete node attestation from configuration: it opens
 // the TPM, connects to the endpoint, and returns the node SVID for key
-// (whose CSR it builds). Renewal is calling it again before expiry.
+// (whose CSR, naming the node's expected ID, it builds). Renewal is calling it again before expiry.
 func (c Config) AttestOnce(ctx context.Context, key crypto.Signer) (*Result, error) {
 	c = c.WithDefaults()
 	if err := c.Validate(); err != nil {
@@ -186,10 +186,6 @@ func (c Config) AttestOnce(ctx context.Context, key crypto.Signer) (*Result, err
 	if err != nil {
 		return nil, err
 	}
-	csr, err := NewCSR(key)
-	if err != nil {
-		return nil, fmt.Errorf("agent: CSR: %w", err)
-	}
 	tpm, err := c.OpenTPM()
 	if err != nil {
 		return nil, err
@@ -198,6 +194,14 @@ func (c Config) AttestOnce(ctx context.Context, key crypto.Signer) (*Result, err
 	serverID, err := c.ServerSPIFFEID()
 	if err != nil {
 		return nil, err
+	}
+	nodeID, err := ExpectedNodeID(serverID.TrustDomain(), tpm.EKPublic())
+	if err != nil {
+		return nil, err
+	}
+	csr, err := NewNodeCSR(key, nodeID)
+	if err != nil {
+		return nil, fmt.Errorf("agent: CSR: %w", err)
 	}
 	cc, err := Dial(c.Server, ClientTLSConfig(roots, serverID))
 	if err != nil {
