@@ -36,6 +36,7 @@ import (
 	"github.com/palisade-id/palisade/cmd/internal/config"
 	"github.com/palisade-id/palisade/crl"
 	"github.com/palisade-id/palisade/crl/castore"
+	"github.com/palisade-id/palisade/crl/cawire"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
@@ -112,13 +113,7 @@ func run(ctx context.Context, cfg *config.Server, log *slog.Logger) error {
 	}
 	crlSvc, err := crl.New(cfg.CRL, crl.Options{
 		Store: castore.New(app.Store), Audit: sink, Keys: app.Token,
-		Issuers: crl.IssuersFunc(func() []crl.Issuer {
-			var out []crl.Issuer
-			for _, is := range app.CA.Issuers() {
-				out = append(out, crl.Issuer{KeyID: is.KeyID, Cert: is.Cert, Signer: is.Signer, Active: is.Slot == "active"})
-			}
-			return out
-		}),
+		Issuers: cawire.Issuers(app.CA),
 		BaseURL: cfg.HTTP.PublicURL,
 		Logger:  log.With("component", "crl"),
 	})
@@ -193,10 +188,6 @@ func run(ctx context.Context, cfg *config.Server, log *slog.Logger) error {
 
 	// Revocation over HTTP, inside the enclave.
 	httpMux := http.NewServeMux()
-	httpMux.Handle("/crl/", crlSvc.Handler())
-	httpMux.Handle("/ocsp", crlSvc.Handler())
-	httpMux.Handle("/ocsp/", crlSvc.Handler())
-	httpMux.Handle("/revocations", crlSvc.Handler())
 	httpMux.HandleFunc("GET /bundle.pem", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/x-pem-file")
 		_, _ = w.Write(app.CA.BundlePEM())
@@ -205,7 +196,17 @@ func run(ctx context.Context, cfg *config.Server, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("http.listen: %w", err)
 	}
-	httpSrv := &http.Server{Handler: httpMux, ReadHeaderTimeout: 5 * time.Second}
+	// Revocation paths go to the CRL service before any ServeMux: an OCSP
+	// GET's base64 may contain "//", which ServeMux would redirect.
+	crlHandler := crlSvc.Handler()
+	httpSrv := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p := r.URL.Path
+		if strings.HasPrefix(p, "/crl/") || p == "/ocsp" || strings.HasPrefix(p, "/ocsp/") || p == "/revocations" {
+			crlHandler.ServeHTTP(w, r)
+			return
+		}
+		httpMux.ServeHTTP(w, r)
+	})}
 
 	metricsLn, err := net.Listen("tcp", cfg.Metrics.Listen)
 	if err != nil {

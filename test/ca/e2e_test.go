@@ -247,6 +247,69 @@ func TestApplianceEndToEnd(t *testing.T) {
 		}
 	})
 
+	t.Run("revocation-ocsp-and-crl-with-openssl", func(t *testing.T) {
+		csr, _ := writeCSR(t, work, "rev.csr", webID)
+		out := filepath.Join(work, "rev")
+		os.MkdirAll(out, 0o700)
+		a.MustCLI("x509", "mint", "-csr", csr, "-write", out)
+		svid := filepath.Join(out, "svid.pem")
+		chain := readCerts(t, svid)
+		leaf, inter := chain[0], chain[1]
+		interPEM := filepath.Join(out, "inter.pem")
+		os.WriteFile(interPEM, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: inter.Raw}), 0o600)
+		if len(leaf.OCSPServer) != 1 || len(leaf.CRLDistributionPoints) != 1 {
+			t.Fatalf("AIA %v CDP %v", leaf.OCSPServer, leaf.CRLDistributionPoints)
+		}
+		ocspStatus := func() string {
+			o, err := exec.Command("openssl", "ocsp", "-issuer", interPEM, "-cert", svid, "-url", leaf.OCSPServer[0],
+				"-CAfile", filepath.Join(out, "bundle.pem"), "-resp_text").CombinedOutput()
+			if err != nil {
+				t.Fatalf("openssl ocsp: %v\n%s", err, o)
+			}
+			return string(o)
+		}
+		waitFor := func(what string, ok func() bool) {
+			deadline := time.Now().Add(15 * time.Second)
+			for !ok() {
+				if time.Now().After(deadline) {
+					t.Fatalf("timed out waiting for %s; last OCSP answer:\n%s", what, ocspStatus())
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+		}
+		waitFor("OCSP good", func() bool { return strings.Contains(ocspStatus(), svid+": good") })
+		serial := leaf.SerialNumber.Text(16)
+		a.MustCLI("revoke", "-serial", serial, "-reason", "keyCompromise")
+		waitFor("OCSP revoked", func() bool {
+			o := ocspStatus()
+			return strings.Contains(o, svid+": revoked") && strings.Contains(o, "Reason: keyCompromise")
+		})
+		fetchCRL := func() []byte {
+			resp, err := http.Get(leaf.CRLDistributionPoints[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			return b
+		}
+		crlDER := filepath.Join(out, "crl.der")
+		waitFor("full CRL listing the serial", func() bool {
+			os.WriteFile(crlDER, fetchCRL(), 0o600)
+			o, err := exec.Command("openssl", "crl", "-inform", "DER", "-in", crlDER, "-text", "-noout").CombinedOutput()
+			return err == nil && strings.Contains(strings.ToLower(strings.ReplaceAll(string(o), ":", "")), strings.ToLower(serial))
+		})
+		crlPEM := filepath.Join(out, "crl.pem")
+		if o, err := exec.Command("openssl", "crl", "-inform", "DER", "-in", crlDER, "-out", crlPEM).CombinedOutput(); err != nil {
+			t.Fatalf("openssl crl: %v %s", err, o)
+		}
+		o, err := exec.Command("openssl", "verify", "-crl_check", "-CRLfile", crlPEM, "-CAfile", filepath.Join(out, "bundle.pem"),
+			"-untrusted", svid, svid).CombinedOutput()
+		if err == nil || !strings.Contains(string(o), "revoked") {
+			t.Fatalf("openssl verify -crl_check accepted a revoked SVID: %v\n%s", err, o)
+		}
+	})
+
 	t.Run("metrics-on-loopback", func(t *testing.T) {
 		resp, err := http.Get("http://" + a.MetricsAddr + "/metrics")
 		if err != nil {
