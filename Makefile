@@ -75,12 +75,12 @@ bench: deps build
 	$(GO) test -run '^$$' -bench VerifyAttestation -cpu 1,2 ./attestor/
 	PALISADE_TEST_STRICT=1 $(GO) test -tags integration -run '^$$' -bench RoundTripSwtpm -benchtime 50x ./test/attestor/
 	@echo "== revocation: OCSP over loopback, CRL build time"
-	$(BENCH_CRL)
+	$(GO) test -run '^$$' -bench CRLBuild -benchtime 3x -benchmem ./crl/
+	$(GO) test -run '^$$' -bench OCSPLoad -benchtime 200000x ./crl/
+	PALISADE_TEST_STRICT=1 $(GO) test -tags integration -run '^$$' -bench 'OCSPWrk|CRLFromStore' -benchtime 1x ./test/crl/
 	@echo "== enforcer: per-packet cost, iperf3 ratios, admission and revoke-to-drop latency"
 	$(GO) test -run '^$$' -bench PerPacket ./enforcer/
 	PALISADE_TEST_STRICT=1 $(GO) test -tags integration -run '^$$' -bench . -benchtime 1x ./test/enforcer/
-
-BENCH_CRL ?= $(GO) test -run '^$$' -bench . -benchtime 1x ./crl/
 
 clean:
 	rm -rf $(BIN) demo-out
