@@ -55,6 +55,8 @@ type publisher struct {
 	baseURL string
 	m       *Metrics
 
+	wg sync.WaitGroup // builders, so Run returns only after the last state write
+
 	mu      sync.RWMutex
 	issuers map[string]*crlIssuer
 	active  string
@@ -83,7 +85,7 @@ func (p *publisher) setIssuers(ctx context.Context, list []Issuer) {
 		ci := &crlIssuer{trigger: make(chan struct{}, 1), stop: make(chan struct{})}
 		ci.iss.Store(&iss)
 		p.issuers[iss.KeyID] = ci
-		go p.loop(ctx, ci)
+		p.wg.Go(func() { p.loop(ctx, ci) })
 	}
 	for id, ci := range p.issuers {
 		if !seen[id] {

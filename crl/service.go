@@ -8,6 +8,7 @@ import (
 	"math/big"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -80,15 +81,20 @@ func New(cfg Config, opts Options) (*Service, error) {
 // ctx ends. Failures (an unavailable HSM) are logged and retried; answers
 // already signed keep being served until their nextUpdate.
 func (s *Service) Run(ctx context.Context) error {
+	// Every goroutine started here has ended when Run returns, so the caller
+	// may remove DataDir or close the store right after.
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer s.pub.wg.Wait()
 	s.syncIssuers(ctx)
 	for i := 0; i < max(1, s.cfg.SignConcurrency/2); i++ {
-		go s.ocsp.presignWorker(ctx)
+		wg.Go(func() { s.ocsp.presignWorker(ctx) })
 	}
-	go func() {
+	wg.Go(func() {
 		if err := s.ocsp.prefill(ctx); err != nil && ctx.Err() == nil {
 			s.log.Error("OCSP pre-sign: listing certificates failed", "err", err)
 		}
-	}()
+	})
 	refresh := time.NewTicker(min(s.cfg.OCSPValidity/8, time.Minute))
 	defer refresh.Stop()
 	poll := time.NewTicker(s.opts.IssuerPoll)
