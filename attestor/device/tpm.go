@@ -11,7 +11,9 @@ import (
 	"sync"
 
 	"github.com/google/go-tpm/tpm2"
+
 	"github.com/google/go-tpm/tpm2/transport"
+	"github.com/palisade-id/palisade/attestor/verify"
 )
 
 // TCG provisioning defaults for the RSA-2048 EK.
@@ -96,7 +98,7 @@ func Open(t transport.TPMCloser, o Options) (_ *TPM, err error) {
 	if d.ekCert, err = readNV(t, o.EKCertIndex); err != nil {
 		return nil, err
 	}
-	cp, err := (tpm2.CreatePrimary{PrimaryHandle: tpm2.TPMRHOwner, InPublic: tpm2.New2B(AKTemplate())}).Execute(t)
+	cp, err := (tpm2.CreatePrimary{PrimaryHandle: tpm2.TPMRHOwner, InPublic: tpm2.New2B(verify.AKTemplate())}).Execute(t)
 	if err != nil {
 		return nil, fmt.Errorf("device: create AK: %w", err)
 	}
@@ -104,30 +106,6 @@ func Open(t transport.TPMCloser, o Options) (_ *TPM, err error) {
 	d.ak = tpm2.NamedHandle{Handle: cp.ObjectHandle, Name: cp.Name}
 	d.akPub = cp.OutPublic.Bytes()
 	return d, nil
-}
-
-// AKTemplate is the AK: ECC NIST P-256, ECDSA-SHA256, restricted signing,
-// fixedTPM (so a key loaded from outside the TPM can never stand in for it).
-func AKTemplate() tpm2.TPMTPublic {
-	return tpm2.TPMTPublic{
-		Type:    tpm2.TPMAlgECC,
-		NameAlg: tpm2.TPMAlgSHA256,
-		ObjectAttributes: tpm2.TPMAObject{
-			FixedTPM: true, FixedParent: true, SensitiveDataOrigin: true,
-			UserWithAuth: true, Restricted: true, SignEncrypt: true, NoDA: true,
-		},
-		Parameters: tpm2.NewTPMUPublicParms(tpm2.TPMAlgECC, &tpm2.TPMSECCParms{
-			Scheme: tpm2.TPMTECCScheme{
-				Scheme:  tpm2.TPMAlgECDSA,
-				Details: tpm2.NewTPMUAsymScheme(tpm2.TPMAlgECDSA, &tpm2.TPMSSigSchemeECDSA{HashAlg: tpm2.TPMAlgSHA256}),
-			},
-			CurveID: tpm2.TPMECCNistP256,
-		}),
-		Unique: tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, &tpm2.TPMSECCPoint{
-			X: tpm2.TPM2BECCParameter{Buffer: make([]byte, 32)},
-			Y: tpm2.TPM2BECCParameter{Buffer: make([]byte, 32)},
-		}),
-	}
 }
 
 // readNV reads a whole NV index, or returns nil if it is not defined.

@@ -64,3 +64,28 @@ func ParseAKPublic(raw []byte) (*AK, error) {
 	name := append([]byte{byte(tpm2.TPMAlgSHA256 >> 8), byte(tpm2.TPMAlgSHA256)}, h[:]...)
 	return &AK{Public: *pub, Key: key, Name: name}, nil
 }
+
+// AKTemplate is the AK a node creates: ECC NIST P-256, ECDSA-SHA256,
+// restricted signing, fixedTPM (so a key loaded from outside the TPM can never
+// stand in for it). ParseAKPublic accepts keys of this shape only.
+func AKTemplate() tpm2.TPMTPublic {
+	return tpm2.TPMTPublic{
+		Type:    tpm2.TPMAlgECC,
+		NameAlg: tpm2.TPMAlgSHA256,
+		ObjectAttributes: tpm2.TPMAObject{
+			FixedTPM: true, FixedParent: true, SensitiveDataOrigin: true,
+			UserWithAuth: true, Restricted: true, SignEncrypt: true, NoDA: true,
+		},
+		Parameters: tpm2.NewTPMUPublicParms(tpm2.TPMAlgECC, &tpm2.TPMSECCParms{
+			Scheme: tpm2.TPMTECCScheme{
+				Scheme:  tpm2.TPMAlgECDSA,
+				Details: tpm2.NewTPMUAsymScheme(tpm2.TPMAlgECDSA, &tpm2.TPMSSigSchemeECDSA{HashAlg: tpm2.TPMAlgSHA256}),
+			},
+			CurveID: tpm2.TPMECCNistP256,
+		}),
+		Unique: tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, &tpm2.TPMSECCPoint{
+			X: tpm2.TPM2BECCParameter{Buffer: make([]byte, 32)},
+			Y: tpm2.TPM2BECCParameter{Buffer: make([]byte, 32)},
+		}),
+	}
+}

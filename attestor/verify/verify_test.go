@@ -69,15 +69,15 @@ func TestParseEKPublic(t *testing.T) {
 
 func TestParseAKPublic(t *testing.T) {
 	n := node(t)
-	p384 := verifytest.AKTemplate()
+	p384 := verify.AKTemplate()
 	p384.Parameters = tpm2.NewTPMUPublicParms(tpm2.TPMAlgECC, &tpm2.TPMSECCParms{
 		Scheme: tpm2.TPMTECCScheme{Scheme: tpm2.TPMAlgECDSA,
 			Details: tpm2.NewTPMUAsymScheme(tpm2.TPMAlgECDSA, &tpm2.TPMSSigSchemeECDSA{HashAlg: tpm2.TPMAlgSHA256})},
 		CurveID: tpm2.TPMECCNistP384,
 	})
-	unrestricted := verifytest.AKTemplate()
+	unrestricted := verify.AKTemplate()
 	unrestricted.ObjectAttributes.Restricted = false
-	offCurve := verifytest.AKTemplate() // all-zero point
+	offCurve := verify.AKTemplate() // all-zero point
 	tests := []struct {
 		name string
 		raw  []byte

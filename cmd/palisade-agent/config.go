@@ -1,16 +1,14 @@
 package main
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/url"
 	"os"
 	"path/filepath"
 
-	"gopkg.in/yaml.v3"
+	"github.com/palisade-id/palisade/cmd/internal/config"
 
 	"github.com/palisade-id/palisade/attestor/agent"
 	"github.com/palisade-id/palisade/enforcer"
@@ -57,17 +55,8 @@ func LoadConfig(path string) (*Config, error) {
 // defaults and validates.
 func ParseConfig(raw []byte) (*Config, error) {
 	var cfg Config
-	dec := yaml.NewDecoder(bytes.NewReader(raw))
-	dec.KnownFields(true)
-	if err := dec.Decode(&cfg); err != nil {
-		if errors.Is(err, io.EOF) {
-			return nil, errors.New("empty configuration")
-		}
+	if err := config.DecodeStrict(raw, &cfg); err != nil {
 		return nil, err
-	}
-	var extra any
-	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
-		return nil, errors.New("more than one YAML document")
 	}
 	cfg.Defaults()
 	if err := cfg.Validate(); err != nil {

@@ -21,6 +21,8 @@ import (
 	"slices"
 
 	"github.com/google/go-tpm/tpm2"
+
+	"github.com/palisade-id/palisade/attestor/verify"
 )
 
 // Node is a software stand-in for a TPM holding one EK and one AK.
@@ -57,7 +59,7 @@ func NodeFromKeys(ek *rsa.PrivateKey, ak *ecdsa.PrivateKey) (*Node, error) {
 	if ek.E != 65537 {
 		return nil, errors.New("verifytest: EK exponent must be 65537")
 	}
-	akPub := AKTemplate()
+	akPub := verify.AKTemplate()
 	raw, err := ak.PublicKey.Bytes() // uncompressed point
 	if err != nil {
 		return nil, err
@@ -75,29 +77,6 @@ func NodeFromKeys(ek *rsa.PrivateKey, ak *ecdsa.PrivateKey) (*Node, error) {
 		EKPublic: tpm2.Marshal(ekPub), AKPublic: tpm2.Marshal(akPub),
 		AKName: name.Buffer, PCRs: map[uint32][]byte{},
 	}, nil
-}
-
-// AKTemplate is an ECC P-256 restricted signing key with ECDSA-SHA256.
-func AKTemplate() tpm2.TPMTPublic {
-	return tpm2.TPMTPublic{
-		Type:    tpm2.TPMAlgECC,
-		NameAlg: tpm2.TPMAlgSHA256,
-		ObjectAttributes: tpm2.TPMAObject{
-			FixedTPM: true, FixedParent: true, SensitiveDataOrigin: true,
-			UserWithAuth: true, Restricted: true, SignEncrypt: true, NoDA: true,
-		},
-		Parameters: tpm2.NewTPMUPublicParms(tpm2.TPMAlgECC, &tpm2.TPMSECCParms{
-			Scheme: tpm2.TPMTECCScheme{
-				Scheme:  tpm2.TPMAlgECDSA,
-				Details: tpm2.NewTPMUAsymScheme(tpm2.TPMAlgECDSA, &tpm2.TPMSSigSchemeECDSA{HashAlg: tpm2.TPMAlgSHA256}),
-			},
-			CurveID: tpm2.TPMECCNistP256,
-		}),
-		Unique: tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, &tpm2.TPMSECCPoint{
-			X: tpm2.TPM2BECCParameter{Buffer: make([]byte, 32)},
-			Y: tpm2.TPM2BECCParameter{Buffer: make([]byte, 32)},
-		}),
-	}
 }
 
 // Activate recovers a credential made to the EK for the object named name,

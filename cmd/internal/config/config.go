@@ -94,23 +94,33 @@ func Load(path string) (*Server, error) {
 // Parse decodes raw strictly, applies defaults and validates.
 func Parse(raw []byte) (*Server, error) {
 	var cfg Server
-	dec := yaml.NewDecoder(bytes.NewReader(raw))
-	dec.KnownFields(true)
-	if err := dec.Decode(&cfg); err != nil {
-		if errors.Is(err, io.EOF) {
-			return nil, errors.New("empty configuration")
-		}
+	if err := DecodeStrict(raw, &cfg); err != nil {
 		return nil, err
-	}
-	var extra any
-	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
-		return nil, errors.New("more than one YAML document")
 	}
 	cfg.Defaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	return &cfg, nil
+}
+
+// DecodeStrict decodes exactly one YAML document from raw into v; an
+// unknown key, an empty file or a second document is an error. Every
+// binary's configuration goes through it.
+func DecodeStrict(raw []byte, v any) error {
+	dec := yaml.NewDecoder(bytes.NewReader(raw))
+	dec.KnownFields(true)
+	if err := dec.Decode(v); err != nil {
+		if errors.Is(err, io.EOF) {
+			return errors.New("empty configuration")
+		}
+		return err
+	}
+	var extra any
+	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+		return errors.New("more than one YAML document")
+	}
+	return nil
 }
 
 // Defaults fills unset fields.
