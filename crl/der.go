@@ -105,24 +105,30 @@ func timeLen(t time.Time) int {
 	return 17
 }
 
+// appendTime appends t as an X.509 Time: UTCTime for 1950–2049,
+// GeneralizedTime otherwise (RFC 5280 4.1.2.5).
 func appendTime(b []byte, t time.Time) []byte {
+	y := t.UTC().Year()
+	return appendTimeAs(b, t, y < 1950 || y >= 2050)
+}
+
+// appendGenTime appends t as a GeneralizedTime, as OCSP always uses.
+func appendGenTime(b []byte, t time.Time) []byte { return appendTimeAs(b, t, true) }
+
+func appendTimeAs(b []byte, t time.Time, generalized bool) []byte {
 	t = t.UTC()
 	y, mo, d := t.Date()
 	h, mi, s := t.Clock()
 	d2 := func(b []byte, v int) []byte { return append(b, byte('0'+v/10), byte('0'+v%10)) }
-	if y >= 1950 && y < 2050 {
-		b = append(b, tagUTCTime, 13)
-		b = d2(b, y%100)
-	} else {
+	if generalized {
 		b = append(b, tagGenTime, 15)
 		b = d2(b, y/100)
-		b = d2(b, y%100)
+	} else {
+		b = append(b, tagUTCTime, 13)
 	}
-	b = d2(b, int(mo))
-	b = d2(b, d)
-	b = d2(b, h)
-	b = d2(b, mi)
-	b = d2(b, s)
+	for _, v := range []int{y % 100, int(mo), d, h, mi, s} {
+		b = d2(b, v)
+	}
 	return append(b, 'Z')
 }
 

@@ -224,22 +224,6 @@ func certIDFor(h crypto.Hash, ih issuerHashes, serial []byte) []byte {
 	return tlv(nil, tagSequence, alg, tlv(nil, tagOctetString, ih.name), tlv(nil, tagOctetString, ih.key), tlv(nil, tagInteger, serial))
 }
 
-func appendGenTime(b []byte, t time.Time) []byte {
-	t = t.UTC()
-	y, mo, d := t.Date()
-	h, mi, s := t.Clock()
-	d2 := func(b []byte, v int) []byte { return append(b, byte('0'+v/10), byte('0'+v%10)) }
-	b = append(b, tagGenTime, 15)
-	b = d2(b, y/100)
-	b = d2(b, y%100)
-	b = d2(b, int(mo))
-	b = d2(b, d)
-	b = d2(b, h)
-	b = d2(b, mi)
-	b = d2(b, s)
-	return append(b, 'Z')
-}
-
 // OCSP certificate status values (RFC 6960; same numbers as x/crypto/ocsp).
 const (
 	StatusGood    = 0
