@@ -39,8 +39,12 @@ type CheckerConfig struct {
 	Refresh time.Duration
 	// MaxCRLBytes caps a fetched CRL. Default 256 MiB.
 	MaxCRLBytes int64
-	Logger      *slog.Logger
-	Now         func() time.Time
+	// OnUpdate, optional, runs after the feed brought new revocations and
+	// the signed CRLs holding them were applied: an enforcer re-checks its
+	// admissions then instead of at its next periodic re-check.
+	OnUpdate func()
+	Logger   *slog.Logger
+	Now      func() time.Time
 }
 
 // Checker is the client-side revocation check for enforcers: it follows
@@ -390,6 +394,7 @@ func (c *Checker) Run(ctx context.Context) {
 				lastFull = time.Time{}
 			} else {
 				lastFull = time.Now()
+				c.updated()
 			}
 		case len(page.Events) > 0:
 			if err := c.syncDeltas(ctx); err != nil {
@@ -403,7 +408,14 @@ func (c *Checker) Run(ctx context.Context) {
 				continue
 			}
 			seq = page.Seq
+			c.updated()
 		}
+	}
+}
+
+func (c *Checker) updated() {
+	if c.cfg.OnUpdate != nil {
+		c.cfg.OnUpdate()
 	}
 }
 

@@ -578,8 +578,10 @@ func TestCheckerFollowsRevocationsWithinASecond(t *testing.T) {
 	e := newEnv(t, crl.Config{})
 	leaf := e.mint(t, "n")
 	other := e.mint(t, "n2")
+	updates := make(chan struct{}, 16)
 	chk, err := crl.NewChecker(crl.CheckerConfig{BaseURL: e.srv.URL,
-		Issuers: func() []*x509.Certificate { return []*x509.Certificate{e.ca.Intermediate()} }})
+		Issuers:  func() []*x509.Certificate { return []*x509.Certificate{e.ca.Intermediate()} },
+		OnUpdate: func() { updates <- struct{}{} }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -595,6 +597,9 @@ func TestCheckerFollowsRevocationsWithinASecond(t *testing.T) {
 		t.Fatal("revoked before revocation")
 	}
 	time.Sleep(100 * time.Millisecond) // let the long-poll settle on the current seq
+	for len(updates) > 0 {             // the first page resets the feed position
+		<-updates
+	}
 	start := time.Now()
 	if _, err := e.svc.Revoke(context.Background(), "op", leaf.SerialNumber, crl.ReasonKeyCompromise); err != nil {
 		t.Fatal(err)
@@ -609,6 +614,11 @@ func TestCheckerFollowsRevocationsWithinASecond(t *testing.T) {
 		time.Sleep(2 * time.Millisecond)
 	}
 	t.Logf("revocation reached the checker in %v", time.Since(start))
+	select {
+	case <-updates:
+	case <-time.After(time.Second):
+		t.Fatal("OnUpdate not called after the revocation was applied")
+	}
 	if r, _ := chk.Revoked(other.SerialNumber, ski); r {
 		t.Fatal("unrelated serial reported revoked")
 	}

@@ -23,6 +23,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -272,7 +273,15 @@ func run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	for _, r := range roots {
 		pool.AddCert(r)
 	}
-	checker, err := crl.NewChecker(crl.CheckerConfig{BaseURL: cfg.ApplianceURL, Roots: pool, Logger: log.With("component", "revocation")})
+	// The enforcer re-checks admissions as soon as the feed brings a
+	// revocation, not only at its next periodic re-check.
+	var recheck atomic.Pointer[enforcer.Admitter]
+	checker, err := crl.NewChecker(crl.CheckerConfig{BaseURL: cfg.ApplianceURL, Roots: pool, Logger: log.With("component", "revocation"),
+		OnUpdate: func() {
+			if a := recheck.Load(); a != nil {
+				a.Recheck()
+			}
+		}})
 	if err != nil {
 		return err
 	}
@@ -288,6 +297,7 @@ func run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	recheck.Store(enf.Admitter())
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
