@@ -8,7 +8,7 @@ export PATH := $(PATH):/usr/sbin:/sbin
 
 # Debian packages the tests, the demo and the benchmarks use.
 APT_PACKAGES := softhsm2 opensc openssl swtpm swtpm-tools tpm2-tools clang llvm libbpf-dev \
-	bpftool iperf3 wrk iproute2 protobuf-compiler ca-certificates
+	bpftool iperf3 wrk iproute2 protobuf-compiler ca-certificates curl
 
 .PHONY: all deps build vet generate-check test test-unit test-integration fuzz demo bench clean
 

@@ -2,7 +2,8 @@
 # `make demo`: the appliance end to end on embedded defaults. A throw-away
 # SoftHSM2 token, the key ceremony, palisade-server on 127.0.0.1, an
 # X509-SVID minted from a CSR (the workload keeps its key) and verified with
-# openssl, a JWT-SVID, and the audit log verified. Leaves demo-out/bundle.pem
+# openssl, a second SVID revoked and seen revoked by openssl (OCSP, CRL),
+# a JWT-SVID, and the audit log verified. Leaves demo-out/bundle.pem
 # (trust roots) and demo-out/svid.pem (leaf, then its intermediate).
 set -euo pipefail
 
@@ -105,6 +106,57 @@ openssl verify -CAfile "$OUT/bundle.pem" -untrusted "$OUT/svid.pem" "$OUT/svid.p
 openssl x509 -in "$OUT/svid.pem" -noout -subject -ext subjectAltName,keyUsage,extendedKeyUsage,crlDistributionPoints,authorityInfoAccess -dates
 cmp <(openssl pkey -in "$OUT/key.pem" -pubout) <(openssl x509 -in "$OUT/svid.pem" -noout -pubkey) \
 	|| fail "SVID does not certify the workload's key"
+
+step "Revocation: a second SVID, revoked; openssl asks OCSP and checks the CRL"
+"$BIN/palisade" entry create -spiffeID "spiffe://$TD/workload/batch" \
+	-parentID "spiffe://$TD/palisade/node/demo" -selector unix:uid:1001 >/dev/null
+mkdir -p "$WORK/batch"
+"$BIN/palisade" x509 mint -spiffeID "spiffe://$TD/workload/batch" -write "$WORK/batch"
+openssl x509 -in "$WORK/batch/svid.pem" -out "$WORK/batch/leaf.pem"
+sed -n '/END CERTIFICATE/,$p' "$WORK/batch/svid.pem" | tail -n +2 > "$WORK/batch/issuer.pem"
+SERIAL=$(openssl x509 -in "$WORK/batch/leaf.pem" -noout -serial | cut -d= -f2)
+"$BIN/palisade" revoke -serial "$SERIAL" -reason keyCompromise
+ocsp_status() {
+	openssl ocsp -issuer "$WORK/batch/issuer.pem" -cert "$1" -url "http://127.0.0.1:$HTTP_PORT/ocsp" \
+		-CAfile "$OUT/bundle.pem" >"$WORK/ocsp.out" 2>&1 || true
+	awk -v f="$1:" '$1 == f {print $2}' "$WORK/ocsp.out"
+}
+STATUS=""
+for _ in $(seq 1 50); do
+	STATUS=$(ocsp_status "$WORK/batch/leaf.pem")
+	[ "$STATUS" = revoked ] && break
+	sleep 0.1
+done
+echo "OCSP, revoked SVID: $STATUS"
+[ "$STATUS" = revoked ] || { cat "$WORK/ocsp.out"; fail "OCSP does not report the revoked SVID"; }
+openssl x509 -in "$OUT/svid.pem" -out "$WORK/web-leaf.pem"
+STATUS=$(ocsp_status "$WORK/web-leaf.pem")
+echo "OCSP, web SVID: $STATUS"
+[ "$STATUS" = good ] || fail "OCSP does not report the web SVID good"
+# The delta CRL carries a revocation at once; the full CRL follows within
+# full_crl_min_interval. openssl combines both with -use_deltas.
+CDP=$(openssl x509 -in "$WORK/batch/leaf.pem" -noout -ext crlDistributionPoints | grep -o 'http://[^ ]*')
+DELTA=${CDP%.crl}-delta.crl
+FOUND=""
+for _ in $(seq 1 50); do
+	curl -sf -o "$WORK/delta.der" "$DELTA" || true
+	if openssl crl -inform DER -in "$WORK/delta.der" -noout -text 2>/dev/null | grep -qi "Serial Number: $SERIAL"; then
+		FOUND=1
+		break
+	fi
+	sleep 0.1
+done
+[ -n "$FOUND" ] || fail "serial $SERIAL not in the delta CRL at $DELTA"
+curl -sf -o "$WORK/full.der" "$CDP" || fail "no full CRL at $CDP"
+openssl crl -inform DER -in "$WORK/delta.der" -noout -text | sed -n '/Delta CRL Indicator/,+1p;/Serial Number/,+4p'
+cat <(openssl crl -inform DER -in "$WORK/full.der") <(openssl crl -inform DER -in "$WORK/delta.der") > "$WORK/crls.pem"
+if openssl verify -crl_check -use_deltas -CAfile "$OUT/bundle.pem" -CRLfile "$WORK/crls.pem" \
+	-untrusted "$WORK/batch/issuer.pem" "$WORK/batch/leaf.pem" >"$WORK/crlcheck.out" 2>&1; then
+	fail "openssl verify -crl_check accepted the revoked SVID"
+fi
+grep -q "certificate revoked" "$WORK/crlcheck.out" || { cat "$WORK/crlcheck.out"; fail "unexpected verify result"; }
+echo "openssl verify -crl_check, revoked SVID: certificate revoked"
+openssl verify -crl_check -use_deltas -CAfile "$OUT/bundle.pem" -CRLfile "$WORK/crls.pem" -untrusted "$OUT/svid.pem" "$OUT/svid.pem"
 
 step "Minting a JWT-SVID (ES256, signed inside the HSM)"
 "$BIN/palisade" jwt mint -spiffeID "spiffe://$TD/workload/web" -audience demo > "$OUT/jwt.txt"
