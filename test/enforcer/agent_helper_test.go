@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/palisade-id/palisade/enforcer"
+	"github.com/palisade-id/palisade/test/netns"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"gopkg.in/yaml.v3"
@@ -104,7 +105,7 @@ func agentMain(cfgPath string) error {
 type agentProc struct {
 	dir string
 	cfg enforcer.Config
-	ns  *netns
+	ns  *netns.NS
 	cmd *exec.Cmd
 }
 
@@ -126,7 +127,7 @@ func writeSVID(t testing.TB, dir string, chain []*x509.Certificate, key crypto.S
 	}
 }
 
-func newAgent(t testing.TB, ns *netns, cfg enforcer.Config, chain []*x509.Certificate, key crypto.Signer) *agentProc {
+func newAgent(t testing.TB, ns *netns.NS, cfg enforcer.Config, chain []*x509.Certificate, key crypto.Signer) *agentProc {
 	t.Helper()
 	a := &agentProc{dir: t.TempDir(), cfg: cfg, ns: ns}
 	writeSVID(t, a.dir, chain, key)
@@ -161,7 +162,7 @@ func (a *agentProc) start(t testing.TB) {
 		t.Fatal(err)
 	}
 	defer logf.Close()
-	a.cmd = exec.Command("ip", "netns", "exec", a.ns.name, exe, "-test.run=^$")
+	a.cmd = exec.Command("ip", "netns", "exec", a.ns.Name, exe, "-test.run=^$")
 	a.cmd.Env = append(os.Environ(), "PALISADE_TEST_AGENT="+filepath.Join(a.dir, "config.yaml"))
 	a.cmd.Stdout, a.cmd.Stderr = logf, logf
 	if err := a.cmd.Start(); err != nil {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/palisade-id/palisade/enforcer"
+	"github.com/palisade-id/palisade/test/netns"
 	"github.com/palisade-id/palisade/test/testenv"
 )
 
@@ -21,14 +22,14 @@ func TestAttachModes(t *testing.T) {
 	testenv.Require(t, "ip", "tc")
 	for _, mode := range []enforcer.AttachMode{enforcer.AttachTCX, enforcer.AttachTC} {
 		t.Run(string(mode), func(t *testing.T) {
-			srv, cli := newNetns(t, "srv"), newNetns(t, "cli")
-			link(t, srv, "eth0", []string{"10.78.0.1/24", "fd78::1/64"}, cli, "eth0", []string{"10.78.0.2/24", "fd78::2/64"})
-			listen(t, srv, 8080)
-			pins := filepath.Join(bpffs(t), "p")
-			ifindex := ifindexIn(t, srv, "eth0")
+			srv, cli := netns.New(t, "srv"), netns.New(t, "cli")
+			netns.Link(t, srv, "eth0", []string{"10.78.0.1/24", "fd78::1/64"}, cli, "eth0", []string{"10.78.0.2/24", "fd78::2/64"})
+			srv.ListenEcho(t, 8080)
+			pins := filepath.Join(netns.BPFFS(t), "p")
+			ifindex := srv.Ifindex(t, "eth0")
 			dst4 := netip.MustParseAddrPort("10.78.0.1:8080")
 			dst6 := netip.MustParseAddrPort("[fd78::1]:8080")
-			if err := reachable(cli, netip.Addr{}, dst4, time.Second); err != nil {
+			if err := cli.Reachable(netip.Addr{}, dst4, time.Second); err != nil {
 				t.Fatalf("before attach: %v", err)
 			}
 
@@ -40,7 +41,7 @@ func TestAttachModes(t *testing.T) {
 				if err := d.SetConfig(enforcer.ModeEnforce, 7443); err != nil {
 					t.Fatal(err)
 				}
-				if err := srv.do(func() error {
+				if err := srv.Do(func() error {
 					got, err := d.Attach(ifindex, mode)
 					if err == nil && got != mode {
 						t.Errorf("attached with %s, want %s", got, mode)
@@ -52,8 +53,8 @@ func TestAttachModes(t *testing.T) {
 				return d
 			}
 			d := open()
-			mustUnreachable(t, cli, netip.Addr{}, dst4)
-			mustUnreachable(t, cli, netip.Addr{}, dst6)
+			cli.MustUnreachable(t, netip.Addr{}, dst4)
+			cli.MustUnreachable(t, netip.Addr{}, dst6)
 
 			exp := time.Now().Add(time.Hour)
 			for _, a := range []string{"10.78.0.2", "fd78::2"} {
@@ -64,25 +65,25 @@ func TestAttachModes(t *testing.T) {
 			if err := d.SyncPolicy(map[enforcer.PolicyKey]bool{{Identity: 5, Port: 8080, Proto: enforcer.ProtoTCP}: true}); err != nil {
 				t.Fatal(err)
 			}
-			c, err := dial(cli, netip.Addr{}, dst4, time.Second)
+			c, err := cli.Dial(netip.Addr{}, dst4, time.Second)
 			if err != nil {
 				t.Fatalf("admitted peer: %v", err)
 			}
 			defer c.Close()
-			if err := reachable(cli, netip.Addr{}, dst6, time.Second); err != nil {
+			if err := cli.Reachable(netip.Addr{}, dst6, time.Second); err != nil {
 				t.Fatalf("admitted peer over IPv6: %v", err)
 			}
 
 			// The loader goes away: enforcement and state stay.
 			d.Close()
-			if err := echo(c, time.Second); err != nil {
+			if err := netns.Echo(c, time.Second); err != nil {
 				t.Fatalf("after the loader closed: %v", err)
 			}
 			// A new loader adopts maps and swaps the program under the
 			// established connection.
 			d = open()
 			defer d.Close()
-			if err := echo(c, time.Second); err != nil {
+			if err := netns.Echo(c, time.Second); err != nil {
 				t.Fatalf("after adoption: %v", err)
 			}
 			peers, err := d.Peers()
@@ -92,13 +93,13 @@ func TestAttachModes(t *testing.T) {
 			if err := d.DeletePeer(ifindex, netip.MustParseAddr("10.78.0.2")); err != nil {
 				t.Fatal(err)
 			}
-			if err := echo(c, 300*time.Millisecond); err == nil {
+			if err := netns.Echo(c, 300*time.Millisecond); err == nil {
 				t.Fatal("established flow survived removal of its admission")
 			}
-			if err := srv.do(func() error { return d.Detach(ifindex) }); err != nil {
+			if err := srv.Do(func() error { return d.Detach(ifindex) }); err != nil {
 				t.Fatal(err)
 			}
-			if err := reachable(cli, netip.Addr{}, dst4, time.Second); err != nil {
+			if err := cli.Reachable(netip.Addr{}, dst4, time.Second); err != nil {
 				t.Fatalf("after detach: %v", err)
 			}
 			if mode == enforcer.AttachTCX {

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/palisade-id/palisade/enforcer"
+	"github.com/palisade-id/palisade/test/netns"
 	"github.com/palisade-id/palisade/test/testca"
 	"github.com/palisade-id/palisade/test/testenv"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -31,7 +32,7 @@ import (
 // run and reported as a ratio (enforcer / no program).
 
 type benchNet struct {
-	srv, cli *netns
+	srv, cli *netns.NS
 	ifindex  int
 	dp       *enforcer.Datapath
 }
@@ -40,10 +41,10 @@ func newBenchNet(b *testing.B) *benchNet {
 	b.Helper()
 	testenv.RequireRoot(b)
 	testenv.Require(b, "ip", "iperf3")
-	n := &benchNet{srv: newNetns(b, "bsrv"), cli: newNetns(b, "bcli")}
-	link(b, n.srv, "eth0", []string{"10.79.0.1/24"}, n.cli, "eth0", []string{"10.79.0.2/24"})
-	n.ifindex = ifindexIn(b, n.srv, "eth0")
-	d, err := enforcer.OpenDatapath(enforcer.DatapathOptions{PinDir: filepath.Join(bpffs(b), "p")})
+	n := &benchNet{srv: netns.New(b, "bsrv"), cli: netns.New(b, "bcli")}
+	netns.Link(b, n.srv, "eth0", []string{"10.79.0.1/24"}, n.cli, "eth0", []string{"10.79.0.2/24"})
+	n.ifindex = n.srv.Ifindex(b, "eth0")
+	d, err := enforcer.OpenDatapath(enforcer.DatapathOptions{PinDir: filepath.Join(netns.BPFFS(b), "p")})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -66,7 +67,7 @@ func newBenchNet(b *testing.B) *benchNet {
 
 func (n *benchNet) attach(b *testing.B, on bool) {
 	b.Helper()
-	err := n.srv.do(func() error {
+	err := n.srv.Do(func() error {
 		if on {
 			_, err := n.dp.Attach(n.ifindex, enforcer.AttachTCX)
 			return err
@@ -96,7 +97,7 @@ func BenchmarkEnforcer(b *testing.B) {
 // reported (host speed drifts between rounds). Per-run program time comes
 // from kernel BPF stats under this traffic (one run per GSO/GRO skb).
 func (n *benchNet) throughput(b *testing.B) {
-	srv := exec.Command("ip", "netns", "exec", n.srv.name, "iperf3", "-s", "-B", "10.79.0.1")
+	srv := exec.Command("ip", "netns", "exec", n.srv.Name, "iperf3", "-s", "-B", "10.79.0.1")
 	if err := srv.Start(); err != nil {
 		b.Fatal(err)
 	}
@@ -108,7 +109,7 @@ func (n *benchNet) throughput(b *testing.B) {
 	defer stats.Close()
 	iperf := func() float64 {
 		for try := 0; ; try++ {
-			out, err := exec.Command("ip", "netns", "exec", n.cli.name, "iperf3", "-c", "10.79.0.1", "-t", "2", "-J").Output()
+			out, err := exec.Command("ip", "netns", "exec", n.cli.Name, "iperf3", "-c", "10.79.0.1", "-t", "2", "-J").Output()
 			if err != nil {
 				if try < 20 {
 					time.Sleep(100 * time.Millisecond) // server still starting
@@ -135,7 +136,7 @@ func (n *benchNet) throughput(b *testing.B) {
 	none := func() float64 { return iperf() }
 	empty := func() float64 {
 		var bl io.Closer
-		if err := n.srv.do(func() (err error) { bl, err = n.dp.AttachBaseline(n.ifindex); return err }); err != nil {
+		if err := n.srv.Do(func() (err error) { bl, err = n.dp.AttachBaseline(n.ifindex); return err }); err != nil {
 			b.Fatal(err)
 		}
 		defer bl.Close()
@@ -194,7 +195,7 @@ func median(xs []float64) float64 {
 // connRate: TCP connect + 1-byte echo + close from 2 workers for 1 s,
 // 4 interleaved rounds per configuration.
 func (n *benchNet) connRate(b *testing.B) {
-	listen(b, n.srv, 8080)
+	n.srv.ListenEcho(b, 8080)
 	dst := netip.MustParseAddrPort("10.79.0.1:8080")
 	count := func() float64 {
 		var (
@@ -208,14 +209,14 @@ func (n *benchNet) connRate(b *testing.B) {
 			go func() {
 				defer wg.Done()
 				local := 0
-				_ = n.cli.do(func() error {
+				_ = n.cli.Do(func() error {
 					for time.Now().Before(stop) {
 						c, err := net.DialTimeout("tcp", dst.String(), time.Second)
 						if err != nil {
 							return err
 						}
 						_ = c.(*net.TCPConn).SetLinger(0) // RST: no TIME_WAIT pile-up
-						if err := echo(c, time.Second); err != nil {
+						if err := netns.Echo(c, time.Second); err != nil {
 							c.Close()
 							return err
 						}
@@ -264,7 +265,7 @@ func (r *revocable) Revoked(s *big.Int, _ []byte) (bool, error) {
 func BenchmarkAdmission(b *testing.B) {
 	n := newBenchNet(b)
 	n.attach(b, true)
-	listen(b, n.srv, 8080)
+	n.srv.ListenEcho(b, 8080)
 	ca := testca.New(b, td)
 	tdd := spiffeid.RequireTrustDomainFromString(td)
 	bundle := x509bundle.FromX509Authorities(tdd, []*x509.Certificate{ca.Root()})
@@ -290,7 +291,7 @@ func BenchmarkAdmission(b *testing.B) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var ln net.Listener
-	if err := n.srv.do(func() (err error) { ln, err = enforcer.ListenAdmission(ctx, "10.79.0.1:7443"); return err }); err != nil {
+	if err := n.srv.Do(func() (err error) { ln, err = enforcer.ListenAdmission(ctx, "10.79.0.1:7443"); return err }); err != nil {
 		b.Fatal(err)
 	}
 	go func() { _ = srvAdm.Serve(ctx, ln) }()
@@ -298,7 +299,7 @@ func BenchmarkAdmission(b *testing.B) {
 	target := netip.MustParseAddrPort("10.79.0.1:7443")
 	admit := func() time.Duration {
 		var d time.Duration
-		if err := n.cli.do(func() error {
+		if err := n.cli.Do(func() error {
 			start := time.Now()
 			_, err := cliAdm.Admit(ctx, target)
 			d = time.Since(start)
@@ -317,17 +318,17 @@ func BenchmarkAdmission(b *testing.B) {
 		for i := 0; i < 5; i++ {
 			cliAdm, cliSerial = mk(clientID, nullTable{}, allowAll{})
 			admit()
-			c, err := dial(n.cli, netip.Addr{}, netip.MustParseAddrPort("10.79.0.1:8080"), time.Second)
+			c, err := n.cli.Dial(netip.Addr{}, netip.MustParseAddrPort("10.79.0.1:8080"), time.Second)
 			if err != nil {
 				b.Fatal(err)
 			}
-			if err := echo(c, time.Second); err != nil {
+			if err := netns.Echo(c, time.Second); err != nil {
 				b.Fatal(err)
 			}
 			start := time.Now()
 			revokeAll(srvRev, []*big.Int{cliSerial})
 			for time.Since(start) < 5*time.Second {
-				if err := echo(c, 20*time.Millisecond); err != nil {
+				if err := netns.Echo(c, 20*time.Millisecond); err != nil {
 					break
 				}
 			}

@@ -7,7 +7,6 @@ import (
 	"crypto"
 	"crypto/x509"
 	"errors"
-	"io"
 	"math/big"
 	"net"
 	"net/netip"
@@ -18,6 +17,7 @@ import (
 	"time"
 
 	"github.com/palisade-id/palisade/enforcer"
+	"github.com/palisade-id/palisade/test/netns"
 	"github.com/palisade-id/palisade/test/testca"
 	"github.com/palisade-id/palisade/test/testenv"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -54,8 +54,8 @@ rules:
 // and banned files (the revocation package replaces them in production).
 type topology struct {
 	ca                    *testca.CA
-	srv, good, rogue      *netns
-	appl                  *netns
+	srv, good, rogue      *netns.NS
+	appl                  *netns.NS
 	srvGoodIf, srvRogueIf string
 	srv4, good4, rogue4   netip.Addr
 	srv6, good6           netip.Addr
@@ -70,21 +70,21 @@ func newTopology(t *testing.T) *topology {
 	testenv.Require(t, "ip", "tc")
 	tp := &topology{
 		ca:  testca.New(t, td),
-		srv: newNetns(t, "srv"), good: newNetns(t, "good"), rogue: newNetns(t, "rogue"),
+		srv: netns.New(t, "srv"), good: netns.New(t, "good"), rogue: netns.New(t, "rogue"),
 		srvGoodIf: "to-good", srvRogueIf: "to-rogue",
 		srv4: netip.MustParseAddr("10.77.1.1"), good4: netip.MustParseAddr("10.77.1.2"),
 		rogue4: netip.MustParseAddr("10.77.2.2"),
 		srv6:   netip.MustParseAddr("fd77:1::1"), good6: netip.MustParseAddr("fd77:1::2"),
 	}
-	link(t, tp.srv, tp.srvGoodIf, []string{"10.77.1.1/24", "fd77:1::1/64"}, tp.good, "eth0", []string{"10.77.1.2/24", "fd77:1::2/64"})
-	link(t, tp.srv, tp.srvRogueIf, []string{"10.77.2.1/24"}, tp.rogue, "eth0", []string{"10.77.2.2/24"})
+	netns.Link(t, tp.srv, tp.srvGoodIf, []string{"10.77.1.1/24", "fd77:1::1/64"}, tp.good, "eth0", []string{"10.77.1.2/24", "fd77:1::2/64"})
+	netns.Link(t, tp.srv, tp.srvRogueIf, []string{"10.77.2.1/24"}, tp.rogue, "eth0", []string{"10.77.2.2/24"})
 	// The appliance (CA, attestation, CRLs): reached as infrastructure (TCP; UDP with the /udp suffix).
-	tp.appl = newNetns(t, "appl")
-	link(t, tp.srv, "to-appl", []string{"10.77.3.1/24"}, tp.appl, "eth0", []string{"10.77.3.2/24"})
+	tp.appl = netns.New(t, "appl")
+	netns.Link(t, tp.srv, "to-appl", []string{"10.77.3.1/24"}, tp.appl, "eth0", []string{"10.77.3.2/24"})
 	// The rogue can route to the good client's subnet through the server's
 	// rogue-facing link: the path a spoofed source takes.
-	tp.rogue.ip(t, "route", "add", "10.77.1.0/24", "dev", "eth0")
-	tp.pins = bpffs(t)
+	tp.rogue.IP(t, "route", "add", "10.77.1.0/24", "dev", "eth0")
+	tp.pins = netns.BPFFS(t)
 	dir := t.TempDir()
 	tp.policyPath = filepath.Join(dir, "policy.yaml")
 	tp.bundlePath = filepath.Join(dir, "bundle.pem")
@@ -105,93 +105,6 @@ func (tp *topology) config(pinDir string, ifaces []string, peers []string) enfor
 	}
 	c.SetDefaults()
 	return c
-}
-
-// listen opens TCP echo servers in ns on each port.
-func listen(t testing.TB, ns *netns, ports ...int) {
-	t.Helper()
-	for _, p := range ports {
-		var ln net.Listener
-		if err := ns.do(func() (err error) {
-			ln, err = net.Listen("tcp", "[::]:"+strconv.Itoa(p))
-			return err
-		}); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { ln.Close() })
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
-			}
-		}()
-	}
-}
-
-// dial connects from ns (optionally from a given source address).
-func dial(ns *netns, src netip.Addr, dst netip.AddrPort, timeout time.Duration) (net.Conn, error) {
-	var c net.Conn
-	err := ns.do(func() (err error) {
-		d := net.Dialer{Timeout: timeout}
-		if src.IsValid() {
-			d.LocalAddr = &net.TCPAddr{IP: src.AsSlice()}
-		}
-		c, err = d.Dial("tcp", dst.String())
-		return err
-	})
-	return c, err
-}
-
-// reachable reports whether a TCP echo round trip works within timeout.
-func reachable(ns *netns, src netip.Addr, dst netip.AddrPort, timeout time.Duration) error {
-	c, err := dial(ns, src, dst, timeout)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	return echo(c, timeout)
-}
-
-func echo(c net.Conn, timeout time.Duration) error {
-	_ = c.SetDeadline(time.Now().Add(timeout))
-	if _, err := c.Write([]byte("ping")); err != nil {
-		return err
-	}
-	buf := make([]byte, 4)
-	_, err := io.ReadFull(c, buf)
-	return err
-}
-
-func waitReachable(t *testing.T, ns *netns, dst netip.AddrPort) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		err := reachable(ns, netip.Addr{}, dst, 300*time.Millisecond)
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%v never became reachable: %v", dst, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-func mustUnreachable(t *testing.T, ns *netns, src netip.Addr, dst netip.AddrPort) {
-	t.Helper()
-	err := reachable(ns, src, dst, 400*time.Millisecond)
-	if err == nil {
-		t.Fatalf("%v reachable from %s (src %v), want dropped", dst, ns.name, src)
-	}
-	var ne net.Error
-	if !errors.As(err, &ne) || !ne.Timeout() {
-		// A drop shows as a timeout; a refusal (RST) would mean the
-		// packet reached the server's stack.
-		t.Fatalf("%v from %s: %v, want a timeout (silent drop)", dst, ns.name, err)
-	}
 }
 
 func hasFlow(recs []enforcer.FlowRecord, pred func(enforcer.FlowRecord) bool) bool {
@@ -238,7 +151,7 @@ func (tp *topology) rogueAdmit(t *testing.T, id string, chain []*x509.Certificat
 	if err != nil {
 		t.Fatal(err)
 	}
-	return tp.rogue.do(func() error {
+	return tp.rogue.Do(func() error {
 		_, err := a.Admit(context.Background(), netip.AddrPortFrom(netip.MustParseAddr("10.77.2.1"), admPort))
 		return err
 	})
@@ -246,18 +159,18 @@ func (tp *topology) rogueAdmit(t *testing.T, id string, chain []*x509.Certificat
 
 func TestEnforcerEndToEnd(t *testing.T) {
 	tp := newTopology(t)
-	listen(t, tp.srv, openPort, closedPort)
+	tp.srv.ListenEcho(t, openPort, closedPort)
 
 	_, schain, skey := tp.ca.MintX509SVID(t, serverID, time.Hour)
 	_, cchain, ckey := tp.ca.MintX509SVID(t, clientID, time.Hour)
 	srvPins := filepath.Join(tp.pins, "srv")
-	listen(t, tp.appl, applPort)
+	tp.appl.ListenEcho(t, applPort)
 	srvCfg := tp.config(srvPins, []string{tp.srvGoodIf, tp.srvRogueIf, "to-appl"}, nil)
 	srvCfg.Infrastructure = []string{"10.77.3.2:" + strconv.Itoa(applPort)}
 	srv := newAgent(t, tp.srv, srvCfg, schain, skey)
 	srv.start(t)
 	// Nothing passes until the client admits itself.
-	mustUnreachable(t, tp.good, netip.Addr{}, netip.AddrPortFrom(tp.srv4, openPort))
+	tp.good.MustUnreachable(t, netip.Addr{}, netip.AddrPortFrom(tp.srv4, openPort))
 
 	cli := newAgent(t, tp.good, tp.config(filepath.Join(tp.pins, "good"), []string{"eth0"},
 		[]string{tp.srv4.String(), tp.srv6.String()}), cchain, ckey)
@@ -268,21 +181,21 @@ func TestEnforcerEndToEnd(t *testing.T) {
 	fromRogue := netip.AddrPortFrom(netip.MustParseAddr("10.77.2.1"), openPort)
 
 	t.Run("good client reaches only allowed ports", func(t *testing.T) {
-		waitReachable(t, tp.good, open4)
-		waitReachable(t, tp.good, open6)
-		mustUnreachable(t, tp.good, netip.Addr{}, netip.AddrPortFrom(tp.srv4, closedPort))
-		mustUnreachable(t, tp.good, netip.Addr{}, netip.AddrPortFrom(tp.srv6, closedPort))
+		tp.good.WaitReachable(t, open4, 10*time.Second)
+		tp.good.WaitReachable(t, open6, 10*time.Second)
+		tp.good.MustUnreachable(t, netip.Addr{}, netip.AddrPortFrom(tp.srv4, closedPort))
+		tp.good.MustUnreachable(t, netip.Addr{}, netip.AddrPortFrom(tp.srv6, closedPort))
 	})
 
 	t.Run("appliance reachable as infrastructure only", func(t *testing.T) {
-		if err := reachable(tp.srv, netip.Addr{}, netip.MustParseAddrPort("10.77.3.2:"+strconv.Itoa(applPort)), time.Second); err != nil {
+		if err := tp.srv.Reachable(netip.Addr{}, netip.MustParseAddrPort("10.77.3.2:"+strconv.Itoa(applPort)), time.Second); err != nil {
 			t.Fatalf("server node cannot reach the appliance: %v", err)
 		}
 		// The appliance cannot open flows to the node, not even from its
 		// service port.
-		mustUnreachable(t, tp.appl, netip.Addr{}, netip.MustParseAddrPort("10.77.3.1:8080"))
+		tp.appl.MustUnreachable(t, netip.Addr{}, netip.MustParseAddrPort("10.77.3.1:8080"))
 		var c net.Conn
-		err := tp.appl.do(func() (err error) {
+		err := tp.appl.Do(func() (err error) {
 			d := net.Dialer{Timeout: 400 * time.Millisecond, LocalAddr: &net.TCPAddr{Port: applPort + 1}}
 			c, err = d.Dial("tcp", "10.77.3.1:8080")
 			return err
@@ -294,7 +207,7 @@ func TestEnforcerEndToEnd(t *testing.T) {
 	})
 
 	t.Run("no SVID", func(t *testing.T) {
-		mustUnreachable(t, tp.rogue, netip.Addr{}, fromRogue)
+		tp.rogue.MustUnreachable(t, netip.Addr{}, fromRogue)
 	})
 
 	t.Run("bad SVIDs refused at admission", func(t *testing.T) {
@@ -329,7 +242,7 @@ func TestEnforcerEndToEnd(t *testing.T) {
 				if !errors.Is(err, enforcer.ErrNotAdmitted) {
 					t.Fatalf("admission = %v, want ErrNotAdmitted", err)
 				}
-				mustUnreachable(t, tp.rogue, netip.Addr{}, fromRogue)
+				tp.rogue.MustUnreachable(t, netip.Addr{}, fromRogue)
 			})
 		}
 	})
@@ -337,9 +250,9 @@ func TestEnforcerEndToEnd(t *testing.T) {
 	t.Run("spoofed source address", func(t *testing.T) {
 		// The rogue claims the admitted good client's address; it arrives
 		// on the server's rogue-facing interface, which has no admission.
-		tp.rogue.ip(t, "addr", "add", tp.good4.String()+"/32", "dev", "eth0")
-		mustUnreachable(t, tp.rogue, tp.good4, open4)
-		ifc := ifindexIn(t, tp.srv, tp.srvRogueIf)
+		tp.rogue.IP(t, "addr", "add", tp.good4.String()+"/32", "dev", "eth0")
+		tp.rogue.MustUnreachable(t, tp.good4, open4)
+		ifc := tp.srv.Ifindex(t, tp.srvRogueIf)
 		if !hasFlow(srv.flows(t), func(r enforcer.FlowRecord) bool {
 			return r.FromAddr == tp.good4 && r.Ifindex == ifc && r.Verdict == "drop" && r.Reason == "not-admitted"
 		}) {
@@ -371,11 +284,11 @@ func TestEnforcerEndToEnd(t *testing.T) {
 
 	t.Run("daemon killed: still enforced", func(t *testing.T) {
 		srv.kill9(t)
-		if err := reachable(tp.good, netip.Addr{}, open4, time.Second); err != nil {
+		if err := tp.good.Reachable(netip.Addr{}, open4, time.Second); err != nil {
 			t.Fatalf("admitted client lost access when the daemon died: %v", err)
 		}
-		mustUnreachable(t, tp.good, netip.Addr{}, netip.AddrPortFrom(tp.srv4, closedPort))
-		mustUnreachable(t, tp.rogue, netip.Addr{}, fromRogue)
+		tp.good.MustUnreachable(t, netip.Addr{}, netip.AddrPortFrom(tp.srv4, closedPort))
+		tp.rogue.MustUnreachable(t, netip.Addr{}, fromRogue)
 	})
 
 	t.Run("audit mode passes and logs would-be drops", func(t *testing.T) {
@@ -387,7 +300,7 @@ func TestEnforcerEndToEnd(t *testing.T) {
 			srv.writeConfig(t)
 		}()
 		srv.start(t)
-		if err := reachable(tp.rogue, netip.Addr{}, fromRogue, time.Second); err != nil {
+		if err := tp.rogue.Reachable(netip.Addr{}, fromRogue, time.Second); err != nil {
 			t.Fatalf("audit mode dropped: %v", err)
 		}
 		waitFlow(t, srv, func(r enforcer.FlowRecord) bool {
@@ -401,20 +314,20 @@ func TestEnforcerEndToEnd(t *testing.T) {
 		// The client did not re-admit (max admission is an hour): access
 		// comes from the adopted kernel entry and saved admission record.
 		var err error
-		established, err = dial(tp.good, netip.Addr{}, open4, time.Second)
+		established, err = tp.good.Dial(netip.Addr{}, open4, time.Second)
 		if err != nil {
 			st, _ := os.ReadFile(filepath.Join(srv.cfg.StateDir, "admissions.json"))
 			t.Fatalf("%v\nstate: %s\nlog:\n%s", err, st, srv.log())
 		}
-		if err := echo(established, time.Second); err != nil {
+		if err := netns.Echo(established, time.Second); err != nil {
 			t.Fatal(err)
 		}
-		mustUnreachable(t, tp.rogue, netip.Addr{}, fromRogue)
+		tp.rogue.MustUnreachable(t, netip.Addr{}, fromRogue)
 		links, err := os.ReadDir(filepath.Join(srvPins, "links"))
 		if err != nil || len(links) != 6 {
 			t.Fatalf("pinned links = %v, %v; want ingress and egress on 3 interfaces", links, err)
 		}
-		if err := reachable(tp.srv, netip.Addr{}, netip.MustParseAddrPort("10.77.3.2:"+strconv.Itoa(applPort)), time.Second); err != nil {
+		if err := tp.srv.Reachable(netip.Addr{}, netip.MustParseAddrPort("10.77.3.2:"+strconv.Itoa(applPort)), time.Second); err != nil {
 			t.Fatalf("appliance unreachable after restart: %v", err)
 		}
 	})
@@ -426,21 +339,15 @@ func TestEnforcerEndToEnd(t *testing.T) {
 		defer established.Close()
 		start := time.Now()
 		srv.revoke(t, cchain[0].SerialNumber)
-		var cut time.Duration
-		for time.Since(start) < 5*time.Second {
-			if err := echo(established, 100*time.Millisecond); err != nil {
-				cut = time.Since(start)
-				break
-			}
-		}
-		if cut == 0 {
-			t.Fatal("established flow survived revocation")
+		cut, err := netns.TimeToCut(established, start, 100*time.Millisecond, 5*time.Second)
+		if err != nil {
+			t.Fatalf("established flow survived revocation: %v", err)
 		}
 		t.Logf("revoke → drop: %v (echo probe granularity 100 ms)", cut)
 		if cut > 2*time.Second {
 			t.Fatalf("revoke → drop took %v", cut)
 		}
-		mustUnreachable(t, tp.good, netip.Addr{}, open4)
+		tp.good.MustUnreachable(t, netip.Addr{}, open4)
 	})
 }
 
@@ -454,20 +361,4 @@ func waitFlow(t *testing.T, a *agentProc, pred func(enforcer.FlowRecord) bool) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	t.Fatal("flow record not found")
-}
-
-func ifindexIn(t testing.TB, ns *netns, name string) int {
-	t.Helper()
-	var idx int
-	if err := ns.do(func() error {
-		ifc, err := net.InterfaceByName(name)
-		if err != nil {
-			return err
-		}
-		idx = ifc.Index
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-	return idx
 }

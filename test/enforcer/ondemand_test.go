@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/palisade-id/palisade/test/netns"
 )
 
 // TestOnDemandAdmission: a client agent with no configured peers gets
@@ -14,7 +16,7 @@ import (
 // gets through.
 func TestOnDemandAdmission(t *testing.T) {
 	tp := newTopology(t)
-	listen(t, tp.srv, openPort)
+	tp.srv.ListenEcho(t, openPort)
 	_, schain, skey := tp.ca.MintX509SVID(t, serverID, time.Hour)
 	_, cchain, ckey := tp.ca.MintX509SVID(t, clientID, time.Hour)
 	srv := newAgent(t, tp.srv, tp.config(filepath.Join(tp.pins, "srv"), []string{tp.srvGoodIf}, nil), schain, skey)
@@ -24,19 +26,19 @@ func TestOnDemandAdmission(t *testing.T) {
 
 	dst := netip.AddrPortFrom(tp.srv4, openPort)
 	start := time.Now()
-	c, err := dial(tp.good, netip.Addr{}, dst, 5*time.Second)
+	c, err := tp.good.Dial(netip.Addr{}, dst, 5*time.Second)
 	if err != nil {
 		t.Fatalf("first connection: %v\nclient log:\n%s", err, cli.log())
 	}
 	defer c.Close()
-	if err := echo(c, time.Second); err != nil {
+	if err := netns.Echo(c, time.Second); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("first connection took %v (one SYN retransmission expected)", time.Since(start))
 	// Now admitted: the next connection is immediate.
-	if err := reachable(tp.good, netip.Addr{}, dst, 300*time.Millisecond); err != nil {
+	if err := tp.good.Reachable(netip.Addr{}, dst, 300*time.Millisecond); err != nil {
 		t.Fatalf("second connection: %v", err)
 	}
 	// Still only what the policy allows.
-	mustUnreachable(t, tp.good, netip.Addr{}, netip.AddrPortFrom(tp.srv4, closedPort))
+	tp.good.MustUnreachable(t, netip.Addr{}, netip.AddrPortFrom(tp.srv4, closedPort))
 }
