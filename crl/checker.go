@@ -167,6 +167,14 @@ func (c *Checker) Revoked(serial *big.Int, issuerSKI []byte) (bool, error) {
 	st := c.states[hex.EncodeToString(issuerSKI)]
 	c.mu.RUnlock()
 	if st == nil || st.full == nil {
+		// An intermediate itself (the enforcer checks every certificate of
+		// a chain but the root): the appliance publishes no CRL for its
+		// roots, so an intermediate is in good standing while the appliance
+		// lists it as live and it chains to Roots. Without this, no chain
+		// the appliance issues could ever be admitted.
+		if c.liveIssuer(serial, issuerSKI) {
+			return false, nil
+		}
 		// A new intermediate (rotation): have Run look for it now.
 		select {
 		case c.poke <- struct{}{}:
@@ -185,6 +193,17 @@ func (c *Checker) Revoked(serial *big.Int, issuerSKI []byte) (bool, error) {
 		return false, fmt.Errorf("%w: issuer %x, nextUpdate %s", ErrStaleCRL, issuerSKI, st.fullNext)
 	}
 	return false, nil
+}
+
+// liveIssuer reports whether serial, issued by the CA with Subject Key ID
+// issuerSKI, is one of the followed (verified, live) intermediates.
+func (c *Checker) liveIssuer(serial *big.Int, issuerSKI []byte) bool {
+	for _, iss := range c.issuers() {
+		if iss.SerialNumber.Cmp(serial) == 0 && bytes.Equal(iss.AuthorityKeyId, issuerSKI) {
+			return true
+		}
+	}
+	return false
 }
 
 // Sync fetches the full and delta CRL of every issuer and returns the

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/hex"
 	"errors"
+	"math/big"
 	"net/http"
 	"strings"
 	"sync"
@@ -150,6 +151,17 @@ func TestCheckerLearnsIssuersFromRoots(t *testing.T) {
 	time.Sleep(50 * time.Millisecond)
 	if _, err := chk.Revoked(leaf.SerialNumber, rogue.Intermediate().SubjectKeyId); !errors.Is(err, crl.ErrNoCRL) {
 		t.Fatalf("followed an issuer outside the trust bundle: %v", err)
+	}
+	// The intermediates themselves (no CRL for the root): good while live
+	// and chaining to the bundle, unknown otherwise.
+	if r, err := chk.Revoked(e.ca.Intermediate().SerialNumber, e.ca.Root().SubjectKeyId); r || err != nil {
+		t.Fatalf("live intermediate: revoked=%v, %v", r, err)
+	}
+	if _, err := chk.Revoked(rogue.Intermediate().SerialNumber, rogue.Root().SubjectKeyId); !errors.Is(err, crl.ErrNoCRL) {
+		t.Fatalf("intermediate outside the trust bundle: %v", err)
+	}
+	if _, err := chk.Revoked(big.NewInt(12345), e.ca.Root().SubjectKeyId); !errors.Is(err, crl.ErrNoCRL) {
+		t.Fatalf("intermediate the appliance does not list: %v", err)
 	}
 	if _, err := svc.Revoke(ctx, "op", leaf.SerialNumber, crl.ReasonKeyCompromise); err != nil {
 		t.Fatal(err)
