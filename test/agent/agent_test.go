@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -100,17 +101,36 @@ func (n *node) id(a *harness.Appliance) string {
 
 // admit puts the node's EK manufacturer root in the manifest and its
 // current PCRs in the golden policy, through the operator CLI.
-func (n *node) admit(t *testing.T, a *harness.Appliance) {
+func (n *node) admit(t *testing.T, a *harness.Appliance) { admitNodes(t, a, n) }
+
+// admitNodes puts each node's EK manufacturer root in the manifest and sets
+// one golden policy (class worker) allowing each node's current PCRs.
+func admitNodes(t *testing.T, a *harness.Appliance, nodes ...*node) {
 	t.Helper()
-	root := filepath.Join(n.dir, "ek-root.pem")
-	writeFile(t, root, n.tpm.CAPEM(t, "root"))
-	a.MustCLI("manifest", "add", "-ek", root, "-class", "worker", "-comment", "swtpm localca")
+	allowed := map[uint32][]string{}
+	for _, n := range nodes {
+		root := filepath.Join(n.dir, "ek-root.pem")
+		writeFile(t, root, n.tpm.CAPEM(t, "root"))
+		a.MustCLI("manifest", "add", "-ek", root, "-class", "worker", "-comment", "swtpm localca")
+		for _, i := range quotedPCRs {
+			if v := hex.EncodeToString(n.pcrs[i]); !slices.Contains(allowed[i], v) {
+				allowed[i] = append(allowed[i], v)
+			}
+		}
+	}
 	var b strings.Builder
 	b.WriteString("version: 1\nclasses:\n  worker:\n    pcrs:\n")
 	for _, i := range quotedPCRs {
-		fmt.Fprintf(&b, "      %d: [%q]\n", i, hex.EncodeToString(n.pcrs[i]))
+		fmt.Fprintf(&b, "      %d: [", i)
+		for j, v := range allowed[i] {
+			if j > 0 {
+				b.WriteString(", ")
+			}
+			fmt.Fprintf(&b, "%q", v)
+		}
+		b.WriteString("]\n")
 	}
-	policy := filepath.Join(n.dir, "pcr-policy.yaml")
+	policy := filepath.Join(nodes[0].dir, "pcr-policy.yaml")
 	writeFile(t, policy, []byte(b.String()))
 	a.MustCLI("pcrpolicy", "set", "-file", policy)
 }

@@ -1,7 +1,8 @@
 // Package harness runs a real appliance for end-to-end tests: the built
-// binaries, a throw-away SoftHSM2 token, a configuration on loopback ports,
-// the key ceremony, and palisade-server as a child process (stopped by PID
-// at cleanup).
+// binaries, a throw-away SoftHSM2 token, a configuration on loopback ports
+// (or on an address of a network namespace the test created), the key
+// ceremony, and palisade-server as a child process (stopped by PID at
+// cleanup).
 package harness
 
 import (
@@ -82,8 +83,9 @@ type Appliance struct {
 	MetricsAddr string
 	LogPath     string
 
-	cmd  *exec.Cmd
-	done chan error
+	netns string
+	cmd   *exec.Cmd
+	done  chan error
 }
 
 // Options adjust the generated configuration.
@@ -93,6 +95,14 @@ type Options struct {
 	ExtraCA string
 	// Extra is appended at the top level of the configuration.
 	Extra string
+	// ListenHost is the address the node API and the HTTP service (CRLs,
+	// OCSP, revocation feed) listen on; default 127.0.0.1. Metrics stay on
+	// loopback.
+	ListenHost string
+	// Netns runs palisade-server inside this existing network namespace
+	// (`ip netns exec`), e.g. with ListenHost one of its addresses. The
+	// admin socket is a file: the CLI reaches it from any namespace.
+	Netns string
 }
 
 // New prepares an appliance (token and configuration) without the ceremony.
@@ -102,7 +112,10 @@ func New(t testing.TB, o Options) *Appliance {
 	if o.TrustDomain == "" {
 		o.TrustDomain = "e2e.palisade.internal"
 	}
-	a := &Appliance{t: t, Bin: Bin(t), Dir: t.TempDir(), TrustDomain: o.TrustDomain}
+	if o.ListenHost == "" {
+		o.ListenHost = "127.0.0.1"
+	}
+	a := &Appliance{t: t, Bin: Bin(t), Dir: t.TempDir(), TrustDomain: o.TrustDomain, netns: o.Netns}
 	a.Token = softhsm.NewToken(t)
 	// A short socket path: unix socket paths are limited to 108 bytes.
 	sockDir, err := os.MkdirTemp("/tmp", "pal-")
@@ -111,8 +124,10 @@ func New(t testing.TB, o Options) *Appliance {
 	}
 	t.Cleanup(func() { os.RemoveAll(sockDir) })
 	a.Socket = filepath.Join(sockDir, "admin.sock")
-	a.NodeAddr = fmt.Sprintf("127.0.0.1:%d", FreePort(t))
-	a.HTTPAddr = fmt.Sprintf("127.0.0.1:%d", FreePort(t))
+	// Ports free on this namespace's loopback; a namespace of the test's
+	// own has every port free.
+	a.NodeAddr = net.JoinHostPort(o.ListenHost, fmt.Sprint(FreePort(t)))
+	a.HTTPAddr = net.JoinHostPort(o.ListenHost, fmt.Sprint(FreePort(t)))
 	a.MetricsAddr = fmt.Sprintf("127.0.0.1:%d", FreePort(t))
 	a.LogPath = filepath.Join(a.Dir, "server.log")
 	cfg := fmt.Sprintf(`data_dir: %s
@@ -202,7 +217,12 @@ func (a *Appliance) StartErr() error {
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(filepath.Join(a.Bin, "palisade-server"), "run", "-config", a.ConfigPath)
+	args := []string{filepath.Join(a.Bin, "palisade-server"), "run", "-config", a.ConfigPath}
+	if a.netns != "" {
+		// ip execs the server after switching: the PID is the server's.
+		args = append([]string{"ip", "netns", "exec", a.netns}, args...)
+	}
+	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		logf.Close()
