@@ -523,17 +523,23 @@ func (a *Admitter) RecheckLoop(ctx context.Context, interval time.Duration) {
 	}
 }
 
+// svidWatch is how often Maintain looks for a replaced local SVID.
+const svidWatch = 250 * time.Millisecond
+
 // Maintain admits this node to each peer before any workload traffic and
 // re-admits at two thirds of the remaining admission time, retrying
-// failures with backoff, until ctx ends.
+// failures with backoff, until ctx ends. When the local SVID is replaced
+// (renewal, or re-attestation after its revocation: peers have dropped the
+// old admission) it re-admits at once.
 func (a *Admitter) Maintain(ctx context.Context, peers []netip.AddrPort) {
 	var wg sync.WaitGroup
 	for _, p := range peers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			backoff := 500 * time.Millisecond
+			watch := time.NewTicker(svidWatch)
+			defer watch.Stop()
 			for {
+				used := a.svidSerial()
 				exp, err := a.Admit(ctx, p)
 				wait := backoff
 				if err != nil {
@@ -543,15 +549,35 @@ func (a *Admitter) Maintain(ctx context.Context, peers []netip.AddrPort) {
 					backoff = 500 * time.Millisecond
 					wait = max(time.Until(exp)*2/3, time.Second)
 				}
-				select {
-				case <-ctx.Done():
-					return
-				case <-time.After(wait):
+				timer := time.NewTimer(wait)
+			waiting:
+				for {
+					select {
+					case <-ctx.Done():
+						timer.Stop()
+						return
+					case <-timer.C:
+						break waiting
+					case <-watch.C:
+						if err == nil && a.svidSerial() != used {
+							timer.Stop()
+							break waiting
+						}
+					}
 				}
 			}
-		}()
+		})
 	}
 	wg.Wait()
+}
+
+// svidSerial names the local SVID in use ("" when there is none).
+func (a *Admitter) svidSerial() string {
+	s, err := a.o.SVID.GetX509SVID()
+	if err != nil || len(s.Certificates) == 0 {
+		return ""
+	}
+	return s.Certificates[0].SerialNumber.Text(16)
 }
 
 // Admitted lists current admissions (for status output).

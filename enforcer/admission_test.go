@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -536,6 +537,54 @@ func TestMaintainReadmitsBeforeExpiry(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	t.Fatalf("no re-admission seen (first expiry %v)", first)
+}
+
+// swapSource is an x509svid.Source whose SVID the test replaces.
+type swapSource struct{ p atomic.Pointer[x509svid.SVID] }
+
+func (s *swapSource) GetX509SVID() (*x509svid.SVID, error) { return s.p.Load(), nil }
+
+func TestMaintainReadmitsWithANewSVID(t *testing.T) {
+	ca := testca.New(t, "example.org")
+	port := freePort(t)
+	_, schain, skey := ca.MintX509SVID(t, "spiffe://example.org/node/server", time.Hour)
+	_, cchain, ckey := ca.MintX509SVID(t, "spiffe://example.org/node/client", time.Hour)
+	srv := newSide(t, ca, svidFor(t, schain, skey), port, "")
+	cli := newSide(t, ca, svidFor(t, cchain, ckey), port, "")
+	src := &swapSource{}
+	src.p.Store(svidFor(t, cchain, ckey))
+	cli.a.o.SVID = src
+	serve(t, srv, netip.AddrPortFrom(serverAddr, port).String())
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); cli.a.Maintain(ctx, []netip.AddrPort{netip.AddrPortFrom(serverAddr, port)}) }()
+	defer func() { cancel(); <-done }()
+	waitUntil(t, 5*time.Second, func() bool { _, ok := srv.table.get(clientAddr); return ok })
+
+	// The client's SVID is revoked and replaced (re-attestation): the
+	// server drops the admission, and Maintain re-admits under the new
+	// SVID long before its hour-long re-admission timer.
+	_, nchain, nkey := ca.MintX509SVID(t, "spiffe://example.org/node/client", time.Hour)
+	srv.rev.revoke(cchain[0].SerialNumber)
+	if n := srv.a.Recheck(); n != 1 {
+		t.Fatalf("Recheck removed %d admissions, want 1", n)
+	}
+	if _, ok := srv.table.get(clientAddr); ok {
+		t.Fatal("revoked client still admitted")
+	}
+	src.p.Store(svidFor(t, nchain, nkey))
+	start := time.Now()
+	waitUntil(t, 3*time.Second, func() bool { _, ok := srv.table.get(clientAddr); return ok })
+	t.Logf("re-admitted %v after the SVID changed", time.Since(start))
+}
+
+func waitUntil(t *testing.T, d time.Duration, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(d); !cond(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not met within %v", d)
+		}
+	}
 }
 
 func TestRevocationUnknownGrace(t *testing.T) {

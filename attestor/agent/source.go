@@ -41,6 +41,7 @@ type SourceOptions struct {
 type Source struct {
 	attest AttestFunc
 	o      SourceOptions
+	now    chan struct{} // RenewNow's request to Run
 
 	mu      sync.RWMutex
 	svid    *x509svid.SVID
@@ -61,7 +62,7 @@ func NewSource(ctx context.Context, attest AttestFunc, o SourceOptions) (*Source
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	s := &Source{attest: attest, o: o}
+	s := &Source{attest: attest, o: o, now: make(chan struct{}, 1)}
 	if err := s.Renew(ctx); err != nil {
 		return nil, err
 	}
@@ -119,6 +120,15 @@ func (s *Source) Renew(ctx context.Context) error {
 	return nil
 }
 
+// RenewNow makes Run attest at once instead of at half-life: the agent
+// calls it when it learns that its own node SVID was revoked.
+func (s *Source) RenewNow() {
+	select {
+	case s.now <- struct{}{}:
+	default:
+	}
+}
+
 // Run renews the SVID at half-life until ctx ends, retrying failures with
 // backoff. Once the SVID has expired GetX509SVID returns ErrSVIDExpired
 // until an attestation succeeds again.
@@ -132,6 +142,8 @@ func (s *Source) Run(ctx context.Context) {
 			t.Stop()
 			return
 		case <-t.C:
+		case <-s.now:
+			t.Stop()
 		}
 		if err := s.Renew(ctx); err != nil {
 			if ctx.Err() != nil {

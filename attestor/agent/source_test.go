@@ -168,6 +168,33 @@ func TestSourceRenewsAtHalfLife(t *testing.T) {
 	waitFor(t, 2*time.Second, func() bool { _, err := s.GetX509SVID(); return err == nil })
 }
 
+func TestSourceRenewNow(t *testing.T) {
+	ca := testca.New(t, "example.org")
+	f := &fakeAttester{ca: ca, ttl: time.Hour}
+	s, err := NewSource(context.Background(), f.attest, SourceOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, _ := s.GetX509SVID()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { s.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	time.Sleep(50 * time.Millisecond)
+	if f.count() != 1 {
+		t.Fatalf("attested %d times before half-life of a 1h SVID", f.count())
+	}
+	s.RenewNow()
+	waitFor(t, 2*time.Second, func() bool { return f.count() == 2 })
+	cur, _ := s.GetX509SVID()
+	if cur.Certificates[0].SerialNumber.Cmp(first.Certificates[0].SerialNumber) == 0 {
+		t.Fatal("SVID not replaced")
+	}
+	if !s.RenewAt().After(time.Now().Add(20 * time.Minute)) {
+		t.Fatalf("next renewal %v: want half-life of the new SVID", s.RenewAt())
+	}
+}
+
 func waitFor(t *testing.T, d time.Duration, cond func() bool) {
 	t.Helper()
 	for deadline := time.Now().Add(d); !cond(); time.Sleep(5 * time.Millisecond) {

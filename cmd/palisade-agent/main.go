@@ -276,11 +276,13 @@ func run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	// The enforcer re-checks admissions as soon as the feed brings a
 	// revocation, not only at its next periodic re-check.
 	var recheck atomic.Pointer[enforcer.Admitter]
-	checker, err := crl.NewChecker(crl.CheckerConfig{BaseURL: cfg.ApplianceURL, Roots: pool, Logger: log.With("component", "revocation"),
+	var checker *crl.Checker // OnUpdate runs only from checker.Run, started below
+	checker, err = crl.NewChecker(crl.CheckerConfig{BaseURL: cfg.ApplianceURL, Roots: pool, Logger: log.With("component", "revocation"),
 		OnUpdate: func() {
 			if a := recheck.Load(); a != nil {
 				a.Recheck()
 			}
+			renewIfRevoked(src, checker, log)
 		}})
 	if err != nil {
 		return err
@@ -336,6 +338,21 @@ func firstSVID(ctx context.Context, cfg *Config, log *slog.Logger, onRotate func
 		case <-time.After(backoff):
 		}
 		backoff = min(backoff*2, 30*time.Second)
+	}
+}
+
+// renewIfRevoked re-attests at once when the node's own SVID was revoked
+// (its peers stop admitting it within a second); a banned node's attempt
+// is refused and retried with backoff like any failed renewal.
+func renewIfRevoked(src *agent.Source, checker *crl.Checker, log *slog.Logger) {
+	svid, err := src.GetX509SVID()
+	if err != nil {
+		return
+	}
+	leaf := svid.Certificates[0]
+	if revoked, err := checker.Revoked(leaf.SerialNumber, leaf.AuthorityKeyId); err == nil && revoked {
+		log.Warn("node SVID revoked; attesting again", "serial", leaf.SerialNumber.Text(16))
+		src.RenewNow()
 	}
 }
 

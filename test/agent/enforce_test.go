@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -323,6 +324,24 @@ rules:
 		}
 		defer c.Close()
 		logged := len(removals(srvAgent, goodID, good4))
+		// The client's agent re-attests within a fraction of a second of
+		// learning that its SVID was revoked, and its flows resume under
+		// the new SVID. Held stopped meanwhile, it cannot: the cut is
+		// measured alone. Its pinned enforcement keeps working.
+		pid := goodAgent.cmd.Process.Pid
+		if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+			t.Fatal(err)
+		}
+		resumed := false
+		resume := func() {
+			if !resumed {
+				resumed = true
+				if err := syscall.Kill(pid, syscall.SIGCONT); err != nil {
+					t.Error(err)
+				}
+			}
+		}
+		defer resume()
 		measureCut(t, c, "revoke", func() {
 			subtestCLI(t, a, "revoke", "-serial", serial, "-reason", "keyCompromise")
 		})
@@ -330,9 +349,14 @@ rules:
 			t.Fatalf("server node's removals of the good client since the revocation: %q, want one for serial %s", r, serial)
 		}
 		nw.good.MustUnreachable(t, netip.Addr{}, open4)
-		// The node is not banned: the agent renews its SVID by itself and
-		// the client is admitted again, under another serial.
+		// The node is not banned: its agent learns from the feed that its
+		// own SVID was revoked and attests again at once (not at
+		// half-life), and the client is admitted again under another serial.
+		resume()
 		start := time.Now()
+		waitFor(t, 5*time.Second, "the good client's agent noticing its own revocation", func() bool {
+			return strings.Contains(goodAgent.log(), "node SVID revoked; attesting again")
+		})
 		nw.good.WaitReachable(t, open4, 40*time.Second)
 		t.Logf("admitted again %v after the revocation", time.Since(start).Round(time.Millisecond))
 		if s := admittedSerial(t, srvState, good4, goodID); s == "" || s == serial {

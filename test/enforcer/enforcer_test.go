@@ -344,7 +344,7 @@ func TestEnforcerEndToEnd(t *testing.T) {
 			t.Fatalf("established flow survived revocation: %v", err)
 		}
 		t.Logf("revoke → drop: %v (echo probe granularity 100 ms)", cut)
-		if cut > 2*time.Second {
+		if cut > time.Second+100*time.Millisecond { // target 1 s, plus the probe granularity
 			t.Fatalf("revoke → drop took %v", cut)
 		}
 		tp.good.MustUnreachable(t, netip.Addr{}, open4)
