@@ -8,6 +8,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"errors"
+	"flag"
 	"fmt"
 	"net/url"
 	"os"
@@ -38,7 +39,12 @@ var (
 const nTokens = 24
 
 func TestMain(m *testing.M) {
-	tokens = make(chan *softhsm.Token, nTokens)
+	flag.Parse()
+	n := nTokens // per run of the tests: -count=N needs N times as many
+	if c, err := strconv.Atoi(flag.Lookup("test.count").Value.String()); err == nil && c > 1 {
+		n *= c
+	}
+	tokens = make(chan *softhsm.Token, n)
 	if softhsm.FindModule() != "" {
 		dir, err := os.MkdirTemp("", "palisade-ca-test-")
 		if err != nil {
@@ -48,7 +54,7 @@ func TestMain(m *testing.M) {
 		tokensErr = err
 		if err == nil {
 			tokens <- first
-			for i := 1; i < nTokens && tokensErr == nil; i++ {
+			for i := 1; i < n && tokensErr == nil; i++ {
 				var tok *softhsm.Token
 				if tok, tokensErr = first.Another("ca-test-" + strconv.Itoa(i)); tokensErr == nil {
 					tokens <- tok
@@ -74,7 +80,7 @@ func takeToken(t testing.TB) *pkcs11.Token {
 	select {
 	case tok = <-tokens:
 	default:
-		t.Fatalf("test needs more than %d SoftHSM tokens: raise nTokens", nTokens)
+		t.Fatalf("tests need more than %d SoftHSM tokens per run: raise nTokens", nTokens)
 	}
 	u, err := pkcs11.ParseURI(tok.TokenURI())
 	if err != nil {
