@@ -536,8 +536,6 @@ func (a *Admitter) Maintain(ctx context.Context, peers []netip.AddrPort) {
 	for _, p := range peers {
 		wg.Go(func() {
 			backoff := 500 * time.Millisecond
-			watch := time.NewTicker(svidWatch)
-			defer watch.Stop()
 			for {
 				used := a.svidSerial()
 				exp, err := a.Admit(ctx, p)
@@ -545,30 +543,39 @@ func (a *Admitter) Maintain(ctx context.Context, peers []netip.AddrPort) {
 				if err != nil {
 					a.log.Warn("admission to peer failed", "peer", p.String(), "err", err)
 					backoff = min(backoff*2, 30*time.Second)
+					used = "" // a failed admission is retried on its backoff only
 				} else {
 					backoff = 500 * time.Millisecond
 					wait = max(time.Until(exp)*2/3, time.Second)
 				}
-				timer := time.NewTimer(wait)
-			waiting:
-				for {
-					select {
-					case <-ctx.Done():
-						timer.Stop()
-						return
-					case <-timer.C:
-						break waiting
-					case <-watch.C:
-						if err == nil && a.svidSerial() != used {
-							timer.Stop()
-							break waiting
-						}
-					}
+				if !a.awaitReadmission(ctx, wait, used) {
+					return
 				}
 			}
 		})
 	}
 	wg.Wait()
+}
+
+// awaitReadmission waits d, or until the local SVID is no longer the one
+// with serial used (if used is set). It reports false when ctx ends.
+func (a *Admitter) awaitReadmission(ctx context.Context, d time.Duration, used string) bool {
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	watch := time.NewTicker(svidWatch)
+	defer watch.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-timer.C:
+			return true
+		case <-watch.C:
+			if used != "" && a.svidSerial() != used {
+				return true
+			}
+		}
+	}
 }
 
 // svidSerial names the local SVID in use ("" when there is none).

@@ -508,6 +508,15 @@ func TestInfrastructureEntries(t *testing.T) {
 	}
 }
 
+// maintain runs cli's Maintain towards the server side on port until the
+// test ends.
+func maintain(t *testing.T, cli *side, port uint16) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); cli.a.Maintain(ctx, []netip.AddrPort{netip.AddrPortFrom(serverAddr, port)}) }()
+	t.Cleanup(func() { cancel(); <-done })
+}
+
 func TestMaintainReadmitsBeforeExpiry(t *testing.T) {
 	ca := testca.New(t, "example.org")
 	port := freePort(t)
@@ -517,10 +526,7 @@ func TestMaintainReadmitsBeforeExpiry(t *testing.T) {
 	srv.a.o.MaxAdmission = 1500 * time.Millisecond
 	cli := newSide(t, ca, svidFor(t, cchain, ckey), port, "")
 	serve(t, srv, netip.AddrPortFrom(serverAddr, port).String())
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); cli.a.Maintain(ctx, []netip.AddrPort{netip.AddrPortFrom(serverAddr, port)}) }()
-	defer func() { cancel(); <-done }()
+	maintain(t, cli, port)
 	var first time.Time
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) {
@@ -555,10 +561,7 @@ func TestMaintainReadmitsWithANewSVID(t *testing.T) {
 	src.p.Store(svidFor(t, cchain, ckey))
 	cli.a.o.SVID = src
 	serve(t, srv, netip.AddrPortFrom(serverAddr, port).String())
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); cli.a.Maintain(ctx, []netip.AddrPort{netip.AddrPortFrom(serverAddr, port)}) }()
-	defer func() { cancel(); <-done }()
+	maintain(t, cli, port)
 	waitUntil(t, 5*time.Second, func() bool { _, ok := srv.table.get(clientAddr); return ok })
 
 	// The client's SVID is revoked and replaced (re-attestation): the
