@@ -159,17 +159,6 @@ func anyContains(ss []string, sub string) bool {
 	return slices.ContainsFunc(ss, func(s string) bool { return strings.Contains(s, sub) })
 }
 
-// subtestCLI is Appliance.MustCLI failing t (a subtest) rather than the
-// test that made the appliance.
-func subtestCLI(t *testing.T, a *harness.Appliance, args ...string) string {
-	t.Helper()
-	r := a.CLI(args...)
-	if r.Err != nil {
-		t.Fatalf("palisade %s: %v\n%s", strings.Join(args, " "), r.Err, r.Stderr)
-	}
-	return r.Stdout
-}
-
 func waitLog(t *testing.T, p *agentProc, what string, d time.Duration) {
 	t.Helper()
 	for deadline := time.Now().Add(d); !strings.Contains(p.log(), what); time.Sleep(50 * time.Millisecond) {
@@ -343,7 +332,7 @@ rules:
 		}
 		defer resume()
 		measureCut(t, c, "revoke", func() {
-			subtestCLI(t, a, "revoke", "-serial", serial, "-reason", "keyCompromise")
+			a.MustCLIFor(t, "revoke", "-serial", serial, "-reason", "keyCompromise")
 		})
 		if r := removals(srvAgent, goodID, good4)[logged:]; !anyContains(r, "SVID revoked: serial "+serial) {
 			t.Fatalf("server node's removals of the good client since the revocation: %q, want one for serial %s", r, serial)
@@ -354,9 +343,7 @@ rules:
 		// half-life), and the client is admitted again under another serial.
 		resume()
 		start := time.Now()
-		waitFor(t, 5*time.Second, "the good client's agent noticing its own revocation", func() bool {
-			return strings.Contains(goodAgent.log(), "node SVID revoked; attesting again")
-		})
+		waitLog(t, goodAgent, "node SVID revoked; attesting again", 5*time.Second)
 		nw.good.WaitReachable(t, open4, 40*time.Second)
 		t.Logf("admitted again %v after the revocation", time.Since(start).Round(time.Millisecond))
 		if s := admittedSerial(t, srvState, good4, goodID); s == "" || s == serial {
@@ -386,7 +373,7 @@ rules:
 		logged := len(removals(srvAgent, goodID, good4))
 		var ban admin.BanResponse
 		measureCut(t, c4, "ban", func() {
-			out := subtestCLI(t, a, "node", "ban", "-node", goodID, "-reason", "e2e: enforcer")
+			out := a.MustCLIFor(t, "node", "ban", "-node", goodID, "-reason", "e2e: enforcer")
 			if err := json.Unmarshal([]byte(out), &ban); err != nil {
 				t.Fatal(err)
 			}

@@ -186,12 +186,18 @@ func (a *Appliance) CLI(args ...string) Result {
 	return Result{Stdout: out.String(), Stderr: errb.String(), Err: err}
 }
 
-// MustCLI runs the CLI and fails the test on error.
+// MustCLI runs the CLI and fails the test that made the appliance on error.
 func (a *Appliance) MustCLI(args ...string) string {
 	a.t.Helper()
+	return a.MustCLIFor(a.t, args...)
+}
+
+// MustCLIFor runs the CLI and fails t (a subtest, say) on error.
+func (a *Appliance) MustCLIFor(t testing.TB, args ...string) string {
+	t.Helper()
 	r := a.CLI(args...)
 	if r.Err != nil {
-		a.t.Fatalf("palisade %s: %v\nstdout: %s\nstderr: %s", strings.Join(args, " "), r.Err, r.Stdout, r.Stderr)
+		t.Fatalf("palisade %s: %v\nstdout: %s\nstderr: %s", strings.Join(args, " "), r.Err, r.Stdout, r.Stderr)
 	}
 	return r.Stdout
 }
