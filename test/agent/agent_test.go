@@ -37,6 +37,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"gopkg.in/yaml.v3"
 )
 
 var quotedPCRs = []uint32{0, 1, 2, 3, 4, 5, 6, 7}
@@ -107,31 +108,23 @@ func (n *node) admit(t *testing.T, a *harness.Appliance) { admitNodes(t, a, n) }
 // one golden policy (class worker) allowing each node's current PCRs.
 func admitNodes(t *testing.T, a *harness.Appliance, nodes ...*node) {
 	t.Helper()
-	allowed := map[uint32][]string{}
+	worker := &verify.Class{PCRs: map[uint32][]string{}}
 	for _, n := range nodes {
 		root := filepath.Join(n.dir, "ek-root.pem")
 		writeFile(t, root, n.tpm.CAPEM(t, "root"))
 		a.MustCLI("manifest", "add", "-ek", root, "-class", "worker", "-comment", "swtpm localca")
 		for _, i := range quotedPCRs {
-			if v := hex.EncodeToString(n.pcrs[i]); !slices.Contains(allowed[i], v) {
-				allowed[i] = append(allowed[i], v)
+			if v := hex.EncodeToString(n.pcrs[i]); !slices.Contains(worker.PCRs[i], v) {
+				worker.PCRs[i] = append(worker.PCRs[i], v)
 			}
 		}
 	}
-	var b strings.Builder
-	b.WriteString("version: 1\nclasses:\n  worker:\n    pcrs:\n")
-	for _, i := range quotedPCRs {
-		fmt.Fprintf(&b, "      %d: [", i)
-		for j, v := range allowed[i] {
-			if j > 0 {
-				b.WriteString(", ")
-			}
-			fmt.Fprintf(&b, "%q", v)
-		}
-		b.WriteString("]\n")
+	raw, err := yaml.Marshal(verify.Policy{Version: 1, Classes: map[string]*verify.Class{"worker": worker}})
+	if err != nil {
+		t.Fatal(err)
 	}
 	policy := filepath.Join(nodes[0].dir, "pcr-policy.yaml")
-	writeFile(t, policy, []byte(b.String()))
+	writeFile(t, policy, raw)
 	a.MustCLI("pcrpolicy", "set", "-file", policy)
 }
 
