@@ -49,3 +49,17 @@ func CertsPEM(certs []*x509.Certificate) []byte {
 	}
 	return out
 }
+
+// ParseCertsPEM decodes consecutive PEM certificates, the inverse of
+// CertsPEM. A block that is not a parseable certificate is an error.
+func ParseCertsPEM(b []byte) ([]*x509.Certificate, error) {
+	var out []*x509.Certificate
+	for blk, rest := pem.Decode(b); blk != nil; blk, rest = pem.Decode(rest) {
+		cert, err := x509.ParseCertificate(blk.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("ca: PEM block %d (%s): %w", len(out)+1, blk.Type, err)
+		}
+		out = append(out, cert)
+	}
+	return out, nil
+}

@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"os"
@@ -84,22 +83,20 @@ func auditVerify(_ context.Context, e *env, args []string) error {
 	if *logPath == "" || *bundlePath == "" {
 		return fmt.Errorf("%w: give -config, or -log and -bundle", errUsage)
 	}
-	roots := x509.NewCertPool()
 	raw, err := os.ReadFile(*bundlePath)
 	if err != nil {
 		return err
 	}
-	n := 0
-	for block, rest := pem.Decode(raw); block != nil; block, rest = pem.Decode(rest) {
-		c, err := x509.ParseCertificate(block.Bytes)
-		if err != nil {
-			return fmt.Errorf("bundle %s: %w", *bundlePath, err)
-		}
-		roots.AddCert(c)
-		n++
+	certs, err := ca.ParseCertsPEM(raw)
+	if err != nil {
+		return fmt.Errorf("bundle %s: %w", *bundlePath, err)
 	}
-	if n == 0 {
+	if len(certs) == 0 {
 		return fmt.Errorf("bundle %s holds no certificate", *bundlePath)
+	}
+	roots := x509.NewCertPool()
+	for _, c := range certs {
+		roots.AddCert(c)
 	}
 	segs, err := audit.Segments(*logPath)
 	if err != nil {

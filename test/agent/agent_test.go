@@ -12,7 +12,6 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"net/url"
 	"os"
@@ -26,6 +25,7 @@ import (
 	"github.com/palisade-id/palisade/attestor"
 	"github.com/palisade-id/palisade/attestor/device"
 	"github.com/palisade-id/palisade/attestor/verify"
+	"github.com/palisade-id/palisade/ca"
 	"github.com/palisade-id/palisade/ca/admin"
 	"github.com/palisade-id/palisade/ca/nodeapi"
 	"github.com/palisade-id/palisade/ca/nodeapi/nodev1"
@@ -155,13 +155,9 @@ func readCerts(t *testing.T, path string) []*x509.Certificate {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out []*x509.Certificate
-	for blk, rest := pem.Decode(b); blk != nil; blk, rest = pem.Decode(rest) {
-		c, err := x509.ParseCertificate(blk.Bytes)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, c)
+	out, err := ca.ParseCertsPEM(b)
+	if err != nil {
+		t.Fatalf("%s: %v", path, err)
 	}
 	if len(out) == 0 {
 		t.Fatalf("%s: no certificates", path)
@@ -171,11 +167,7 @@ func readCerts(t *testing.T, path string) []*x509.Certificate {
 
 func writeCerts(t *testing.T, path string, certs ...*x509.Certificate) {
 	t.Helper()
-	var b bytes.Buffer
-	for _, c := range certs {
-		_ = pem.Encode(&b, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
-	}
-	writeFile(t, path, b.Bytes())
+	writeFile(t, path, ca.CertsPEM(certs))
 }
 
 func applianceBundle(t *testing.T, a *harness.Appliance) *x509bundle.Bundle {

@@ -23,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/palisade-id/palisade/ca"
 	"github.com/palisade-id/palisade/ca/admin"
 	"github.com/palisade-id/palisade/ca/nodeapi"
 	"github.com/palisade-id/palisade/ca/nodeapi/nodev1"
@@ -495,13 +496,9 @@ func readCerts(t *testing.T, path string) []*x509.Certificate {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out []*x509.Certificate
-	for b, rest := pem.Decode(raw); b != nil; b, rest = pem.Decode(rest) {
-		c, err := x509.ParseCertificate(b.Bytes)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, c)
+	out, err := ca.ParseCertsPEM(raw)
+	if err != nil {
+		t.Fatalf("%s: %v", path, err)
 	}
 	return out
 }
