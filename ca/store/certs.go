@@ -352,18 +352,7 @@ func (s *Store) ForEachRevoked(issuerKeyID string, fn func(CertRecord) error) er
 		if ib == nil {
 			return nil
 		}
-		rd := newRecordDecoder()
-		c := ib.Cursor()
-		for k, v := c.First(); k != nil; k, v = c.Next() {
-			r, err := rd.decode(k, v)
-			if err != nil {
-				return s.corrupt(err)
-			}
-			if err := fn(r); err != nil {
-				return err
-			}
-		}
-		return nil
+		return s.eachRecord(ib, fn)
 	})
 }
 
@@ -376,20 +365,24 @@ func (s *Store) ForEachCert(fn func(CertRecord) error) error {
 	if err := s.flushJournal(); err != nil {
 		return err
 	}
-	return s.view("cert scan", func(tx *bolt.Tx) error {
-		rd := newRecordDecoder()
-		c := tx.Bucket(bucketCerts).Cursor()
-		for k, v := c.First(); k != nil; k, v = c.Next() {
-			r, err := rd.decode(k, v)
-			if err != nil {
-				return s.corrupt(err)
-			}
-			if err := fn(r); err != nil {
-				return err
-			}
+	return s.view("cert scan", func(tx *bolt.Tx) error { return s.eachRecord(tx.Bucket(bucketCerts), fn) })
+}
+
+// eachRecord decodes every certificate record of b, in key (serial) order,
+// and calls fn; a record that does not decode marks the store corrupt.
+func (s *Store) eachRecord(b *bolt.Bucket, fn func(CertRecord) error) error {
+	rd := newRecordDecoder()
+	c := b.Cursor()
+	for k, v := c.First(); k != nil; k, v = c.Next() {
+		r, err := rd.decode(k, v)
+		if err != nil {
+			return s.corrupt(err)
 		}
-		return nil
-	})
+		if err := fn(r); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // MaxRevocationsPage caps RevocationsSince's limit.
