@@ -4,12 +4,11 @@ import (
 	"crypto/x509"
 	"fmt"
 	"math/big"
-	"runtime"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/palisade-id/palisade/test/testca"
+	"github.com/palisade-id/palisade/test/testenv"
 )
 
 // synthWalk yields n distinct 17-byte serials (as the CA issues) without
@@ -36,27 +35,7 @@ func BenchmarkCRLBuild(b *testing.B) {
 	ca := testca.New(b, "example.org")
 	for _, n := range []int{10_000, 100_000, 1_000_000} {
 		b.Run(fmt.Sprintf("entries=%d", n), func(b *testing.B) {
-			runtime.GC()
-			var base runtime.MemStats
-			runtime.ReadMemStats(&base)
-			var peak atomic.Uint64
-			stop := make(chan struct{})
-			done := make(chan struct{})
-			go func() {
-				defer close(done)
-				var ms runtime.MemStats
-				for {
-					runtime.ReadMemStats(&ms)
-					if ms.HeapAlloc > peak.Load() {
-						peak.Store(ms.HeapAlloc)
-					}
-					select {
-					case <-stop:
-						return
-					case <-time.After(5 * time.Millisecond):
-					}
-				}
-			}()
+			heapPeak := testenv.HeapPeak()
 			b.ReportAllocs()
 			b.ResetTimer()
 			var size int
@@ -69,9 +48,7 @@ func BenchmarkCRLBuild(b *testing.B) {
 				size = len(der)
 			}
 			b.StopTimer()
-			close(stop)
-			<-done
-			b.ReportMetric(float64(peak.Load()-min(peak.Load(), base.HeapAlloc))/(1<<20), "peak_heap_MB")
+			b.ReportMetric(heapPeak(), "peak_heap_MB")
 			b.ReportMetric(float64(size)/(1<<20), "crl_MB")
 		})
 	}

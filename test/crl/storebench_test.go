@@ -9,7 +9,6 @@ import (
 	"math/big"
 	"os"
 	"path/filepath"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -19,6 +18,7 @@ import (
 	"github.com/palisade-id/palisade/crl"
 	"github.com/palisade-id/palisade/crl/castore"
 	"github.com/palisade-id/palisade/test/testca"
+	"github.com/palisade-id/palisade/test/testenv"
 )
 
 // fillRevoked records n certificates of one node through the store's public
@@ -99,26 +99,7 @@ func BenchmarkCRLFromStore(b *testing.B) {
 			}
 			defer st.Close()
 			src := castore.New(st)
-			runtime.GC()
-			var ms runtime.MemStats
-			runtime.ReadMemStats(&ms)
-			base := ms.HeapAlloc
-			var peak atomic.Uint64
-			stop := make(chan struct{})
-			go func() {
-				var ms runtime.MemStats
-				for {
-					runtime.ReadMemStats(&ms)
-					if ms.HeapAlloc > peak.Load() {
-						peak.Store(ms.HeapAlloc)
-					}
-					select {
-					case <-stop:
-						return
-					case <-time.After(5 * time.Millisecond):
-					}
-				}
-			}()
+			heapPeak := testenv.HeapPeak()
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
 				count := 0
@@ -135,8 +116,7 @@ func BenchmarkCRLFromStore(b *testing.B) {
 				}
 			}
 			b.StopTimer()
-			close(stop)
-			b.ReportMetric(float64(peak.Load()-min(peak.Load(), base))/(1<<20), "peak_heap_MB")
+			b.ReportMetric(heapPeak(), "peak_heap_MB")
 		})
 	}
 }

@@ -6,7 +6,9 @@ package testenv
 import (
 	"os"
 	"os/exec"
+	"runtime"
 	"testing"
+	"time"
 )
 
 // Strict reports whether missing prerequisites must fail tests.
@@ -44,5 +46,35 @@ func RequireRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		Missing(t, "test needs root")
+	}
+}
+
+// HeapPeak samples the live heap every 5 ms from now on (after a GC) and
+// returns a function that stops sampling and reports the peak growth over
+// the starting heap in MiB: a benchmark's peak_heap_MB.
+func HeapPeak() (stop func() float64) {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	base := ms.HeapAlloc
+	peak := base
+	quit, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		var ms runtime.MemStats
+		for {
+			runtime.ReadMemStats(&ms)
+			peak = max(peak, ms.HeapAlloc)
+			select {
+			case <-quit:
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+	}()
+	return func() float64 {
+		close(quit)
+		<-done
+		return float64(peak-base) / (1 << 20)
 	}
 }
