@@ -13,6 +13,7 @@
 //	svc, err := crl.New(cfg, crl.Options{...})
 //	go svc.Run(ctx)                 // builds CRLs, pre-signs OCSP, refreshes
 //	handler := svc.Handler()        // /crl/..., /ocsp, /revocations
+//	hs := svc.NewHTTPServer(&http.Server{Handler: root}) // lean OCSP path, root for the rest
 //	svc.Issued(serial, keyID, notAfter)  // from the CA after each issuance
 //	svc.Revoke(ctx, actor, serial, reason); svc.RevokeNode(ctx, actor, node, reason)
 //

@@ -51,7 +51,7 @@ func BenchmarkOCSPLoad(b *testing.B) {
 							return
 						}
 						t0 := time.Now()
-						resp, err := client.Post(e.srv.URL+"/ocsp", "application/ocsp-request", bytes.NewReader(reqs[i%certs]))
+						resp, err := client.Post(e.url+"/ocsp", "application/ocsp-request", bytes.NewReader(reqs[i%certs]))
 						if err != nil {
 							failed.Add(1)
 							continue

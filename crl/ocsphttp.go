@@ -14,51 +14,82 @@ import (
 
 // ServeHTTP answers RFC 6960 Appendix A requests: POST with a DER body, or
 // GET /ocsp/<base64(DER)>. Protocol errors are HTTP 200 with an unsigned
-// OCSP error status, as clients expect.
+// OCSP error status, as clients expect. HTTPServer answers the common
+// shapes of the same requests without net/http; both render one reply.
 func (r *responder) ServeHTTP(w http.ResponseWriter, req *http.Request) {
-	var der []byte
+	var rp reply
 	switch req.Method {
 	case http.MethodPost:
 		body, err := io.ReadAll(http.MaxBytesReader(w, req.Body, int64(r.cfg.MaxRequestBytes)))
 		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			r.m.Malformed.Add(1)
-			writeOCSPError(w, http.StatusRequestEntityTooLarge, respMalformed)
-			return
+		switch {
+		case errors.As(err, &mbe):
+			rp = r.malformed(http.StatusRequestEntityTooLarge)
+		case err != nil:
+			rp = r.malformed(http.StatusOK)
+		default:
+			rp = r.answer(req.Context(), body, false, "")
 		}
-		if err != nil {
-			r.m.Malformed.Add(1)
-			writeOCSPError(w, http.StatusOK, respMalformed)
-			return
-		}
-		der = body
 	case http.MethodGet, http.MethodHead:
-		p := req.URL.EscapedPath()
-		i := strings.Index(p, "/ocsp/")
-		if i < 0 {
-			r.m.Malformed.Add(1)
-			writeOCSPError(w, http.StatusOK, respMalformed)
-			return
-		}
-		enc := p[i+len("/ocsp/"):]
-		if len(enc) > r.cfg.MaxRequestBytes*2 {
-			r.m.Malformed.Add(1)
-			writeOCSPError(w, http.StatusRequestURITooLong, respMalformed)
-			return
-		}
-		dec, err := decodeGET(enc)
-		if err != nil {
-			r.m.Malformed.Add(1)
-			writeOCSPError(w, http.StatusOK, respMalformed)
-			return
-		}
-		der = dec
+		rp = r.get(req.Context(), req.URL.EscapedPath(), req.Header.Get("If-None-Match"))
 	default:
 		w.Header().Set("Allow", "GET, POST")
 		http.Error(w, "OCSP takes GET or POST", http.StatusMethodNotAllowed)
 		return
 	}
-	r.answer(w, req, der)
+	h := w.Header()
+	if rp.c != nil {
+		h["Etag"] = rp.c.hETag
+		h["Last-Modified"] = rp.c.hLastModified
+		h["Expires"] = rp.c.hExpires
+		h["Cache-Control"] = []string{cacheControl(rp.maxAge)}
+	} else {
+		h["Cache-Control"] = ccNoStore
+	}
+	if rp.code == http.StatusNotModified {
+		w.WriteHeader(rp.code)
+		return
+	}
+	h["Content-Type"] = ctOCSPResponse
+	h["Content-Length"] = []string{strconv.Itoa(len(rp.body))}
+	w.WriteHeader(rp.code)
+	if req.Method != http.MethodHead {
+		w.Write(rp.body)
+	}
+}
+
+// reply is one OCSP answer over HTTP, before rendering.
+type reply struct {
+	code   int     // HTTP status
+	body   []byte  // OCSP response DER; none with 304
+	c      *cached // the pre-signed answer sent, if any: caching headers
+	maxAge int     // seconds, with c
+}
+
+func cacheControl(maxAge int) string {
+	return "max-age=" + strconv.Itoa(maxAge) + ", public, no-transform, must-revalidate"
+}
+
+func (r *responder) malformed(code int) reply {
+	r.m.Malformed.Add(1)
+	return reply{code: code, body: respMalformed}
+}
+
+// get answers GET .../ocsp/<enc>; escapedPath is the request path as sent.
+func (r *responder) get(ctx context.Context, escapedPath, ifNoneMatch string) reply {
+	i := strings.Index(escapedPath, "/ocsp/")
+	if i < 0 {
+		return r.malformed(http.StatusOK)
+	}
+	enc := escapedPath[i+len("/ocsp/"):]
+	if len(enc) > r.cfg.MaxRequestBytes*2 {
+		return r.malformed(http.StatusRequestURITooLong)
+	}
+	der, err := decodeGET(enc)
+	if err != nil {
+		return r.malformed(http.StatusOK)
+	}
+	return r.answer(ctx, der, true, ifNoneMatch)
 }
 
 // decodeGET undoes the URL and base64 encodings of a GET request, accepting
@@ -78,30 +109,23 @@ func decodeGET(enc string) ([]byte, error) {
 	return base64.RawStdEncoding.DecodeString(s)
 }
 
-var ctOCSPResponse = []string{"application/ocsp-response"}
+var (
+	ctOCSPResponse = []string{"application/ocsp-response"}
+	ccNoStore      = []string{"no-store"}
+)
 
-func writeOCSPError(w http.ResponseWriter, code int, body []byte) {
-	h := w.Header()
-	h.Set("Content-Type", "application/ocsp-response")
-	h.Set("Cache-Control", "no-store")
-	h.Set("Content-Length", strconv.Itoa(len(body)))
-	w.WriteHeader(code)
-	w.Write(body)
-}
-
-func (r *responder) answer(w http.ResponseWriter, hr *http.Request, der []byte) {
+// answer looks up (or, for a nonce or a cache miss, signs) the response to
+// the DER request der. It keeps no reference to der.
+func (r *responder) answer(ctx context.Context, der []byte, get bool, ifNoneMatch string) reply {
 	r.m.Requests.Add(1)
 	req, err := ParseRequest(der)
 	if err != nil {
-		r.m.Malformed.Add(1)
-		writeOCSPError(w, http.StatusOK, respMalformed)
-		return
+		return r.malformed(http.StatusOK)
 	}
 	oi, c := r.lookup(req)
 	if oi == nil {
 		r.m.Unauthorized.Add(1)
-		writeOCSPError(w, http.StatusOK, respUnauthorized)
-		return
+		return reply{code: http.StatusOK, body: respUnauthorized}
 	}
 	now := r.now()
 	if c != nil && !now.Before(c.nextUpdate) {
@@ -111,47 +135,25 @@ func (r *responder) answer(w http.ResponseWriter, hr *http.Request, der []byte) 
 		r.m.CacheHits.Add(1)
 	}
 	if req.Nonce != nil {
-		if der, ok := r.signNonce(hr.Context(), oi, req, c); ok {
-			h := w.Header()
-			h.Set("Content-Type", "application/ocsp-response")
-			h.Set("Cache-Control", "no-store")
-			h.Set("Content-Length", strconv.Itoa(len(der)))
-			w.WriteHeader(http.StatusOK)
-			w.Write(der)
-			return
+		if der, ok := r.signNonce(ctx, oi, req, c); ok {
+			return reply{code: http.StatusOK, body: der}
 		}
 	}
 	if c == nil {
-		c, err = r.miss(hr.Context(), oi, req.HashAlg, req.Serial)
+		c, err = r.miss(ctx, oi, req.HashAlg, req.Serial)
 		if err != nil {
 			if !errors.Is(err, errBusy) && !errors.Is(err, context.Canceled) {
 				r.log.Error("OCSP on-demand signature failed", "issuer", oi.iss.KeyID, "err", err)
 			}
 			r.m.TryLater.Add(1)
-			writeOCSPError(w, http.StatusOK, respTryLater)
-			return
+			return reply{code: http.StatusOK, body: respTryLater}
 		}
 	}
-	// Header values are precomputed per answer: a request is a lookup.
-	h := w.Header()
-	h["Content-Type"] = ctOCSPResponse
-	h["Etag"] = c.hETag
-	h["Last-Modified"] = c.hLastModified
-	h["Expires"] = c.hExpires
-	maxAge := int(c.nextUpdate.Sub(now) / time.Second)
-	if maxAge < 0 {
-		maxAge = 0
+	rp := reply{code: http.StatusOK, body: c.der, c: c, maxAge: max(int(c.nextUpdate.Sub(now)/time.Second), 0)}
+	if get && etagMatch(ifNoneMatch, c.etag) {
+		rp.code, rp.body = http.StatusNotModified, nil
 	}
-	h["Cache-Control"] = []string{"max-age=" + strconv.Itoa(maxAge) + ", public, no-transform, must-revalidate"}
-	if hr.Method != http.MethodPost && etagMatch(hr.Header.Get("If-None-Match"), c.etag) {
-		w.WriteHeader(http.StatusNotModified)
-		return
-	}
-	h["Content-Length"] = c.hLength
-	w.WriteHeader(http.StatusOK)
-	if hr.Method != http.MethodHead {
-		w.Write(c.der)
-	}
+	return rp
 }
 
 func etagMatch(header, etag string) bool {

@@ -16,7 +16,6 @@ import (
 	"log/slog"
 	"math/big"
 	"net/http"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -60,7 +59,7 @@ type cached struct {
 	lastModified string
 	expires      string
 	// Header values, ready to assign.
-	hETag, hLastModified, hExpires, hLength []string
+	hETag, hLastModified, hExpires []string
 }
 
 // ocspIssuer is one issuer as the responder serves it.
@@ -322,7 +321,6 @@ func (r *responder) signCached(oi *ocspIssuer, h crypto.Hash, serial []byte) (*c
 		expires:      a.nextUpdate.UTC().Format(http.TimeFormat),
 	}
 	c.hETag, c.hLastModified, c.hExpires = []string{c.etag}, []string{c.lastModified}, []string{c.expires}
-	c.hLength = []string{strconv.Itoa(len(der))}
 	r.mu.Lock()
 	// A revocation that landed while this was signed may have been missed
 	// by the status read: never cache a "good" across it.
@@ -532,4 +530,5 @@ type Metrics struct {
 	TryLater        atomic.Uint64
 	CRLBuilds       atomic.Uint64
 	CRLBuildErrors  atomic.Uint64
+	HTTPHandoffs    atomic.Uint64 // connections HTTPServer gave to net/http
 }

@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"math/big"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -98,7 +99,8 @@ type env struct {
 	audit *memAudit
 	down  *atomic.Bool
 	svc   *crl.Service
-	srv   *httptest.Server
+	url   string
+	http  *crl.HTTPServer
 	cfg   crl.Config
 	iss   crl.Issuer
 }
@@ -121,23 +123,36 @@ func newEnv(t testing.TB, cfg crl.Config) *env {
 	return e
 }
 
+// start serves the service the way palisade-server does: HTTPServer's
+// lean OCSP path, net/http for the rest.
 func (e *env) start(t testing.TB) {
 	t.Helper()
-	var err error
-	mux := http.NewServeMux()
-	e.srv = httptest.NewServer(mux)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.url = "http://" + ln.Addr().String()
 	e.svc, err = crl.New(e.cfg, crl.Options{
-		Store: e.store, Audit: e.audit, Keys: e.keys, BaseURL: e.srv.URL,
+		Store: e.store, Audit: e.audit, Keys: e.keys, BaseURL: e.url,
 		Issuers: crl.IssuersFunc(func() []crl.Issuer { return []crl.Issuer{e.iss} }),
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	mux.Handle("/", e.svc.Handler())
+	e.http = e.svc.NewHTTPServer(&http.Server{Handler: e.svc.Handler()})
+	served := make(chan error, 1)
+	go func() { served <- e.http.Serve(ln) }()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { e.svc.Run(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done; e.srv.Close() })
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		e.http.Close()
+		if err := <-served; !errors.Is(err, http.ErrServerClosed) {
+			t.Errorf("Serve: %v", err)
+		}
+	})
 	waitFor(t, "ready", func() bool { return e.svc.Ready() == nil })
 }
 
@@ -258,7 +273,7 @@ func TestOCSPStatuses(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			resp, body := postOCSP(t, e.srv.URL, req)
+			resp, body := postOCSP(t, e.url, req)
 			if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "application/ocsp-response" {
 				t.Fatalf("HTTP %d %q", resp.StatusCode, resp.Header.Get("Content-Type"))
 			}
@@ -307,7 +322,7 @@ func TestOCSPErrors(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			resp, body := postOCSP(t, e.srv.URL, tc.body)
+			resp, body := postOCSP(t, e.url, tc.body)
 			if resp.StatusCode != tc.code {
 				t.Fatalf("HTTP %d, want %d", resp.StatusCode, tc.code)
 			}
@@ -319,7 +334,7 @@ func TestOCSPErrors(t *testing.T) {
 		})
 	}
 	t.Run("method", func(t *testing.T) {
-		req, _ := http.NewRequest(http.MethodPut, e.srv.URL+"/ocsp", nil)
+		req, _ := http.NewRequest(http.MethodPut, e.url+"/ocsp", nil)
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatal(err)
@@ -340,7 +355,7 @@ func TestOCSPGetCaching(t *testing.T) {
 		strings.NewReplacer("+", "%2B", "/", "%2F", "=", "%3D").Replace(base64.StdEncoding.EncodeToString(req)),
 		base64.RawURLEncoding.EncodeToString(req),
 	} {
-		resp, err := http.Get(e.srv.URL + "/ocsp/" + enc)
+		resp, err := http.Get(e.url + "/ocsp/" + enc)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -362,7 +377,7 @@ func TestOCSPGetCaching(t *testing.T) {
 		if err != nil || !lm.Equal(r.ThisUpdate) {
 			t.Fatalf("Last-Modified %q vs thisUpdate %v", h.Get("Last-Modified"), r.ThisUpdate)
 		}
-		cond, _ := http.NewRequest(http.MethodGet, e.srv.URL+"/ocsp/"+enc, nil)
+		cond, _ := http.NewRequest(http.MethodGet, e.url+"/ocsp/"+enc, nil)
 		cond.Header.Set("If-None-Match", h.Get("ETag"))
 		resp2, err := http.DefaultClient.Do(cond)
 		if err != nil {
@@ -380,7 +395,7 @@ func TestOCSPNonce(t *testing.T) {
 	leaf := e.mint(t, "n")
 	req, _ := ocsp.CreateRequest(leaf, e.ca.Intermediate(), nil)
 	nonce := []byte("0123456789abcdef")
-	resp, body := postOCSP(t, e.srv.URL, withNonce(t, req, nonce))
+	resp, body := postOCSP(t, e.url, withNonce(t, req, nonce))
 	if got := nonceOf(t, body); !bytes.Equal(got, nonce) {
 		t.Fatalf("nonce %x, want %x", got, nonce)
 	}
@@ -391,7 +406,7 @@ func TestOCSPNonce(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Too long a nonce is malformed (RFC 8954).
-	_, body = postOCSP(t, e.srv.URL, withNonce(t, req, bytes.Repeat([]byte{1}, 64)))
+	_, body = postOCSP(t, e.url, withNonce(t, req, bytes.Repeat([]byte{1}, 64)))
 	var re ocsp.ResponseError
 	if _, err := ocsp.ParseResponse(body, nil); !errors.As(err, &re) || re.Status != ocsp.Malformed {
 		t.Fatalf("long nonce: %v", err)
@@ -399,7 +414,7 @@ func TestOCSPNonce(t *testing.T) {
 	// HSM down: the pre-signed answer, without nonce.
 	waitFor(t, "pre-signed", func() bool { return e.svc.Metrics().Signatures.Load() >= 2 })
 	e.down.Store(true)
-	_, body = postOCSP(t, e.srv.URL, withNonce(t, req, nonce))
+	_, body = postOCSP(t, e.url, withNonce(t, req, nonce))
 	if r, err := ocsp.ParseResponseForCert(body, leaf, e.ca.Intermediate()); err != nil || r.Status != ocsp.Good {
 		t.Fatalf("fallback: %v", err)
 	}
@@ -414,7 +429,7 @@ func TestRevokeUpdatesCRLAndOCSP(t *testing.T) {
 	_, n0, _ := e.svc.CRL(e.iss.KeyID, false)
 	req, _ := ocsp.CreateRequest(a, e.ca.Intermediate(), nil)
 	waitFor(t, "pre-signed good", func() bool {
-		_, body := postOCSP(t, e.srv.URL, req)
+		_, body := postOCSP(t, e.url, req)
 		r, err := ocsp.ParseResponse(body, e.ca.Intermediate())
 		return err == nil && r.Status == ocsp.Good
 	})
@@ -423,7 +438,7 @@ func TestRevokeUpdatesCRLAndOCSP(t *testing.T) {
 		t.Fatalf("RevokeNode: %d %v", n, err)
 	}
 	// OCSP flips immediately: the cached good answer is gone.
-	_, body := postOCSP(t, e.srv.URL, req)
+	_, body := postOCSP(t, e.url, req)
 	if r, err := ocsp.ParseResponse(body, e.ca.Intermediate()); err != nil || r.Status != ocsp.Revoked || r.RevocationReason != ocsp.PrivilegeWithdrawn {
 		t.Fatalf("after revoke: %+v %v", r, err)
 	}
@@ -491,7 +506,7 @@ func TestCRLHTTP(t *testing.T) {
 		{"/crl/abcdef.crl", 404, false},
 		{"/crl/x", 404, false},
 	} {
-		resp, err := http.Get(e.srv.URL + p.path)
+		resp, err := http.Get(e.url + p.path)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -515,10 +530,10 @@ func TestCRLHTTP(t *testing.T) {
 			t.Fatalf("%s: delta=%v headers=%v", p.path, isDelta, resp.Header)
 		}
 	}
-	if got := crl.CRLURL(e.srv.URL+"/", e.iss.KeyID); got != e.srv.URL+"/crl/"+e.iss.KeyID+".crl" {
+	if got := crl.CRLURL(e.url+"/", e.iss.KeyID); got != e.url+"/crl/"+e.iss.KeyID+".crl" {
 		t.Fatalf("CRLURL %s", got)
 	}
-	if got := crl.OCSPURL(e.srv.URL); got != e.srv.URL+"/ocsp" {
+	if got := crl.OCSPURL(e.url); got != e.url+"/ocsp" {
 		t.Fatalf("OCSPURL %s", got)
 	}
 }
@@ -543,7 +558,7 @@ func TestHSMDownKeepsServingUntilNextUpdate(t *testing.T) {
 	req, _ := ocsp.CreateRequest(leaf, e.ca.Intermediate(), nil)
 	var first *ocsp.Response
 	waitFor(t, "pre-signed", func() bool {
-		_, body := postOCSP(t, e.srv.URL, req)
+		_, body := postOCSP(t, e.url, req)
 		r, err := ocsp.ParseResponse(body, e.ca.Intermediate())
 		first = r
 		return err == nil && r.Status == ocsp.Good
@@ -551,13 +566,13 @@ func TestHSMDownKeepsServingUntilNextUpdate(t *testing.T) {
 	e.down.Store(true)
 	// Refresh at half-life fails loudly (metric), the answer is still served.
 	waitFor(t, "refresh failure", func() bool { return e.svc.Metrics().RefreshFailures.Load() > 0 })
-	_, body := postOCSP(t, e.srv.URL, req)
+	_, body := postOCSP(t, e.url, req)
 	if r, err := ocsp.ParseResponse(body, e.ca.Intermediate()); err != nil || !r.ThisUpdate.Equal(first.ThisUpdate) {
 		t.Fatalf("pre-signed answer not served while HSM down: %v", err)
 	}
 	// Past nextUpdate: tryLater, never a stale answer.
 	time.Sleep(time.Until(first.NextUpdate) + 100*time.Millisecond)
-	_, body = postOCSP(t, e.srv.URL, req)
+	_, body = postOCSP(t, e.url, req)
 	var re ocsp.ResponseError
 	if _, err := ocsp.ParseResponse(body, nil); !errors.As(err, &re) || re.Status != ocsp.TryLater {
 		t.Fatalf("after nextUpdate with HSM down: %v", err)
@@ -568,7 +583,7 @@ func TestHSMDownKeepsServingUntilNextUpdate(t *testing.T) {
 	// HSM back: answers resume.
 	e.down.Store(false)
 	waitFor(t, "recovery", func() bool {
-		_, body := postOCSP(t, e.srv.URL, req)
+		_, body := postOCSP(t, e.url, req)
 		r, err := ocsp.ParseResponse(body, e.ca.Intermediate())
 		return err == nil && r.Status == ocsp.Good
 	})
@@ -579,7 +594,7 @@ func TestCheckerFollowsRevocationsWithinASecond(t *testing.T) {
 	leaf := e.mint(t, "n")
 	other := e.mint(t, "n2")
 	updates := make(chan struct{}, 16)
-	chk, err := crl.NewChecker(crl.CheckerConfig{BaseURL: e.srv.URL,
+	chk, err := crl.NewChecker(crl.CheckerConfig{BaseURL: e.url,
 		Issuers:  func() []*x509.Certificate { return []*x509.Certificate{e.ca.Intermediate()} },
 		OnUpdate: func() { updates <- struct{}{} }})
 	if err != nil {
@@ -624,7 +639,7 @@ func TestCheckerFollowsRevocationsWithinASecond(t *testing.T) {
 	}
 	// A CRL from a foreign issuer is refused.
 	foreign := testca.New(t, "example.org").Intermediate()
-	bad, _ := crl.NewChecker(crl.CheckerConfig{BaseURL: e.srv.URL,
+	bad, _ := crl.NewChecker(crl.CheckerConfig{BaseURL: e.url,
 		Issuers: func() []*x509.Certificate {
 			c := *foreign
 			c.SubjectKeyId = ski // claims the same key ID, different key
@@ -637,7 +652,7 @@ func TestCheckerFollowsRevocationsWithinASecond(t *testing.T) {
 
 func TestFeedReset(t *testing.T) {
 	e := newEnv(t, crl.Config{})
-	resp, err := http.Get(e.srv.URL + "/revocations?epoch=nope&after=5")
+	resp, err := http.Get(e.url + "/revocations?epoch=nope&after=5")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -646,7 +661,7 @@ func TestFeedReset(t *testing.T) {
 	if !strings.Contains(string(body), `"reset":true`) {
 		t.Fatalf("stale epoch: %s", body)
 	}
-	resp, _ = http.Get(e.srv.URL + "/revocations?after=x")
+	resp, _ = http.Get(e.url + "/revocations?after=x")
 	resp.Body.Close()
 	if resp.StatusCode != 400 {
 		t.Fatalf("bad after: HTTP %d", resp.StatusCode)

@@ -83,6 +83,31 @@ func newMetrics() *metrics {
 	return m
 }
 
+// registerCRLMetrics exports the revocation service's counters.
+func registerCRLMetrics(reg *prometheus.Registry, cm *crl.Metrics) {
+	for _, c := range []struct {
+		name, help string
+		v          *atomic.Uint64
+	}{
+		{"palisade_ocsp_requests_total", "OCSP requests answered.", &cm.Requests},
+		{"palisade_ocsp_cache_hits_total", "OCSP requests answered from the pre-signed cache.", &cm.CacheHits},
+		{"palisade_ocsp_signatures_total", "OCSP responses signed.", &cm.Signatures},
+		{"palisade_ocsp_sign_failures_total", "Failed OCSP response signatures.", &cm.SignFailures},
+		{"palisade_ocsp_malformed_total", "Malformed OCSP requests.", &cm.Malformed},
+		{"palisade_ocsp_unauthorized_total", "OCSP requests for issuers this responder does not serve.", &cm.Unauthorized},
+		{"palisade_ocsp_try_later_total", "OCSP requests answered tryLater.", &cm.TryLater},
+		{"palisade_ocsp_presign_dropped_total", "Pre-signatures dropped because the queue was full.", &cm.PresignDropped},
+		{"palisade_revocation_refresh_failures_total", "Failed pre-sign, refresh or CRL builds.", &cm.RefreshFailures},
+		{"palisade_crl_builds_total", "CRLs built and signed.", &cm.CRLBuilds},
+		{"palisade_crl_build_errors_total", "Failed CRL builds.", &cm.CRLBuildErrors},
+		{"palisade_http_handoffs_total", "Connections the lean OCSP path handed to the general HTTP server.", &cm.HTTPHandoffs},
+	} {
+		v := c.v
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: c.name, Help: c.help},
+			func() float64 { return float64(v.Load()) }))
+	}
+}
+
 func run(ctx context.Context, cfg *config.Server, log *slog.Logger) error {
 	m := newMetrics()
 	// The revocation service needs the CA's issuers, the CA needs to tell
@@ -199,14 +224,15 @@ func run(ctx context.Context, cfg *config.Server, log *slog.Logger) error {
 	// Revocation paths go to the CRL service before any ServeMux: an OCSP
 	// GET's base64 may contain "//", which ServeMux would redirect.
 	crlHandler := crlSvc.Handler()
-	httpSrv := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	httpSrv := crlSvc.NewHTTPServer(&http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p := r.URL.Path
 		if strings.HasPrefix(p, "/crl/") || p == "/ocsp" || strings.HasPrefix(p, "/ocsp/") || p == "/revocations" {
 			crlHandler.ServeHTTP(w, r)
 			return
 		}
 		httpMux.ServeHTTP(w, r)
-	})}
+	})})
+	registerCRLMetrics(m.reg, crlSvc.Metrics())
 
 	metricsLn, err := net.Listen("tcp", cfg.Metrics.Listen)
 	if err != nil {
