@@ -364,11 +364,20 @@ func TestRevocationEndToEnd(t *testing.T) {
 	s.start()
 
 	t.Run("ocsp good and unknown", func(t *testing.T) {
+		var before, after map[string]uint64
+		json.Unmarshal(s.get("/test/metrics"), &before)
 		if out := p.opensslOCSP(t, p.base, goodPath); !strings.Contains(out, goodPath+": good") {
 			t.Fatalf("good:\n%s", out)
 		}
 		if out := p.opensslOCSP(t, p.base, unknownPath); !strings.Contains(out, unknownPath+": unknown") {
 			t.Fatalf("unknown:\n%s", out)
+		}
+		// openssl's requests took the lean path: each would otherwise be a
+		// hand-off. The metrics request itself may add one when its
+		// client opens a new connection.
+		json.Unmarshal(s.get("/test/metrics"), &after)
+		if after["requests"] < before["requests"]+2 || after["http_handoffs"] > before["http_handoffs"]+1 {
+			t.Fatalf("OCSP requests %d→%d, hand-offs %d→%d", before["requests"], after["requests"], before["http_handoffs"], after["http_handoffs"])
 		}
 	})
 	var numberBefore string

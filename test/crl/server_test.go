@@ -125,7 +125,7 @@ func serve(cfgPath string) error {
 		m := svc.Metrics()
 		json.NewEncoder(w).Encode(map[string]uint64{
 			"refresh_failures": m.RefreshFailures.Load(), "crl_build_errors": m.CRLBuildErrors.Load(),
-			"signatures": m.Signatures.Load(),
+			"signatures": m.Signatures.Load(), "requests": m.Requests.Load(), "http_handoffs": m.HTTPHandoffs.Load(),
 		})
 	})
 	mux.HandleFunc("/test/revoke", func(w http.ResponseWriter, r *http.Request) {
@@ -160,7 +160,7 @@ func serve(cfgPath string) error {
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: root, ReadHeaderTimeout: 5 * time.Second}
+	srv := svc.NewHTTPServer(&http.Server{Handler: root, ReadHeaderTimeout: 5 * time.Second})
 	go func() { <-ctx.Done(); srv.Close() }()
 	if err := srv.Serve(ln); err != http.ErrServerClosed {
 		return err

@@ -19,6 +19,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -26,6 +27,7 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ocsp"
+	"golang.org/x/sys/unix"
 
 	"github.com/palisade-id/palisade/crl"
 	"github.com/palisade-id/palisade/crl/memsource"
@@ -89,7 +91,7 @@ func BenchmarkOCSPWrk(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	srv := &http.Server{Handler: svc.Handler()}
+	srv := svc.NewHTTPServer(&http.Server{Handler: svc.Handler()})
 	go srv.Serve(ln)
 	defer srv.Close()
 	script := filepath.Join(b.TempDir(), "paths.lua")
@@ -104,58 +106,94 @@ func BenchmarkOCSPWrk(b *testing.B) {
 	}
 	// "1cert" requests one URL (wrk's fast path, no Lua per request);
 	// "1000certs" rotates through all of them via Lua, which costs wrk
-	// (not the server) noticeably more CPU on the shared cores.
-	for _, mode := range []string{"1cert", "1000certs"} {
-		for _, conns := range []int{16, 64, 256} {
-			b.Run(fmt.Sprintf("%s/conns=%d", mode, conns), func(b *testing.B) {
-				args := []string{"-t1", "-c" + strconv.Itoa(conns), "-d5s", "--latency"}
-				if mode == "1cert" {
-					args = append(args, "http://"+ln.Addr().String()+paths[0])
-				} else {
-					args = append(args, "-s", script, "http://"+ln.Addr().String())
-				}
-				runWrk(b, args)
-			})
+	// (not the server) noticeably more CPU. "shared": server and wrk float
+	// over both cores; "split": the server is pinned to core 0 with
+	// GOMAXPROCS=1 and wrk to core 1, so neither preempts the other.
+	for _, layout := range []string{"shared", "split"} {
+		for _, mode := range []string{"1cert", "1000certs"} {
+			for _, conns := range []int{16, 32, 64, 256} {
+				b.Run(fmt.Sprintf("%s/%s/conns=%d", layout, mode, conns), func(b *testing.B) {
+					args := []string{"wrk", "-t1", "-c" + strconv.Itoa(conns), "-d5s", "--latency"}
+					if mode == "1cert" {
+						args = append(args, "http://"+ln.Addr().String()+paths[0])
+					} else {
+						args = append(args, "-s", script, "http://"+ln.Addr().String())
+					}
+					if layout == "split" {
+						testenv.Require(b, "taskset")
+						defer pinProcess(b, 0)()
+						args = append([]string{"taskset", "-c", "1"}, args...)
+					}
+					runWrk(b, args)
+				})
+			}
 		}
 	}
 }
 
-func runWrk(b *testing.B, args []string) {
-	{
-		{
-			var rps, p50, p99 float64
-			var cpu time.Duration
-			var total float64
-			for i := 0; i < b.N; i++ {
-				var ru0, ru1 syscall.Rusage
-				syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
-				out, err := exec.Command("wrk", args...).CombinedOutput()
-				syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
-				cpu = time.Duration(ru1.Utime.Nano() + ru1.Stime.Nano() - ru0.Utime.Nano() - ru0.Stime.Nano())
-				if err != nil {
-					b.Fatalf("wrk: %v\n%s", err, out)
-				}
-				if strings.Contains(string(out), "Non-2xx") {
-					b.Fatalf("errors:\n%s", out)
-				}
-				rps, p50, p99 = parseWrk(b, string(out))
-				m := reTotal.FindStringSubmatch(string(out))
-				if m == nil {
-					b.Fatalf("no request count:\n%s", out)
-				}
-				total, _ = strconv.ParseFloat(m[1], 64)
+// pinProcess binds every thread of this process to cpu and sets
+// GOMAXPROCS to 1; threads started later inherit the binding. The
+// returned func undoes both.
+func pinProcess(b *testing.B, cpu int) func() {
+	var one, all unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &all); err != nil {
+		b.Fatal(err)
+	}
+	if all.Count() < 2 {
+		b.Skip("needs two CPUs")
+	}
+	one.Set(cpu)
+	setAll := func(set *unix.CPUSet) {
+		tasks, err := os.ReadDir("/proc/self/task")
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, t := range tasks {
+			tid, err := strconv.Atoi(t.Name())
+			if err != nil {
+				continue
 			}
-			b.ReportMetric(rps, "rps")
-			b.ReportMetric(p50, "p50_ms")
-			b.ReportMetric(p99, "p99_ms")
-			// The server's own CPU per request (user+system, this process;
-			// wrk is a child and not counted): 2 cores / this = the
-			// responder's capacity when the load generator runs elsewhere.
-			us := float64(cpu.Microseconds()) / total
-			b.ReportMetric(us, "server_cpu_us/req")
-			b.ReportMetric(2e6/us, "capacity_rps_2cores")
+			if err := unix.SchedSetaffinity(tid, set); err != nil && !errors.Is(err, unix.ESRCH) {
+				b.Fatalf("pin thread %d: %v", tid, err)
+			}
 		}
 	}
+	setAll(&one)
+	prev := runtime.GOMAXPROCS(1)
+	return func() {
+		runtime.GOMAXPROCS(prev)
+		setAll(&all)
+	}
+}
+
+func runWrk(b *testing.B, args []string) {
+	var rps, p50, p99, total float64
+	var cpu time.Duration
+	for i := 0; i < b.N; i++ {
+		var ru0, ru1 syscall.Rusage
+		syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
+		out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
+		syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
+		cpu = time.Duration(ru1.Utime.Nano() + ru1.Stime.Nano() - ru0.Utime.Nano() - ru0.Stime.Nano())
+		if err != nil {
+			b.Fatalf("wrk: %v\n%s", err, out)
+		}
+		if strings.Contains(string(out), "Non-2xx") || strings.Contains(string(out), "Socket errors") {
+			b.Fatalf("errors:\n%s", out)
+		}
+		rps, p50, p99 = parseWrk(b, string(out))
+		m := reTotal.FindStringSubmatch(string(out))
+		if m == nil {
+			b.Fatalf("no request count:\n%s", out)
+		}
+		total, _ = strconv.ParseFloat(m[1], 64)
+	}
+	b.ReportMetric(rps, "rps")
+	b.ReportMetric(p50, "p50_ms")
+	b.ReportMetric(p99, "p99_ms")
+	// The server's own CPU per request (user+system, this process; wrk is
+	// a child and not counted).
+	b.ReportMetric(float64(cpu.Microseconds())/total, "server_cpu_us/req")
 }
 
 var (
