@@ -407,12 +407,17 @@ func (c *Checker) Run(ctx context.Context) {
 		backoff = 100 * time.Millisecond
 		switch {
 		case page.Reset:
+			// A new server process, or this client fell behind the feed.
+			// A full CRL already held at or past the current delta's base,
+			// plus that delta, is the current state (RFC 5280 §5.2.4):
+			// fetch the deltas, and a full CRL only where the base moved,
+			// so a fleet does not download full CRLs at every restart.
 			epoch, seq = page.Epoch, page.Seq
-			if err := c.Sync(ctx); err != nil {
-				c.log.Warn("CRL refresh after feed reset failed", "err", err)
+			first := c.fetchIssuers(ctx)
+			if err := c.syncDeltas(ctx); err != nil || first != nil {
+				c.log.Warn("CRL refresh after feed reset failed", "err", errors.Join(first, err))
 				lastFull = time.Time{}
 			} else {
-				lastFull = time.Now()
 				c.updated()
 			}
 		case len(page.Events) > 0:

@@ -13,8 +13,9 @@ import (
 // The revocation feed: GET /revocations?epoch=E&after=N long-polls for
 // revocation events with sequence > N. Sequences restart with every server
 // process, under a new random epoch; a client whose epoch differs, or that
-// fell behind the retained window, gets reset=true and must refetch the
-// CRLs, then continue from seq. An event is published only once a delta CRL
+// fell behind the retained window, gets reset=true and must bring its CRLs
+// up to date (the current deltas suffice over a full CRL at or past their
+// base), then continue from seq. An event is published only once a delta CRL
 // holding it is being served, so a client that fetches the delta on an
 // event always finds the serial there: the feed is a trigger, the signed
 // CRL stays the authority.

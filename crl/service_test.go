@@ -801,3 +801,70 @@ func TestRevokeTwiceAuditsOnce(t *testing.T) {
 		t.Fatalf("feed seq %d after one revocation", seq)
 	}
 }
+
+// After a server restart the feed resets (new epoch). A Checker then
+// fetches the deltas, not the full CRLs, as long as the delta's base is a
+// full CRL it holds, and still follows revocations from before and after.
+func TestCheckerResetAfterRestartFetchesOnlyDeltas(t *testing.T) {
+	e := newEnv(t, crl.Config{})
+	before, after := e.mint(t, "a"), e.mint(t, "b")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := "http://" + ln.Addr().String()
+	fullPath := "/crl/" + e.iss.KeyID + ".crl"
+	var current atomic.Value // http.Handler of the running service
+	var fulls atomic.Int64
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == fullPath {
+			fulls.Add(1)
+		}
+		current.Load().(http.Handler).ServeHTTP(w, r)
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	cfg := crl.Config{DataDir: t.TempDir(), LongPollTimeout: 200 * time.Millisecond, FullCRLMinInterval: 50 * time.Millisecond}
+	start := func() (*crl.Service, func()) {
+		svc, err := crl.New(cfg, crl.Options{Store: e.store, Audit: e.audit, Keys: e.keys, BaseURL: url,
+			Issuers: crl.IssuersFunc(func() []crl.Issuer { return []crl.Issuer{e.iss} })})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { svc.Run(ctx); close(done) }()
+		waitFor(t, "ready", func() bool { return svc.Ready() == nil })
+		current.Store(svc.Handler())
+		return svc, func() { cancel(); <-done }
+	}
+	svc, stop := start()
+	chk, err := crl.NewChecker(crl.CheckerConfig{BaseURL: url,
+		Issuers: func() []*x509.Certificate { return []*x509.Certificate{e.ca.Intermediate()} }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go chk.Run(ctx)
+	ski := e.ca.Intermediate().SubjectKeyId
+	revoked := func(c *x509.Certificate) bool { r, err := chk.Revoked(c.SerialNumber, ski); return err == nil && r }
+	if _, err := svc.Revoke(context.Background(), "op", before.SerialNumber, crl.ReasonKeyCompromise); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "revocation before the restart", func() bool { return revoked(before) })
+	fullsBefore := fulls.Load()
+	stop()
+	svc, stop = start()
+	defer stop()
+	if _, err := svc.Revoke(context.Background(), "op", after.SerialNumber, crl.ReasonKeyCompromise); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "revocation after the restart", func() bool { return revoked(after) })
+	if !revoked(before) {
+		t.Fatal("the revocation from before the restart was lost")
+	}
+	if n := fulls.Load() - fullsBefore; n != 0 {
+		t.Fatalf("%d full CRL fetches after the restart, want 0 (deltas only)", n)
+	}
+}
