@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/palisade-id/palisade/attestor/verify"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -169,4 +170,42 @@ func (s *Service) BanNode(ctx context.Context, actor, ref, reason string, crlRea
 		return n, fmt.Errorf("attestor: node banned but revocation failed (retry the ban): %w", err)
 	}
 	return n, nil
+}
+
+// UnbanNode lifts a ban (node by SPIFFE ID or EK hash), so the node may
+// attest again; what the ban revoked stays revoked. reason goes to the
+// audit log. It returns the updated record, ErrNotFound for an unknown
+// node and ErrInvalidArgument for one that is not banned.
+func (s *Service) UnbanNode(ctx context.Context, actor, ref, reason string) (NodeRecord, error) {
+	id, err := s.ResolveNodeID(ref)
+	if err != nil {
+		return NodeRecord{}, err
+	}
+	if strings.TrimSpace(reason) == "" || len(reason) > 512 {
+		return NodeRecord{}, fmt.Errorf("%w: unban reason must be 1..512 bytes", ErrInvalidArgument)
+	}
+	rec, err := s.deps.Store.Node(ctx, id)
+	if err != nil {
+		return NodeRecord{}, err
+	}
+	if !rec.Banned {
+		return NodeRecord{}, fmt.Errorf("%w: %s is not banned", ErrInvalidArgument, id)
+	}
+	if err := s.audit(ctx, AuditNodeUnban, actor, map[string]any{
+		"node_id": id, "reason": reason, "ban_reason": rec.BanReason, "banned_by": rec.BannedBy, "banned_at": rec.BannedAt,
+	}); err != nil {
+		return NodeRecord{}, err
+	}
+	err = s.deps.Store.UpdateNode(ctx, id, func(r *NodeRecord, exists bool) error {
+		if !exists {
+			return fmt.Errorf("%w: node %s", ErrNotFound, id)
+		}
+		r.Banned, r.BannedAt, r.BannedBy, r.BanReason = false, time.Time{}, "", ""
+		rec = *r
+		return nil
+	})
+	if err != nil {
+		return NodeRecord{}, fmt.Errorf("attestor: unban: %w", err)
+	}
+	return rec, nil
 }

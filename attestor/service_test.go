@@ -414,3 +414,57 @@ func TestAdmin(t *testing.T) {
 		}
 	}
 }
+
+// An unbanned node attests again; unbanning is audited and refuses what
+// there is nothing to lift.
+func TestUnbanNode(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t)
+	ref := ekHash(t, e.node)
+	attest := func() error {
+		_, err := agent.Attest(ctx, e.client, attestortest.SoftTPM{Node: e.node}, attestortest.CSR(t))
+		return err
+	}
+	if err := attest(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.svc.UnbanNode(ctx, "op", ref, "never banned"); !errors.Is(err, attestor.ErrInvalidArgument) {
+		t.Fatalf("unban of a node not banned: %v", err)
+	}
+	if _, err := e.svc.BanNode(ctx, "op", ref, "lost", 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := attest(); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("banned node attested: %v", err)
+	}
+	tests := []struct {
+		name, ref, reason string
+		want              error
+	}{
+		{"no reason", ref, " ", attestor.ErrInvalidArgument},
+		{"reason too long", ref, strings.Repeat("r", 513), attestor.ErrInvalidArgument},
+		{"foreign trust domain", "spiffe://other.org/palisade/node/" + ref, "r", attestor.ErrInvalidArgument},
+		{"unknown node", strings.Repeat("ab", 32), "r", attestor.ErrNotFound},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := e.svc.UnbanNode(ctx, "op", tc.ref, tc.reason); !errors.Is(err, tc.want) {
+				t.Fatalf("err = %v, want %v", err, tc.want)
+			}
+			if rec, _ := e.svc.Node(ctx, ref); !rec.Banned {
+				t.Fatal("a refused unban lifted the ban")
+			}
+		})
+	}
+	rec, err := e.svc.UnbanNode(ctx, "op", ref, "found")
+	if err != nil || rec.Banned || rec.BanReason != "" {
+		t.Fatalf("unban: %+v, %v", rec, err)
+	}
+	r, ok := e.aud.Last(attestor.AuditNodeUnban)
+	if !ok || r.Actor != "op" || !strings.Contains(fmt.Sprint(r.Data), "lost") {
+		t.Fatalf("unban audit record: %+v", r)
+	}
+	if err := attest(); err != nil {
+		t.Fatalf("unbanned node refused: %v", err)
+	}
+}

@@ -90,6 +90,7 @@ const (
 	AuditAttestAccept   = "attestor.attest.accept"
 	AuditAttestRefuse   = "attestor.attest.refuse"
 	AuditNodeBan        = "attestor.node.ban"
+	AuditNodeUnban      = "attestor.node.unban"
 	AuditManifestAdd    = "attestor.manifest.add"
 	AuditManifestRemove = "attestor.manifest.remove"
 	AuditPolicySet      = "attestor.pcrpolicy.set"

@@ -106,6 +106,11 @@ type BanResponse struct {
 	Revoked int                 `json:"revoked"`
 }
 
+// UnbanRequest gives the operator's reason for lifting a ban.
+type UnbanRequest struct {
+	Reason string `json:"reason"`
+}
+
 // ManifestRequest adds an EK hash, EK certificate or EK CA certificate
 // (PEM, or base64 DER, or 64 hex digits).
 type ManifestRequest struct {
@@ -135,6 +140,7 @@ func (rt *AttestationRoutes) Register(m *Mux) {
 	Handle(m, "GET /v1/nodes", rt.nodes)
 	Handle(m, "GET /v1/nodes/{ref}", rt.node)
 	Handle(m, "POST /v1/nodes/{ref}/ban", rt.ban)
+	Handle(m, "POST /v1/nodes/{ref}/unban", rt.unban)
 	Handle(m, "GET /v1/manifest", rt.manifest)
 	Handle(m, "POST /v1/manifest", rt.manifestAdd)
 	Handle(m, "DELETE /v1/manifest/{id}", rt.manifestRemove)
@@ -174,6 +180,10 @@ func (rt *AttestationRoutes) ban(ctx context.Context, op Operator, r *http.Reque
 		return BanResponse{}, err
 	}
 	return BanResponse{Node: rec, Revoked: n}, nil
+}
+
+func (rt *AttestationRoutes) unban(ctx context.Context, op Operator, r *http.Request, req *UnbanRequest) (attestor.NodeRecord, error) {
+	return rt.Attestor.UnbanNode(ctx, op.String(), r.PathValue("ref"), req.Reason)
 }
 
 func (rt *AttestationRoutes) manifest(ctx context.Context, _ Operator, _ *http.Request, _ *Empty) ([]attestor.ManifestEntry, error) {

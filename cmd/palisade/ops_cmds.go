@@ -19,6 +19,7 @@ func init() {
 	register("node list", "list attested nodes", nodeList)
 	register("node show", "show one node (-node SPIFFE-ID or EK hash)", nodeShow)
 	register("node ban", "ban a node and revoke every SVID it holds (-node ... -reason TEXT)", nodeBan)
+	register("node unban", "let a banned node attest again; what was revoked stays revoked (-node ... -reason TEXT)", nodeUnban)
 	register("manifest list", "list the EK manifest", manifestList)
 	register("manifest add", "admit an EK (-ek FILE|HEX: EK cert, EK CA cert, EK public key PEM or EKpub SHA-256) for -class", manifestAdd)
 	register("manifest remove", "remove a manifest entry (-id ID)", manifestRemove)
@@ -99,6 +100,24 @@ func nodeBan(ctx context.Context, e *env, args []string) error {
 	}
 	var out admin.BanResponse
 	if err := e.client().Do(ctx, http.MethodPost, "/v1/nodes/"+url.PathEscape(ref)+"/ban", &req, &out); err != nil {
+		return err
+	}
+	return printJSON(e, out)
+}
+
+func nodeUnban(ctx context.Context, e *env, args []string) error {
+	var req admin.UnbanRequest
+	ref, err := nodeRef(e, "node unban", args, func(fs *flagSet) {
+		fs.StringVar(&req.Reason, "reason", "", "why (recorded in the audit log)")
+	})
+	if err != nil {
+		return err
+	}
+	if req.Reason == "" {
+		return fmt.Errorf("%w: -reason is required", errUsage)
+	}
+	var out attestor.NodeRecord
+	if err := e.client().Do(ctx, http.MethodPost, "/v1/nodes/"+url.PathEscape(ref)+"/unban", &req, &out); err != nil {
 		return err
 	}
 	return printJSON(e, out)

@@ -380,4 +380,28 @@ func TestNodeLifecycle(t *testing.T) {
 			t.Fatalf("node API refusal %v, want PermissionDenied or Unauthenticated", err)
 		}
 	})
+
+	t.Run("unbanned node attests again; the old SVID stays revoked", func(t *testing.T) {
+		var rec attestor.NodeRecord
+		if err := json.Unmarshal([]byte(a.MustCLIFor(t, "node", "unban", "-node", nodeID, "-reason", "e2e: returned")), &rec); err != nil {
+			t.Fatal(err)
+		}
+		if rec.Banned {
+			t.Fatalf("unban: %+v", rec)
+		}
+		if r := a.CLI("node", "unban", "-node", nodeID, "-reason", "again"); r.Err == nil || !strings.Contains(r.Stderr, "not banned") {
+			t.Fatalf("second unban: %v %s", r.Err, r.Stderr)
+		}
+		dir, _, stderr, err := n.attest(t)
+		if err != nil {
+			t.Fatalf("unbanned node refused: %v\n%s", err, stderr)
+		}
+		verifySVID(t, a, dir, nodeID)
+		if ocsp := ocspStatus(t, a, filepath.Join(dir, "inter.pem"), filepath.Join(dir, "leaf.pem")); !strings.Contains(ocsp, "leaf.pem: good") {
+			t.Fatalf("new node SVID not good:\n%s", ocsp)
+		}
+		if ocsp := ocspStatus(t, a, filepath.Join(firstDir, "inter.pem"), filepath.Join(firstDir, "leaf.pem")); !strings.Contains(ocsp, "leaf.pem: revoked") {
+			t.Fatalf("the SVID revoked by the ban came back:\n%s", ocsp)
+		}
+	})
 }
