@@ -1,53 +1,32 @@
 package store_test
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
-	"syscall"
 	"testing"
 
 	"github.com/palisade-id/palisade/attestor"
 	"github.com/palisade-id/palisade/attestor/store"
+	"github.com/palisade-id/palisade/test/crashtest"
 )
-
-const childEnv = "ATTESTOR_STORE_KILL_CHILD"
 
 // TestKill9 kills a writer mid-stream: every update the child reported as
 // committed is on disk, and the file opens cleanly.
 func TestKill9(t *testing.T) {
-	if path := os.Getenv(childEnv); path != "" {
+	if path, ok := crashtest.Child("ATTESTOR_STORE"); ok {
 		killChild(path)
 		return
 	}
 	path := filepath.Join(t.TempDir(), "a.db")
-	cmd := exec.Command(os.Args[0], "-test.run=^TestKill9$")
-	cmd.Env = append(os.Environ(), childEnv+"="+path)
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	sc := bufio.NewScanner(out)
 	last := 0
-	for sc.Scan() {
-		if n, err := strconv.Atoi(sc.Text()); err == nil {
-			last = n
+	for _, line := range crashtest.Kill(t, crashtest.Run{Name: "ATTESTOR_STORE", Arg: path, Test: "^TestKill9$", Acks: 50}) {
+		n, err := strconv.Atoi(line)
+		if err != nil {
+			t.Fatalf("child printed %q", line)
 		}
-		if last >= 50 {
-			break
-		}
-	}
-	_ = cmd.Process.Signal(syscall.SIGKILL)
-	_ = cmd.Wait()
-	if last < 50 {
-		t.Fatalf("child committed only %d updates", last)
+		last = max(last, n)
 	}
 	db, err := store.Open(path)
 	if err != nil {
@@ -64,16 +43,21 @@ func TestKill9(t *testing.T) {
 	}
 }
 
+// killChild commits a node update and a manifest entry per step and prints
+// the step once both returned.
 func killChild(path string) {
 	db, err := store.Open(path)
 	if err != nil {
-		fmt.Println("open:", err)
-		os.Exit(1)
+		crashtest.Fail("open", err)
 	}
 	ctx := context.Background()
 	for i := 1; ; i++ {
-		_ = db.UpdateNode(ctx, "n", func(r *attestor.NodeRecord, _ bool) error { r.Attestations = uint64(i); return nil })
-		_ = db.PutManifestEntry(ctx, attestor.ManifestEntry{ID: fmt.Sprintf("ek:%d", i), Kind: attestor.KindEKHash})
+		if err := db.UpdateNode(ctx, "n", func(r *attestor.NodeRecord, _ bool) error { r.Attestations = uint64(i); return nil }); err != nil {
+			crashtest.Fail("update node", err)
+		}
+		if err := db.PutManifestEntry(ctx, attestor.ManifestEntry{ID: fmt.Sprintf("ek:%d", i), Kind: attestor.KindEKHash}); err != nil {
+			crashtest.Fail("put manifest entry", err)
+		}
 		fmt.Println(i)
 	}
 }

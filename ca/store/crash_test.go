@@ -1,24 +1,20 @@
 package store
 
 import (
-	"bufio"
 	"fmt"
 	"math/big"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
-	"time"
+
+	"github.com/palisade-id/palisade/test/crashtest"
 )
 
-const crashChildEnv = "PALISADE_STORE_CRASH_CHILD"
-
 func TestMain(m *testing.M) {
-	if spec := os.Getenv(crashChildEnv); spec != "" {
+	if spec, ok := crashtest.Child("STORE"); ok {
 		crashChild(spec)
 		return
 	}
@@ -32,13 +28,11 @@ func crashChild(spec string) {
 	path, baseStr, _ := strings.Cut(spec, "|")
 	base, err := strconv.ParseInt(baseStr, 10, 64)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "bad spec", spec)
-		os.Exit(2)
+		crashtest.Fail("spec", err)
 	}
 	s, err := Open(path, Options{})
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "open:", err)
-		os.Exit(2)
+		crashtest.Fail("open", err)
 	}
 	var wg sync.WaitGroup
 	var mu sync.Mutex
@@ -54,15 +48,13 @@ func crashChild(spec string) {
 				mu.Unlock()
 				r := svid(n, "spiffe://example.org/crash", nodeA)
 				if err := s.RecordIssued(r); err != nil {
-					fmt.Fprintln(os.Stderr, "record:", err)
-					os.Exit(2)
+					crashtest.Fail("record", err)
 				}
 				fmt.Fprintf(os.Stdout, "ok %d\n", n)
 				if n%5 == 0 {
 					rec, err := s.Revoke(r.Serial, 1, t0)
 					if err != nil {
-						fmt.Fprintln(os.Stderr, "revoke:", err)
-						os.Exit(2)
+						crashtest.Fail("revoke", err)
 					}
 					fmt.Fprintf(os.Stdout, "rev %d %d\n", n, rec.RevokeSeq)
 				}
@@ -82,56 +74,17 @@ func TestKill9(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "ca.db")
 	acked := map[int64]uint64{} // serial → RevokeSeq (0: valid)
 	for round := range 3 {
-		cmd := exec.Command(os.Args[0], "-test.run=^$")
-		cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s|%d", crashChildEnv, path, int64(round+1)<<32))
-		var stderr strings.Builder
-		cmd.Stderr = &stderr
-		out, err := cmd.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		pid := cmd.Process.Pid
-		t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGKILL) })
 		// Kill at a different point each round, mid-stream.
-		target := 150 + 120*round
-		sc := bufio.NewScanner(out)
-		n := 0
-		deadline := time.AfterFunc(60*time.Second, func() { _ = cmd.Process.Kill() })
-		for sc.Scan() {
-			f := strings.Fields(sc.Text())
-			serial, _ := strconv.ParseInt(f[1], 10, 64)
-			switch f[0] {
-			case "ok":
-				acked[serial] = 0
-				n++
-			case "rev":
-				seq, _ := strconv.ParseUint(f[2], 10, 64)
-				acked[serial] = seq
-			}
-			if n == target {
-				if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
-					t.Fatal(err)
-				}
-				break
-			}
-		}
-		deadline.Stop()
-		// Drain lines written before the kill landed: they were acknowledged too.
-		for sc.Scan() {
-			f := strings.Fields(sc.Text())
+		lines := crashtest.Kill(t, crashtest.Run{Name: "STORE", Arg: fmt.Sprintf("%s|%d", path, int64(round+1)<<32),
+			Acks: 150 + 120*round, IsAck: func(l string) bool { return strings.HasPrefix(l, "ok ") }})
+		for _, l := range lines {
+			f := strings.Fields(l)
 			serial, _ := strconv.ParseInt(f[1], 10, 64)
 			if f[0] == "ok" {
 				acked[serial] = 0
 			} else if f[0] == "rev" {
 				acked[serial], _ = strconv.ParseUint(f[2], 10, 64)
 			}
-		}
-		_ = cmd.Wait()
-		if n < target {
-			t.Fatalf("round %d: child stopped after %d acks: %s", round, n, stderr.String())
 		}
 
 		s, err := Open(path, Options{Verify: true})
