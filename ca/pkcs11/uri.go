@@ -74,57 +74,60 @@ func ParseURI(s string) (*URI, error) {
 	u := &URI{}
 	seen := map[string]bool{}
 	if path != "" {
-		for _, attr := range strings.Split(path, ";") {
-			name, raw, err := splitAttr(attr, "path", seen)
-			if err != nil {
-				return nil, err
-			}
-			if !pathAttrs[name] {
-				return nil, fmt.Errorf("%w: unknown path attribute %q", ErrInvalidURI, truncate(name))
-			}
-			val, err := decode(name, raw, false)
-			if err != nil {
-				return nil, err
-			}
-			if err := u.setPath(name, val); err != nil {
-				return nil, err
-			}
+		if err := eachAttr(path, ";", "path", pathAttrs, seen, u.setPath); err != nil {
+			return nil, err
 		}
 	}
 	if hasQuery {
 		if query == "" {
 			return nil, fmt.Errorf("%w: empty query after '?'", ErrInvalidURI)
 		}
-		for _, attr := range strings.Split(query, "&") {
-			name, raw, err := splitAttr(attr, "query", seen)
-			if err != nil {
-				return nil, err
-			}
-			if !queryAttrs[name] {
-				return nil, fmt.Errorf("%w: unknown query attribute %q", ErrInvalidURI, truncate(name))
-			}
-			val, err := decode(name, raw, true)
-			if err != nil {
-				return nil, err
-			}
-			switch name {
-			case "module-path":
-				u.ModulePath = val
-			case "module-name":
-				u.ModuleName = val
-			case "pin-source":
-				u.PinSource = val
-			case "pin-value":
-				u.PinValue = val
-			default:
-				return nil, fmt.Errorf("%w: unknown query attribute %q", ErrInvalidURI, name)
-			}
+		if err := eachAttr(query, "&", "query", queryAttrs, seen, u.setQuery); err != nil {
+			return nil, err
 		}
 	}
 	if u.PinSource != "" && u.PinValue != "" {
 		return nil, fmt.Errorf("%w: both pin-source and pin-value given", ErrInvalidURI)
 	}
 	return u, nil
+}
+
+// eachAttr splits one URI component (path or query) into attributes,
+// checks each name against known and decodes its value into set.
+func eachAttr(list, sep, component string, known map[string]bool, seen map[string]bool, set func(name, val string) error) error {
+	for _, attr := range strings.Split(list, sep) {
+		name, raw, err := splitAttr(attr, component, seen)
+		if err != nil {
+			return err
+		}
+		if !known[name] {
+			return fmt.Errorf("%w: unknown %s attribute %q", ErrInvalidURI, component, truncate(name))
+		}
+		val, err := decode(name, raw, component == "query")
+		if err != nil {
+			return err
+		}
+		if err := set(name, val); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (u *URI) setQuery(name, val string) error {
+	switch name {
+	case "module-path":
+		u.ModulePath = val
+	case "module-name":
+		u.ModuleName = val
+	case "pin-source":
+		u.PinSource = val
+	case "pin-value":
+		u.PinValue = val
+	default:
+		return fmt.Errorf("%w: unknown query attribute %q", ErrInvalidURI, name)
+	}
+	return nil
 }
 
 func splitAttr(attr, where string, seen map[string]bool) (name, raw string, err error) {
