@@ -1,6 +1,7 @@
 package attestor
 
 import (
+	"cmp"
 	"fmt"
 	"time"
 )
@@ -32,21 +33,11 @@ const (
 
 // WithDefaults returns c with zero fields set to their defaults.
 func (c Config) WithDefaults() Config {
-	if c.NonceTTL == 0 {
-		c.NonceTTL = DefaultNonceTTL
-	}
-	if c.SessionTimeout == 0 {
-		c.SessionTimeout = DefaultSessionTimeout
-	}
-	if c.MaxMessageBytes == 0 {
-		c.MaxMessageBytes = DefaultMaxMessageBytes
-	}
-	if c.MaxPendingNonces == 0 {
-		c.MaxPendingNonces = DefaultMaxPendingNonces
-	}
-	if c.MaxSessions == 0 {
-		c.MaxSessions = DefaultMaxSessions
-	}
+	c.NonceTTL = cmp.Or(c.NonceTTL, DefaultNonceTTL)
+	c.SessionTimeout = cmp.Or(c.SessionTimeout, DefaultSessionTimeout)
+	c.MaxMessageBytes = cmp.Or(c.MaxMessageBytes, DefaultMaxMessageBytes)
+	c.MaxPendingNonces = cmp.Or(c.MaxPendingNonces, DefaultMaxPendingNonces)
+	c.MaxSessions = cmp.Or(c.MaxSessions, DefaultMaxSessions)
 	return c
 }
 

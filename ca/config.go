@@ -1,6 +1,7 @@
 package ca
 
 import (
+	"cmp"
 	"fmt"
 	"time"
 
@@ -24,33 +25,15 @@ type Config struct {
 
 // Defaults fills unset fields.
 func (c *Config) Defaults() {
-	if c.KeyAlgorithm == "" {
-		c.KeyAlgorithm = "ecdsa-p256"
-	}
-	if c.Organization == "" {
-		c.Organization = "Palisade"
-	}
-	if c.RootTTL == 0 {
-		c.RootTTL = 10 * 365 * 24 * time.Hour
-	}
-	if c.IntermediateTTL == 0 {
-		c.IntermediateTTL = 7 * 24 * time.Hour
-	}
-	if c.X509SVIDTTL == 0 {
-		c.X509SVIDTTL = time.Hour
-	}
-	if c.MaxX509SVIDTTL == 0 {
-		c.MaxX509SVIDTTL = 24 * time.Hour
-	}
-	if c.JWTSVIDTTL == 0 {
-		c.JWTSVIDTTL = 5 * time.Minute
-	}
-	if c.MaxJWTSVIDTTL == 0 {
-		c.MaxJWTSVIDTTL = time.Hour
-	}
-	if c.Backdate == 0 {
-		c.Backdate = 10 * time.Second
-	}
+	c.KeyAlgorithm = cmp.Or(c.KeyAlgorithm, "ecdsa-p256")
+	c.Organization = cmp.Or(c.Organization, "Palisade")
+	c.RootTTL = cmp.Or(c.RootTTL, 10*365*24*time.Hour)
+	c.IntermediateTTL = cmp.Or(c.IntermediateTTL, 7*24*time.Hour)
+	c.X509SVIDTTL = cmp.Or(c.X509SVIDTTL, time.Hour)
+	c.MaxX509SVIDTTL = cmp.Or(c.MaxX509SVIDTTL, 24*time.Hour)
+	c.JWTSVIDTTL = cmp.Or(c.JWTSVIDTTL, 5*time.Minute)
+	c.MaxJWTSVIDTTL = cmp.Or(c.MaxJWTSVIDTTL, time.Hour)
+	c.Backdate = cmp.Or(c.Backdate, 10*time.Second)
 }
 
 // Validate reports the first inconsistent setting.

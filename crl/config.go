@@ -1,6 +1,7 @@
 package crl
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"time"
@@ -36,23 +37,14 @@ type Config struct {
 
 // Defaults fills zero fields.
 func (c *Config) Defaults() {
-	def := func(d *time.Duration, v time.Duration) {
-		if *d == 0 {
-			*d = v
-		}
-	}
-	def(&c.CRLValidity, time.Hour)
-	def(&c.DeltaBaseInterval, time.Hour)
-	def(&c.FullCRLMinInterval, 10*time.Second)
-	def(&c.OCSPValidity, time.Hour)
-	def(&c.ResponderCertValidity, 72*time.Hour)
-	def(&c.LongPollTimeout, 25*time.Second)
-	if c.MaxRequestBytes == 0 {
-		c.MaxRequestBytes = 4096
-	}
-	if c.SignConcurrency == 0 {
-		c.SignConcurrency = 4
-	}
+	c.CRLValidity = cmp.Or(c.CRLValidity, time.Hour)
+	c.DeltaBaseInterval = cmp.Or(c.DeltaBaseInterval, time.Hour)
+	c.FullCRLMinInterval = cmp.Or(c.FullCRLMinInterval, 10*time.Second)
+	c.OCSPValidity = cmp.Or(c.OCSPValidity, time.Hour)
+	c.ResponderCertValidity = cmp.Or(c.ResponderCertValidity, 72*time.Hour)
+	c.LongPollTimeout = cmp.Or(c.LongPollTimeout, 25*time.Second)
+	c.MaxRequestBytes = cmp.Or(c.MaxRequestBytes, 4096)
+	c.SignConcurrency = cmp.Or(c.SignConcurrency, 4)
 }
 
 // Validate reports the first invalid field.

@@ -1,6 +1,7 @@
 package enforcer
 
 import (
+	"cmp"
 	"fmt"
 	"net/netip"
 	"path/filepath"
@@ -70,33 +71,15 @@ const (
 
 // SetDefaults fills unset fields.
 func (c *Config) SetDefaults() {
-	if c.Attach == "" {
-		c.Attach = string(AttachAuto)
-	}
-	if c.Mode == "" {
-		c.Mode = "enforce"
-	}
-	if c.PinDir == "" {
-		c.PinDir = DefaultPinDir
-	}
-	if c.StateDir == "" {
-		c.StateDir = DefaultStateDir
-	}
-	if c.AdmissionPort == 0 {
-		c.AdmissionPort = DefaultAdmissionPort
-	}
-	if c.MaxAdmission == 0 {
-		c.MaxAdmission = DefaultMaxAdmission
-	}
-	if c.RecheckInterval == 0 {
-		c.RecheckInterval = DefaultRecheckInterval
-	}
-	if c.RevocationGrace == 0 {
-		c.RevocationGrace = DefaultRevocationGrace
-	}
-	if c.FlowLogMaxBytes == 0 {
-		c.FlowLogMaxBytes = DefaultFlowLogMaxBytes
-	}
+	c.Attach = cmp.Or(c.Attach, string(AttachAuto))
+	c.Mode = cmp.Or(c.Mode, "enforce")
+	c.PinDir = cmp.Or(c.PinDir, DefaultPinDir)
+	c.StateDir = cmp.Or(c.StateDir, DefaultStateDir)
+	c.AdmissionPort = cmp.Or(c.AdmissionPort, DefaultAdmissionPort)
+	c.MaxAdmission = cmp.Or(c.MaxAdmission, DefaultMaxAdmission)
+	c.RecheckInterval = cmp.Or(c.RecheckInterval, DefaultRecheckInterval)
+	c.RevocationGrace = cmp.Or(c.RevocationGrace, DefaultRevocationGrace)
+	c.FlowLogMaxBytes = cmp.Or(c.FlowLogMaxBytes, DefaultFlowLogMaxBytes)
 	if c.OnDemandAdmission == nil {
 		on := true
 		c.OnDemandAdmission = &on

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"crypto"
 	"crypto/x509"
@@ -48,9 +49,7 @@ const DefaultTPM = "/dev/tpmrm0"
 
 // WithDefaults fills zero fields.
 func (c Config) WithDefaults() Config {
-	if c.TPM == "" {
-		c.TPM = DefaultTPM
-	}
+	c.TPM = cmp.Or(c.TPM, DefaultTPM)
 	if c.EventLog == "" && !strings.HasPrefix(c.TPM, "swtpm:") {
 		c.EventLog = device.DefaultEventLog
 	}

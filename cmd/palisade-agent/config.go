@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -68,12 +69,8 @@ func ParseConfig(raw []byte) (*Config, error) {
 // Defaults fills unset fields. The enforcer inherits the trust domain and
 // bundle from attestation unless it names its own.
 func (c *Config) Defaults() {
-	if c.DataDir == "" {
-		c.DataDir = DefaultDataDir
-	}
-	if c.Log.Level == "" {
-		c.Log.Level = "info"
-	}
+	c.DataDir = cmp.Or(c.DataDir, DefaultDataDir)
+	c.Log.Level = cmp.Or(c.Log.Level, "info")
 	c.Attestation = c.Attestation.WithDefaults()
 	if e := c.Enforcer; e != nil {
 		if e.StateDir == "" {

@@ -6,6 +6,7 @@ package config
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
@@ -125,46 +126,20 @@ func DecodeStrict(raw []byte, v any) error {
 
 // Defaults fills unset fields.
 func (c *Server) Defaults() {
-	if c.DataDir == "" {
-		c.DataDir = "/var/lib/palisade"
-	}
+	c.DataDir = cmp.Or(c.DataDir, "/var/lib/palisade")
 	c.CA.Defaults()
-	if c.Admin.Socket == "" {
-		c.Admin.Socket = "/run/palisade/admin.sock"
-	}
-	if c.NodeAPI.Listen == "" {
-		c.NodeAPI.Listen = "127.0.0.1:8443"
-	}
-	if c.HTTP.Listen == "" {
-		c.HTTP.Listen = "127.0.0.1:8080"
-	}
-	if c.HTTP.PublicURL == "" {
-		c.HTTP.PublicURL = "http://" + c.HTTP.Listen
-	}
-	if c.Metrics.Listen == "" {
-		c.Metrics.Listen = "127.0.0.1:9090"
-	}
-	if c.Audit.Path == "" {
-		c.Audit.Path = filepath.Join(c.DataDir, "audit.log")
-	}
-	if c.Audit.CheckpointEvery == 0 {
-		c.Audit.CheckpointEvery = 1000
-	}
-	if c.Audit.CheckpointInterval == 0 {
-		c.Audit.CheckpointInterval = time.Minute
-	}
-	if c.Audit.SegmentBytes == 0 {
-		c.Audit.SegmentBytes = 256 << 20
-	}
-	if c.Log.Level == "" {
-		c.Log.Level = "info"
-	}
-	if c.Rotate == 0 {
-		c.Rotate = time.Minute
-	}
-	if c.CRL.DataDir == "" {
-		c.CRL.DataDir = c.DataDir
-	}
+	c.Admin.Socket = cmp.Or(c.Admin.Socket, "/run/palisade/admin.sock")
+	c.NodeAPI.Listen = cmp.Or(c.NodeAPI.Listen, "127.0.0.1:8443")
+	c.HTTP.Listen = cmp.Or(c.HTTP.Listen, "127.0.0.1:8080")
+	c.HTTP.PublicURL = cmp.Or(c.HTTP.PublicURL, "http://"+c.HTTP.Listen)
+	c.Metrics.Listen = cmp.Or(c.Metrics.Listen, "127.0.0.1:9090")
+	c.Audit.Path = cmp.Or(c.Audit.Path, filepath.Join(c.DataDir, "audit.log"))
+	c.Audit.CheckpointEvery = cmp.Or(c.Audit.CheckpointEvery, 1000)
+	c.Audit.CheckpointInterval = cmp.Or(c.Audit.CheckpointInterval, time.Minute)
+	c.Audit.SegmentBytes = cmp.Or(c.Audit.SegmentBytes, 256<<20)
+	c.Log.Level = cmp.Or(c.Log.Level, "info")
+	c.Rotate = cmp.Or(c.Rotate, time.Minute)
+	c.CRL.DataDir = cmp.Or(c.CRL.DataDir, c.DataDir)
 	c.CRL.Defaults()
 	c.Attestor = c.Attestor.WithDefaults()
 }
