@@ -184,6 +184,41 @@ var (
 	serverAddr = netip.MustParseAddr("127.0.0.2")
 )
 
+// pair is a serving server side and a client side with hour-long SVIDs.
+type pair struct {
+	ca       *testca.CA
+	srv, cli *side
+	client   *x509svid.SVID // cli's SVID
+	port     uint16
+	addr     netip.AddrPort // the server's admission address
+}
+
+// newPair calls tune before the server serves: Serve reads the options
+// without a lock.
+func newPair(t *testing.T, serverState string, tune func(srv *side)) *pair {
+	t.Helper()
+	ca := testca.New(t, "example.org")
+	port := freePort(t)
+	_, schain, skey := ca.MintX509SVID(t, "spiffe://example.org/node/server", time.Hour)
+	_, cchain, ckey := ca.MintX509SVID(t, "spiffe://example.org/node/client", time.Hour)
+	p := &pair{ca: ca, client: svidFor(t, cchain, ckey), port: port, addr: netip.AddrPortFrom(serverAddr, port)}
+	p.srv = newSide(t, ca, svidFor(t, schain, skey), port, serverState)
+	if tune != nil {
+		tune(p.srv)
+	}
+	p.cli = newSide(t, ca, p.client, port, "")
+	serve(t, p.srv, p.addr.String())
+	return p
+}
+
+// admit admits the client to the server or fails the test.
+func (p *pair) admit(t *testing.T) {
+	t.Helper()
+	if _, err := p.cli.a.Admit(context.Background(), p.addr); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestMutualAdmission(t *testing.T) {
 	ca := testca.New(t, "example.org")
 	port := freePort(t)
@@ -331,58 +366,41 @@ func TestAdmissionWithoutClientCertificate(t *testing.T) {
 }
 
 func TestAdmissionStateSurvivesRestart(t *testing.T) {
-	ca := testca.New(t, "example.org")
-	port := freePort(t)
-	state := filepath.Join(t.TempDir(), "admissions.json")
-	_, schain, skey := ca.MintX509SVID(t, "spiffe://example.org/node/server", time.Hour)
-	_, cchain, ckey := ca.MintX509SVID(t, "spiffe://example.org/node/client", time.Hour)
-	srv := newSide(t, ca, svidFor(t, schain, skey), port, state)
-	cli := newSide(t, ca, svidFor(t, cchain, ckey), port, "")
-	serve(t, srv, netip.AddrPortFrom(serverAddr, port).String())
-	if _, err := cli.a.Admit(context.Background(), netip.AddrPortFrom(serverAddr, port)); err != nil {
-		t.Fatal(err)
-	}
+	p := newPair(t, filepath.Join(t.TempDir(), "admissions.json"), nil)
+	p.admit(t)
 	// A kernel entry nobody recorded: its revocation cannot be checked.
 	orphan := netip.MustParseAddr("127.0.9.9")
-	if err := srv.table.PutPeer(PeerEntry{Ifindex: 1, Addr: orphan, Identity: 77, Expires: time.Now().Add(time.Hour)}); err != nil {
+	if err := p.srv.table.PutPeer(PeerEntry{Ifindex: 1, Addr: orphan, Identity: 77, Expires: time.Now().Add(time.Hour)}); err != nil {
 		t.Fatal(err)
 	}
 	// "Restart": a new admitter over the same kernel table and state file.
-	srv.a.Flush()
-	srv.rev.revoke(big.NewInt(12345)) // unrelated
-	again, err := NewAdmitter(srv.a.o)
+	p.srv.a.Flush()
+	p.srv.rev.revoke(big.NewInt(12345)) // unrelated
+	again, err := NewAdmitter(p.srv.a.o)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(again.Flush)
-	if _, ok := srv.table.get(orphan); ok {
+	if _, ok := p.srv.table.get(orphan); ok {
 		t.Fatal("unrecorded kernel entry survived adoption")
 	}
-	e, ok := srv.table.get(clientAddr)
+	e, ok := p.srv.table.get(clientAddr)
 	if !ok {
 		t.Fatal("recorded admission lost on restart")
 	}
-	if !srv.table.policy[PolicyKey{e.Identity, 8080, ProtoTCP, Inbound}] {
-		t.Fatalf("policy %v lacks the adopted identity %d", srv.table.policy, e.Identity)
+	if !p.srv.table.policy[PolicyKey{e.Identity, 8080, ProtoTCP, Inbound}] {
+		t.Fatalf("policy %v lacks the adopted identity %d", p.srv.table.policy, e.Identity)
 	}
 	// Revocation still works for adopted admissions.
-	srv.rev.revoke(cchain[0].SerialNumber)
+	p.srv.rev.revoke(p.client.Certificates[0].SerialNumber)
 	if n := again.Recheck(); n != 1 {
 		t.Fatalf("Recheck after adoption removed %d, want 1", n)
 	}
 }
 
 func TestSetPolicyRemovesPeersWithoutRules(t *testing.T) {
-	ca := testca.New(t, "example.org")
-	port := freePort(t)
-	_, schain, skey := ca.MintX509SVID(t, "spiffe://example.org/node/server", time.Hour)
-	_, cchain, ckey := ca.MintX509SVID(t, "spiffe://example.org/node/client", time.Hour)
-	srv := newSide(t, ca, svidFor(t, schain, skey), port, "")
-	cli := newSide(t, ca, svidFor(t, cchain, ckey), port, "")
-	serve(t, srv, netip.AddrPortFrom(serverAddr, port).String())
-	if _, err := cli.a.Admit(context.Background(), netip.AddrPortFrom(serverAddr, port)); err != nil {
-		t.Fatal(err)
-	}
+	p := newPair(t, "", nil)
+	p.admit(t)
 	wider, err := ParsePolicy([]byte(admissionPolicy + `  - name: more
     from: spiffe://example.org/node/client
     to: spiffe://example.org/node/server
@@ -392,22 +410,22 @@ func TestSetPolicyRemovesPeersWithoutRules(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := srv.a.SetPolicy(wider); err != nil {
+	if err := p.srv.a.SetPolicy(wider); err != nil {
 		t.Fatal(err)
 	}
-	e, _ := srv.table.get(clientAddr)
-	if !srv.table.policy[PolicyKey{e.Identity, 53, ProtoUDP, Inbound}] || !srv.table.policy[PolicyKey{e.Identity, 8080, ProtoTCP, Inbound}] || len(srv.table.policy) != 2 {
-		t.Fatalf("policy after widening = %v (identity %d)", srv.table.policy, e.Identity)
+	e, _ := p.srv.table.get(clientAddr)
+	if !p.srv.table.policy[PolicyKey{e.Identity, 53, ProtoUDP, Inbound}] || !p.srv.table.policy[PolicyKey{e.Identity, 8080, ProtoTCP, Inbound}] || len(p.srv.table.policy) != 2 {
+		t.Fatalf("policy after widening = %v (identity %d)", p.srv.table.policy, e.Identity)
 	}
 	empty, err := ParsePolicy([]byte("version: 1\nrules: []\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := srv.a.SetPolicy(empty); err != nil {
+	if err := p.srv.a.SetPolicy(empty); err != nil {
 		t.Fatal(err)
 	}
-	if len(srv.table.peers) != 0 || len(srv.table.policy) != 0 {
-		t.Fatalf("after empty policy: peers %v policy %v, want none", srv.table.peers, srv.table.policy)
+	if len(p.srv.table.peers) != 0 || len(p.srv.table.policy) != 0 {
+		t.Fatalf("after empty policy: peers %v policy %v, want none", p.srv.table.peers, p.srv.table.policy)
 	}
 }
 
@@ -518,19 +536,12 @@ func maintain(t *testing.T, cli *side, port uint16) {
 }
 
 func TestMaintainReadmitsBeforeExpiry(t *testing.T) {
-	ca := testca.New(t, "example.org")
-	port := freePort(t)
-	_, schain, skey := ca.MintX509SVID(t, "spiffe://example.org/node/server", time.Hour)
-	_, cchain, ckey := ca.MintX509SVID(t, "spiffe://example.org/node/client", time.Hour)
-	srv := newSide(t, ca, svidFor(t, schain, skey), port, "")
-	srv.a.o.MaxAdmission = 1500 * time.Millisecond
-	cli := newSide(t, ca, svidFor(t, cchain, ckey), port, "")
-	serve(t, srv, netip.AddrPortFrom(serverAddr, port).String())
-	maintain(t, cli, port)
+	p := newPair(t, "", func(srv *side) { srv.a.o.MaxAdmission = 1500 * time.Millisecond })
+	maintain(t, p.cli, p.port)
 	var first time.Time
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) {
-		if e, ok := srv.table.get(clientAddr); ok {
+		if e, ok := p.srv.table.get(clientAddr); ok {
 			if first.IsZero() {
 				first = e.Expires
 			} else if e.Expires.After(first) {
@@ -551,33 +562,27 @@ type swapSource struct{ p atomic.Pointer[x509svid.SVID] }
 func (s *swapSource) GetX509SVID() (*x509svid.SVID, error) { return s.p.Load(), nil }
 
 func TestMaintainReadmitsWithANewSVID(t *testing.T) {
-	ca := testca.New(t, "example.org")
-	port := freePort(t)
-	_, schain, skey := ca.MintX509SVID(t, "spiffe://example.org/node/server", time.Hour)
-	_, cchain, ckey := ca.MintX509SVID(t, "spiffe://example.org/node/client", time.Hour)
-	srv := newSide(t, ca, svidFor(t, schain, skey), port, "")
-	cli := newSide(t, ca, svidFor(t, cchain, ckey), port, "")
+	p := newPair(t, "", nil)
 	src := &swapSource{}
-	src.p.Store(svidFor(t, cchain, ckey))
-	cli.a.o.SVID = src
-	serve(t, srv, netip.AddrPortFrom(serverAddr, port).String())
-	maintain(t, cli, port)
-	waitUntil(t, 5*time.Second, func() bool { _, ok := srv.table.get(clientAddr); return ok })
+	src.p.Store(p.client)
+	p.cli.a.o.SVID = src // nothing runs on the client side yet
+	maintain(t, p.cli, p.port)
+	waitUntil(t, 5*time.Second, func() bool { _, ok := p.srv.table.get(clientAddr); return ok })
 
 	// The client's SVID is revoked and replaced (re-attestation): the
 	// server drops the admission, and Maintain re-admits under the new
 	// SVID long before its hour-long re-admission timer.
-	_, nchain, nkey := ca.MintX509SVID(t, "spiffe://example.org/node/client", time.Hour)
-	srv.rev.revoke(cchain[0].SerialNumber)
-	if n := srv.a.Recheck(); n != 1 {
+	_, nchain, nkey := p.ca.MintX509SVID(t, "spiffe://example.org/node/client", time.Hour)
+	p.srv.rev.revoke(p.client.Certificates[0].SerialNumber)
+	if n := p.srv.a.Recheck(); n != 1 {
 		t.Fatalf("Recheck removed %d admissions, want 1", n)
 	}
-	if _, ok := srv.table.get(clientAddr); ok {
+	if _, ok := p.srv.table.get(clientAddr); ok {
 		t.Fatal("revoked client still admitted")
 	}
 	src.p.Store(svidFor(t, nchain, nkey))
 	start := time.Now()
-	waitUntil(t, 3*time.Second, func() bool { _, ok := srv.table.get(clientAddr); return ok })
+	waitUntil(t, 3*time.Second, func() bool { _, ok := p.srv.table.get(clientAddr); return ok })
 	t.Logf("re-admitted %v after the SVID changed", time.Since(start))
 }
 
@@ -591,41 +596,32 @@ func waitUntil(t *testing.T, d time.Duration, cond func() bool) {
 }
 
 func TestRevocationUnknownGrace(t *testing.T) {
-	ca := testca.New(t, "example.org")
-	port := freePort(t)
-	_, schain, skey := ca.MintX509SVID(t, "spiffe://example.org/node/server", time.Hour)
-	_, cchain, ckey := ca.MintX509SVID(t, "spiffe://example.org/node/client", time.Hour)
-	srv := newSide(t, ca, svidFor(t, schain, skey), port, "")
-	srv.a.o.RevocationGrace = 300 * time.Millisecond
-	cli := newSide(t, ca, svidFor(t, cchain, ckey), port, "")
-	serve(t, srv, netip.AddrPortFrom(serverAddr, port).String())
-	if _, err := cli.a.Admit(context.Background(), netip.AddrPortFrom(serverAddr, port)); err != nil {
-		t.Fatal(err)
-	}
-	srv.rev.mu.Lock()
-	srv.rev.fail = errors.New("no CRL")
-	srv.rev.mu.Unlock()
-	if n := srv.a.Recheck(); n != 0 {
+	p := newPair(t, "", func(srv *side) { srv.a.o.RevocationGrace = 300 * time.Millisecond })
+	p.admit(t)
+	p.srv.rev.mu.Lock()
+	p.srv.rev.fail = errors.New("no CRL")
+	p.srv.rev.mu.Unlock()
+	if n := p.srv.a.Recheck(); n != 0 {
 		t.Fatalf("removed %d within the grace period", n)
 	}
 	// New admissions need a known status.
-	if _, err := cli.a.Admit(context.Background(), netip.AddrPortFrom(serverAddr, port)); !errors.Is(err, ErrNotAdmitted) {
+	if _, err := p.cli.a.Admit(context.Background(), p.addr); !errors.Is(err, ErrNotAdmitted) {
 		t.Fatalf("admission with unknown status: %v", err)
 	}
 	// Status known again: the clock resets.
-	srv.rev.mu.Lock()
-	srv.rev.fail = nil
-	srv.rev.mu.Unlock()
-	srv.a.Recheck()
-	srv.rev.mu.Lock()
-	srv.rev.fail = errors.New("no CRL")
-	srv.rev.mu.Unlock()
-	srv.a.Recheck()
+	p.srv.rev.mu.Lock()
+	p.srv.rev.fail = nil
+	p.srv.rev.mu.Unlock()
+	p.srv.a.Recheck()
+	p.srv.rev.mu.Lock()
+	p.srv.rev.fail = errors.New("no CRL")
+	p.srv.rev.mu.Unlock()
+	p.srv.a.Recheck()
 	time.Sleep(350 * time.Millisecond)
-	if n := srv.a.Recheck(); n != 1 {
+	if n := p.srv.a.Recheck(); n != 1 {
 		t.Fatalf("removed %d after the grace period, want 1", n)
 	}
-	if _, ok := srv.table.get(clientAddr); ok {
+	if _, ok := p.srv.table.get(clientAddr); ok {
 		t.Fatal("admission kept past the grace period")
 	}
 }

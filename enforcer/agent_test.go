@@ -1,35 +1,24 @@
 package enforcer
 
 import (
-	"context"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"testing"
-	"time"
 
-	"github.com/palisade-id/palisade/test/testca"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 func TestAgentRecordOrientation(t *testing.T) {
-	ca := testca.New(t, "example.org")
-	port := freePort(t)
-	_, schain, skey := ca.MintX509SVID(t, "spiffe://example.org/node/server", time.Hour)
-	_, cchain, ckey := ca.MintX509SVID(t, "spiffe://example.org/node/client", time.Hour)
-	srv := newSide(t, ca, svidFor(t, schain, skey), port, "")
-	cli := newSide(t, ca, svidFor(t, cchain, ckey), port, "")
-	serve(t, srv, netip.AddrPortFrom(serverAddr, port).String())
-	if _, err := cli.a.Admit(context.Background(), netip.AddrPortFrom(serverAddr, port)); err != nil {
-		t.Fatal(err)
-	}
+	p := newPair(t, "", nil)
+	p.admit(t)
 	pol, err := ParsePolicy([]byte(admissionPolicy))
 	if err != nil {
 		t.Fatal(err)
 	}
 	// On the client, the server's answer from 8080 is a reply: the record
 	// names the client as initiator, as the rule does.
-	a := &Agent{adm: cli.a, local: spiffeid.RequireFromString("spiffe://example.org/node/client")}
+	a := &Agent{adm: p.cli.a, local: spiffeid.RequireFromString("spiffe://example.org/node/client")}
 	tests := []struct {
 		name string
 		ev   FlowEvent
