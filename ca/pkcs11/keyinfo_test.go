@@ -21,11 +21,7 @@ import (
 
 func TestKeyAttributes(t *testing.T) {
 	tok := openToken(t)
-	label := uniqueLabel("ceremony")
-	s, err := tok.GenerateSigner(label)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, label := newSigner(t, tok, "ceremony")
 	a, err := tok.KeyAttributes(label)
 	if err != nil {
 		t.Fatal(err)
@@ -76,10 +72,7 @@ func TestKeyAttributes(t *testing.T) {
 // failing Sign), reports it, and reopens once the token returns.
 func TestSupervise(t *testing.T) {
 	tok := openToken(t)
-	s, err := tok.GenerateSigner(uniqueLabel("supervised"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, _ := newSigner(t, tok, "supervised")
 	var mu sync.Mutex
 	var reports []error
 	ctx, cancel := context.WithCancel(context.Background())
@@ -94,16 +87,7 @@ func TestSupervise(t *testing.T) {
 	}()
 	t.Cleanup(func() { cancel(); <-done })
 
-	dir := filepath.Join(hsm.Dir, "tokens")
-	if err := os.Rename(dir, dir+".gone"); err != nil {
-		t.Fatal(err)
-	}
-	back := false
-	t.Cleanup(func() {
-		if !back {
-			os.Rename(dir+".gone", dir)
-		}
-	})
+	restore := hideToken(t)
 	d := sha256.Sum256([]byte("supervise"))
 	if _, err := s.Sign(nil, d[:], crypto.SHA256); !errors.Is(err, ErrHSMUnavailable) {
 		t.Fatalf("Sign with the token gone: %v", err)
@@ -113,10 +97,7 @@ func TestSupervise(t *testing.T) {
 		defer mu.Unlock()
 		return len(reports) > 0 && reports[0] != nil
 	})
-	if err := os.Rename(dir+".gone", dir); err != nil {
-		t.Fatal(err)
-	}
-	back = true
+	restore()
 	waitFor(t, "recovery", func() bool {
 		_, err := s.Sign(nil, d[:], crypto.SHA256)
 		return err == nil

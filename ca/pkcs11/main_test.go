@@ -1,8 +1,10 @@
 package pkcs11
 
 import (
+	"crypto"
 	"fmt"
 	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 
@@ -79,4 +81,37 @@ func openToken(t testing.TB, opts ...Option) *Token {
 		}
 	})
 	return tok
+}
+
+// newSigner generates a key on tok under a fresh label.
+func newSigner(t testing.TB, tok *Token, prefix string) (crypto.Signer, string) {
+	t.Helper()
+	label := uniqueLabel(prefix)
+	s, err := tok.GenerateSigner(label)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, label
+}
+
+// hideToken moves the shared token's storage away, as if the HSM were
+// pulled. restore brings it back; cleanup restores it too, so that later
+// tests find the token.
+func hideToken(t testing.TB) (restore func()) {
+	t.Helper()
+	dir := filepath.Join(hsm.Dir, "tokens")
+	if err := os.Rename(dir, dir+".gone"); err != nil {
+		t.Fatal(err)
+	}
+	restored := false
+	restore = func() {
+		if !restored {
+			restored = true
+			if err := os.Rename(dir+".gone", dir); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	t.Cleanup(restore)
+	return restore
 }

@@ -64,11 +64,7 @@ func TestGenerateSignVerify(t *testing.T) {
 // outside the process with pkcs11-tool.
 func TestKeyNeverLeavesToken(t *testing.T) {
 	tok := openToken(t)
-	label := uniqueLabel("sealed")
-	s, err := tok.GenerateSigner(label)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, label := newSigner(t, tok, "sealed")
 	key := s.(*signer).ref.Load().key
 	want := map[crypto11.AttributeType]bool{
 		crypto11.CkaToken:            true,
@@ -103,7 +99,7 @@ func TestKeyNeverLeavesToken(t *testing.T) {
 	}
 
 	// The private value cannot be read.
-	_, err = ctx.GetAttribute(key, crypto11.CkaValue)
+	_, err := ctx.GetAttribute(key, crypto11.CkaValue)
 	var pe p11.Error
 	if !errors.As(err, &pe) || pe != p11.CKR_ATTRIBUTE_SENSITIVE {
 		t.Errorf("reading CKA_VALUE: %v, want CKR_ATTRIBUTE_SENSITIVE", err)
@@ -317,11 +313,7 @@ func TestOpenSelectors(t *testing.T) {
 
 func TestKeyLookup(t *testing.T) {
 	tok := openToken(t)
-	label := uniqueLabel("lookup")
-	gen, err := tok.GenerateSigner(label)
-	if err != nil {
-		t.Fatal(err)
-	}
+	gen, label := newSigner(t, tok, "lookup")
 	id := gen.(*signer).id
 	keyURI := tok.KeyURI(label)
 	parsedKeyURI, err := ParseURI(keyURI)
@@ -377,11 +369,7 @@ func TestKeyLookup(t *testing.T) {
 }
 
 func TestSignRejectsWrongDigestLength(t *testing.T) {
-	tok := openToken(t)
-	s, err := tok.GenerateSigner(uniqueLabel("digest"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, _ := newSigner(t, openToken(t), "digest")
 	d := sha512.Sum512([]byte("x"))
 	if _, err := s.Sign(nil, d[:], crypto.SHA256); err == nil || !strings.Contains(err.Error(), "digest is 64 bytes") {
 		t.Fatalf("Sign with a 64-byte digest for SHA-256: %v", err)
@@ -395,11 +383,8 @@ func TestCloseAndTwoTokens(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sa, err := a.GenerateSigner(uniqueLabel("two"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	sb, err := b.Signer(sa.(*signer).label)
+	sa, label := newSigner(t, a, "two")
+	sb, err := b.Signer(label)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -430,29 +415,12 @@ func TestCloseAndTwoTokens(t *testing.T) {
 // and Reopen must bring back the Signers handed out before.
 func TestTokenVanishes(t *testing.T) {
 	tok := openToken(t)
-	label := uniqueLabel("vanish")
-	s, err := tok.GenerateSigner(label)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, label := newSigner(t, tok, "vanish")
 	d := sha256.Sum256([]byte("vanish"))
 	if _, err := s.Sign(nil, d[:], crypto.SHA256); err != nil {
 		t.Fatal(err)
 	}
-	dir := filepath.Join(hsm.Dir, "tokens")
-	if err := os.Rename(dir, dir+".gone"); err != nil {
-		t.Fatal(err)
-	}
-	restored := false
-	restore := func() {
-		if !restored {
-			restored = true
-			if err := os.Rename(dir+".gone", dir); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	t.Cleanup(restore)
+	restore := hideToken(t)
 
 	if _, err := s.Sign(nil, d[:], crypto.SHA256); !errors.Is(err, ErrHSMUnavailable) {
 		t.Fatalf("Sign after the token vanished: %v, want ErrHSMUnavailable", err)
@@ -492,21 +460,9 @@ func TestTokenVanishes(t *testing.T) {
 // reporting ErrHSMUnavailable, and a later Reopen recovers.
 func TestReopenWhileGone(t *testing.T) {
 	tok := openToken(t)
-	s, err := tok.GenerateSigner(uniqueLabel("gone"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := filepath.Join(hsm.Dir, "tokens")
-	if err := os.Rename(dir, dir+".gone"); err != nil {
-		t.Fatal(err)
-	}
-	back := false
-	t.Cleanup(func() {
-		if !back {
-			os.Rename(dir+".gone", dir)
-		}
-	})
-	err = tok.Reopen()
+	s, _ := newSigner(t, tok, "gone")
+	restore := hideToken(t)
+	err := tok.Reopen()
 	if err == nil {
 		t.Fatal("Reopen succeeded without the token")
 	}
@@ -518,10 +474,7 @@ func TestReopenWhileGone(t *testing.T) {
 	if err := tok.Ping(); !errors.Is(err, ErrHSMUnavailable) {
 		t.Fatalf("Ping after failed Reopen: %v, want ErrHSMUnavailable", err)
 	}
-	if err := os.Rename(dir+".gone", dir); err != nil {
-		t.Fatal(err)
-	}
-	back = true
+	restore()
 	if err := tok.Reopen(); err != nil {
 		t.Fatalf("Reopen after the token returned: %v", err)
 	}
@@ -537,23 +490,11 @@ func TestPingWithoutKeys(t *testing.T) {
 	if err := tok.Ping(); err != nil {
 		t.Fatal(err)
 	}
-	dir := filepath.Join(hsm.Dir, "tokens")
-	if err := os.Rename(dir, dir+".gone"); err != nil {
-		t.Fatal(err)
-	}
-	back := false
-	t.Cleanup(func() {
-		if !back {
-			os.Rename(dir+".gone", dir)
-		}
-	})
+	restore := hideToken(t)
 	if err := tok.Ping(); !errors.Is(err, ErrHSMUnavailable) {
 		t.Fatalf("Ping with the token gone: %v, want ErrHSMUnavailable", err)
 	}
-	if err := os.Rename(dir+".gone", dir); err != nil {
-		t.Fatal(err)
-	}
-	back = true
+	restore()
 	if err := tok.Reopen(); err != nil {
 		t.Fatal(err)
 	}
