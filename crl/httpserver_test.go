@@ -297,3 +297,64 @@ func TestHTTPServerTimeouts(t *testing.T) {
 		})
 	}
 }
+
+// Many keep-alive clients mixing lean OCSP requests with requests that
+// hand their connection over: every answer is right (run with -race).
+func TestHTTPServerConcurrentMix(t *testing.T) {
+	e := newEnv(t, crl.Config{})
+	leaf := e.mint(t, "n")
+	der, _ := ocsp.CreateRequest(leaf, e.ca.Intermediate(), nil)
+	get := e.url + "/ocsp/" + base64.StdEncoding.EncodeToString(der)
+	waitFor(t, "CRL", func() bool { return e.svc.Metrics().CRLBuilds.Load() > 0 })
+	tr := &http.Transport{MaxIdleConnsPerHost: 8}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	errs := make(chan error, 16)
+	for w := 0; w < 16; w++ {
+		go func() {
+			var err error
+			for i := 0; i < 40 && err == nil; i++ {
+				var resp *http.Response
+				switch (w + i) % 4 {
+				case 0:
+					resp, err = client.Get(get)
+				case 1:
+					resp, err = client.Post(e.url+"/ocsp", "application/ocsp-request", bytes.NewReader(der))
+				case 2:
+					resp, err = client.Get(e.url + "/crl/current.crl")
+				case 3:
+					resp, err = client.Head(get)
+				}
+				if err != nil {
+					break
+				}
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				switch {
+				case resp.StatusCode != 200:
+					err = fmt.Errorf("request %d: HTTP %d", (w+i)%4, resp.StatusCode)
+				case (w+i)%4 == 2:
+					_, err = x509.ParseRevocationList(body)
+				case (w+i)%4 == 3:
+					if len(body) != 0 {
+						err = fmt.Errorf("HEAD returned %d bytes", len(body))
+					}
+				default:
+					var r *ocsp.Response
+					if r, err = ocsp.ParseResponseForCert(body, leaf, e.ca.Intermediate()); err == nil && r.Status != ocsp.Good {
+						err = fmt.Errorf("status %d", r.Status)
+					}
+				}
+			}
+			errs <- err
+		}()
+	}
+	for w := 0; w < 16; w++ {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if e.svc.Metrics().HTTPHandoffs.Load() == 0 {
+		t.Fatal("no connection was handed over")
+	}
+}
