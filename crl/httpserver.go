@@ -121,7 +121,7 @@ func (h *HTTPServer) Shutdown(ctx context.Context) error {
 	select {
 	case <-done:
 	case <-ctx.Done():
-		h.stop(true)
+		h.Close()
 		return ctx.Err()
 	}
 	h.cancel()
