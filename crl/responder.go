@@ -93,7 +93,7 @@ type responder struct {
 	cache   map[string]*cached     // hash alg byte + serial content octets
 
 	revEpoch atomic.Uint64 // bumped by every invalidate
-	queue    chan []byte   // serials to pre-sign
+	queue    chan presignReq
 	flightMu sync.Mutex
 	flight   map[string]*flightCall
 }
@@ -111,7 +111,7 @@ func newResponder(cfg Config, keys KeyStore, src Source, log *slog.Logger, now f
 		issuers: map[string]*ocspIssuer{},
 		byKey:   map[string]*ocspIssuer{},
 		cache:   map[string]*cached{},
-		queue:   make(chan []byte, 1<<16),
+		queue:   make(chan presignReq, 1<<16),
 		flight:  map[string]*flightCall{},
 	}
 }
@@ -395,10 +395,16 @@ func (r *responder) invalidate(serial []byte) {
 	r.mu.Unlock()
 }
 
+// presignReq asks for the SHA-1 answer of a serial of a known issuer.
+type presignReq struct {
+	serial []byte
+	issuer string // key ID
+}
+
 // enqueue asks the pre-sign worker for a SHA-1 answer for serial.
-func (r *responder) enqueue(serial []byte) {
+func (r *responder) enqueue(serial []byte, issuerKeyID string) {
 	select {
-	case r.queue <- serial:
+	case r.queue <- presignReq{serial, issuerKeyID}:
 	default:
 		r.m.PresignDropped.Add(1)
 	}
@@ -410,19 +416,16 @@ func (r *responder) presignWorker(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case serial := <-r.queue:
-			r.presign(ctx, serial)
+		case req := <-r.queue:
+			r.presign(ctx, req)
 		}
 	}
 }
 
-func (r *responder) presign(ctx context.Context, serial []byte) {
-	info, found, err := r.src.Status(new(big.Int).SetBytes(serial))
-	if err != nil || !found {
-		return
-	}
+// presign signs and caches req's answer; signCached reads its status.
+func (r *responder) presign(ctx context.Context, req presignReq) {
 	r.mu.RLock()
-	oi := r.issuers[info.IssuerKeyID]
+	oi := r.issuers[req.issuer]
 	r.mu.RUnlock()
 	if oi == nil {
 		return
@@ -431,9 +434,9 @@ func (r *responder) presign(ctx context.Context, serial []byte) {
 		return
 	}
 	defer r.release()
-	if _, err := r.signCached(oi, crypto.SHA1, serial); err != nil {
+	if _, err := r.signCached(oi, crypto.SHA1, req.serial); err != nil {
 		r.m.RefreshFailures.Add(1)
-		r.log.Error("OCSP pre-sign failed", "serial", hex.EncodeToString(serial), "err", err)
+		r.log.Error("OCSP pre-sign failed", "serial", hex.EncodeToString(req.serial), "err", err)
 	}
 }
 
@@ -497,19 +500,25 @@ func (r *responder) refresh(ctx context.Context) int {
 // queue room rather than dropping (there may be more than the queue holds).
 // The serials are collected first: the walk may hold a store transaction.
 func (r *responder) prefill(ctx context.Context) error {
-	var serials [][]byte
+	var reqs []presignReq
+	issuers := map[string]string{} // one string per issuer, not per certificate
 	err := r.src.ForEachUnexpired(r.now(), func(ci CertInfo) error {
 		if ci.Serial != nil && ci.Serial.Sign() >= 0 {
-			serials = append(serials, serialContent(ci.Serial))
+			id, ok := issuers[ci.IssuerKeyID]
+			if !ok {
+				id = ci.IssuerKeyID
+				issuers[id] = id
+			}
+			reqs = append(reqs, presignReq{serialContent(ci.Serial), id})
 		}
 		return nil
 	})
 	if err != nil {
 		return err
 	}
-	for _, s := range serials {
+	for _, req := range reqs {
 		select {
-		case r.queue <- s:
+		case r.queue <- req:
 		case <-ctx.Done():
 			return ctx.Err()
 		}

@@ -153,7 +153,7 @@ func (s *Service) Issued(serial *big.Int, issuerKeyID string, notAfter time.Time
 	if serial == nil || serial.Sign() < 0 {
 		return
 	}
-	s.ocsp.enqueue(serialContent(serial))
+	s.ocsp.enqueue(serialContent(serial), issuerKeyID)
 }
 
 // Revoke revokes one certificate: durable write, audit record, cached OCSP
@@ -218,7 +218,7 @@ func (s *Service) RevokeNode(ctx context.Context, actor, nodeID string, reason i
 func (s *Service) revoked(info CertInfo) {
 	sc := serialContent(info.Serial)
 	s.ocsp.invalidate(sc)
-	s.ocsp.enqueue(sc)
+	s.ocsp.enqueue(sc, info.IssuerKeyID)
 	s.pub.revoked(Event{Serial: fmt.Sprintf("%x", info.Serial), Issuer: info.IssuerKeyID, Reason: info.Reason, RevokedAt: info.RevokedAt})
 }
 
