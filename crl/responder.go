@@ -448,8 +448,10 @@ func (r *responder) refresh(ctx context.Context) int {
 		key string
 		c   *cached
 	}
-	var due []item
-	r.mu.Lock()
+	// Scan under the read lock (requests keep being answered), then drop
+	// the expired under the write lock, each only if not re-signed since.
+	var due, expired []item
+	r.mu.RLock()
 	for k, c := range r.cache {
 		half := c.thisUpdate.Add(c.nextUpdate.Sub(c.thisUpdate) / 2)
 		switch {
@@ -457,13 +459,22 @@ func (r *responder) refresh(ctx context.Context) int {
 		case c.status == StatusUnknown || k[0] != byte(crypto.SHA1) || (!c.notAfter.IsZero() && now.After(c.notAfter)):
 			// Not worth keeping fresh: signed again on demand if asked.
 			if !now.Before(c.nextUpdate) {
-				delete(r.cache, k)
+				expired = append(expired, item{k, c})
 			}
 		default:
 			due = append(due, item{k, c})
 		}
 	}
-	r.mu.Unlock()
+	r.mu.RUnlock()
+	if len(expired) > 0 {
+		r.mu.Lock()
+		for _, it := range expired {
+			if r.cache[it.key] == it.c {
+				delete(r.cache, it.key)
+			}
+		}
+		r.mu.Unlock()
+	}
 	failures := 0
 	var firstErr error
 	for _, it := range due {
