@@ -67,17 +67,23 @@ func checkRecord(r *CertRecord) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	// SVIDs must carry a SPIFFE ID; CA certificates may, and any one they
+	// carry is checked like the other IDs.
 	switch r.Kind {
-	case KindX509SVID, KindNodeSVID, KindServerSVID, KindIntermediate, KindOCSPSigner:
-	default:
-		return nil, fmt.Errorf("%w: serial %x: kind %q", ErrInvalid, r.Serial, r.Kind)
-	}
-	if r.Kind == KindX509SVID || r.Kind == KindNodeSVID || r.Kind == KindServerSVID {
+	case KindX509SVID, KindNodeSVID, KindServerSVID:
 		if err := checkSPIFFEID("SPIFFE ID", r.SPIFFEID); err != nil {
 			return nil, fmt.Errorf("serial %x: %w", r.Serial, err)
 		}
+	case KindIntermediate, KindOCSPSigner:
+		if r.SPIFFEID != "" {
+			if err := checkID("SPIFFE ID", r.SPIFFEID); err != nil {
+				return nil, fmt.Errorf("serial %x: %w", r.Serial, err)
+			}
+		}
+	default:
+		return nil, fmt.Errorf("%w: serial %x: kind %q", ErrInvalid, r.Serial, r.Kind)
 	}
-	for _, f := range []struct{ name, v string }{{"SPIFFE ID", r.SPIFFEID}, {"node ID", r.NodeID}, {"entry ID", r.EntryID}} {
+	for _, f := range []struct{ name, v string }{{"node ID", r.NodeID}, {"entry ID", r.EntryID}} {
 		if f.v != "" {
 			if err := checkID(f.name, f.v); err != nil {
 				return nil, fmt.Errorf("serial %x: %w", r.Serial, err)
