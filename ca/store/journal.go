@@ -253,12 +253,11 @@ func (s *Store) journalRecord(key, val []byte, rec CertRecord) error {
 	if err := s.reserve(key, val, rec); err != nil {
 		return err
 	}
-	payload := make([]byte, 0, len(key)+len(val))
-	payload = append(append(payload, key...), val...)
-	frame := make([]byte, 8, 8+len(payload))
-	binary.BigEndian.PutUint32(frame[:4], uint32(len(payload)))
-	binary.BigEndian.PutUint32(frame[4:], crc32.Checksum(payload, crcTable))
-	frame = append(frame, payload...)
+	// Frame: payload length and CRC-32 (8 bytes), then payload = key || val.
+	frame := make([]byte, 8, 8+len(key)+len(val))
+	frame = append(append(frame, key...), val...)
+	binary.BigEndian.PutUint32(frame[:4], uint32(len(frame)-8))
+	binary.BigEndian.PutUint32(frame[4:8], crc32.Checksum(frame[8:], crcTable))
 	c := &jcall{key: key, frame: frame, done: make(chan error, 1)}
 	j := s.journal
 	j.mu.Lock()
