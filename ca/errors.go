@@ -1,6 +1,9 @@
 package ca
 
-import "errors"
+import (
+	"errors"
+	"slices"
+)
 
 // Errors returned by the CA. Callers match them with errors.Is; the wrapped
 // message names the offending value.
@@ -20,3 +23,27 @@ var (
 	ErrBadAudience        = errors.New("ca: JWT-SVID needs at least one audience")
 	ErrNoActiveIssuer     = errors.New("ca: no usable intermediate")
 )
+
+// requestErrors are the errors that blame the caller's request rather than
+// the CA: a bad CSR, SPIFFE ID, TTL or audience.
+var requestErrors = []error{
+	ErrMalformedCSR, ErrCSRTooLarge, ErrCSRSignature, ErrCSRKey,
+	ErrURISANCount, ErrInvalidSPIFFEID, ErrForeignTrustDomain, ErrIDMismatch,
+	ErrTTLTooLong, ErrBadTTL, ErrBadAudience,
+}
+
+// RequestErrors returns (in a new slice) the errors that mean the caller's
+// request was wrong, so a server answers them as a client error (HTTP 400,
+// gRPC InvalidArgument).
+func RequestErrors() []error { return slices.Clone(requestErrors) }
+
+// IsRequestError reports whether err matches (errors.Is) one of
+// RequestErrors.
+func IsRequestError(err error) bool {
+	for _, e := range requestErrors {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}

@@ -101,9 +101,7 @@ var ErrBadRequest = errors.New("bad request")
 
 // Register adds the CA routes and maps the CA's and store's errors.
 func (rt *CARoutes) Register(m *Mux) {
-	for _, e := range []error{ca.ErrMalformedCSR, ca.ErrCSRTooLarge, ca.ErrCSRSignature, ca.ErrCSRKey,
-		ca.ErrURISANCount, ca.ErrInvalidSPIFFEID, ca.ErrForeignTrustDomain, ca.ErrIDMismatch,
-		ca.ErrTTLTooLong, ca.ErrBadTTL, ca.ErrBadAudience, ErrBadRequest, store.ErrInvalid} {
+	for _, e := range append(ca.RequestErrors(), ErrBadRequest, store.ErrInvalid) {
 		m.MapError(e, http.StatusBadRequest)
 	}
 	m.MapError(store.ErrEntryNotFound, http.StatusNotFound)

@@ -141,10 +141,7 @@ func (s *Service) authorizedEntry(caller, id spiffeid.ID) (store.Entry, error) {
 
 func caStatus(err error) error {
 	switch {
-	case errors.Is(err, ca.ErrMalformedCSR), errors.Is(err, ca.ErrCSRTooLarge), errors.Is(err, ca.ErrCSRSignature),
-		errors.Is(err, ca.ErrCSRKey), errors.Is(err, ca.ErrURISANCount), errors.Is(err, ca.ErrInvalidSPIFFEID),
-		errors.Is(err, ca.ErrForeignTrustDomain), errors.Is(err, ca.ErrTTLTooLong), errors.Is(err, ca.ErrBadTTL),
-		errors.Is(err, ca.ErrBadAudience), errors.Is(err, ca.ErrIDMismatch):
+	case ca.IsRequestError(err):
 		return status.Error(codes.InvalidArgument, err.Error())
 	case errors.Is(err, ca.ErrNoActiveIssuer):
 		return status.Error(codes.Unavailable, err.Error())
