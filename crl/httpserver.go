@@ -26,7 +26,6 @@ import (
 // the rest of its life, so unusual HTTP always meets net/http's checks.
 type HTTPServer struct {
 	r        *responder
-	m        *Metrics
 	fallback *http.Server
 	queue    *connQueue
 	idle     time.Duration
@@ -54,7 +53,7 @@ const leanBufSize = 8 << 10
 // the lean path's connections.
 func (s *Service) NewHTTPServer(fallback *http.Server) *HTTPServer {
 	h := &HTTPServer{
-		r: s.ocsp, m: s.metrics, fallback: fallback, conns: map[net.Conn]struct{}{},
+		r: s.ocsp, fallback: fallback, conns: map[net.Conn]struct{}{},
 		idle: fallback.IdleTimeout, header: fallback.ReadHeaderTimeout,
 	}
 	if h.idle <= 0 {
@@ -194,7 +193,7 @@ func (h *HTTPServer) serveConn(c net.Conn) {
 			return
 		}
 		c.SetDeadline(time.Time{})
-		h.m.HTTPHandoffs.Add(1)
+		h.r.m.HTTPHandoffs.Add(1)
 		handed = true
 		h.queue.put(&replayConn{Conn: c, r: br})
 	}
@@ -249,7 +248,7 @@ func (h *HTTPServer) serveConn(c net.Conn) {
 		}
 		var rp reply
 		if lr.post {
-			rp = h.r.answer(h.ctx, msg[n:], false, "")
+			rp = h.r.answer(h.ctx, msg[n:], "")
 		} else {
 			rp = h.r.get(h.ctx, string(lr.path), string(lr.ifNoneMatch))
 		}
@@ -280,19 +279,19 @@ func (h *HTTPServer) appendReply(b []byte, rp reply, lr leanRequest) []byte {
 	if rp.c != nil {
 		b = append(b, "max-age="...)
 		b = strconv.AppendInt(b, int64(rp.maxAge), 10)
-		b = append(b, ", public, no-transform, must-revalidate\r\nEtag: "...)
+		b = append(b, ccCachedSuffix+"\r\nEtag: "...)
 		b = append(b, rp.c.etag...)
 		b = append(b, "\r\nExpires: "...)
 		b = append(b, rp.c.expires...)
 		b = append(b, "\r\nLast-Modified: "...)
 		b = append(b, rp.c.lastModified...)
 	} else {
-		b = append(b, "no-store"...)
+		b = append(b, noStore...)
 	}
 	if rp.code != http.StatusNotModified {
 		b = append(b, "\r\nContent-Length: "...)
 		b = strconv.AppendInt(b, int64(len(rp.body)), 10)
-		b = append(b, "\r\nContent-Type: application/ocsp-response"...)
+		b = append(b, "\r\nContent-Type: "+ctOCSPResponse...)
 	}
 	b = append(b, "\r\nDate: "...)
 	b = append(b, h.dateHeader()...)

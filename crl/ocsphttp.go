@@ -28,7 +28,7 @@ func (r *responder) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		case err != nil:
 			rp = r.malformed(http.StatusOK)
 		default:
-			rp = r.answer(req.Context(), body, false, "")
+			rp = r.answer(req.Context(), body, "")
 		}
 	case http.MethodGet, http.MethodHead:
 		rp = r.get(req.Context(), req.URL.EscapedPath(), req.Header.Get("If-None-Match"))
@@ -39,18 +39,18 @@ func (r *responder) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	}
 	h := w.Header()
 	if rp.c != nil {
-		h["Etag"] = rp.c.hETag
-		h["Last-Modified"] = rp.c.hLastModified
-		h["Expires"] = rp.c.hExpires
+		h["Etag"] = []string{rp.c.etag}
+		h["Last-Modified"] = []string{rp.c.lastModified}
+		h["Expires"] = []string{rp.c.expires}
 		h["Cache-Control"] = []string{cacheControl(rp.maxAge)}
 	} else {
-		h["Cache-Control"] = ccNoStore
+		h["Cache-Control"] = []string{noStore}
 	}
 	if rp.code == http.StatusNotModified {
 		w.WriteHeader(rp.code)
 		return
 	}
-	h["Content-Type"] = ctOCSPResponse
+	h["Content-Type"] = []string{ctOCSPResponse}
 	h["Content-Length"] = []string{strconv.Itoa(len(rp.body))}
 	w.WriteHeader(rp.code)
 	if req.Method != http.MethodHead {
@@ -66,8 +66,15 @@ type reply struct {
 	maxAge int     // seconds, with c
 }
 
+// Header values both renderers send.
+const (
+	ctOCSPResponse = "application/ocsp-response"
+	noStore        = "no-store"
+	ccCachedSuffix = ", public, no-transform, must-revalidate" // after max-age=N
+)
+
 func cacheControl(maxAge int) string {
-	return "max-age=" + strconv.Itoa(maxAge) + ", public, no-transform, must-revalidate"
+	return "max-age=" + strconv.Itoa(maxAge) + ccCachedSuffix
 }
 
 func (r *responder) malformed(code int) reply {
@@ -89,7 +96,7 @@ func (r *responder) get(ctx context.Context, escapedPath, ifNoneMatch string) re
 	if err != nil {
 		return r.malformed(http.StatusOK)
 	}
-	return r.answer(ctx, der, true, ifNoneMatch)
+	return r.answer(ctx, der, ifNoneMatch)
 }
 
 // decodeGET undoes the URL and base64 encodings of a GET request, accepting
@@ -109,14 +116,10 @@ func decodeGET(enc string) ([]byte, error) {
 	return base64.RawStdEncoding.DecodeString(s)
 }
 
-var (
-	ctOCSPResponse = []string{"application/ocsp-response"}
-	ccNoStore      = []string{"no-store"}
-)
-
 // answer looks up (or, for a nonce or a cache miss, signs) the response to
-// the DER request der. It keeps no reference to der.
-func (r *responder) answer(ctx context.Context, der []byte, get bool, ifNoneMatch string) reply {
+// the DER request der; ifNoneMatch is a GET's header ("" for POST). It keeps
+// no reference to der.
+func (r *responder) answer(ctx context.Context, der []byte, ifNoneMatch string) reply {
 	r.m.Requests.Add(1)
 	req, err := ParseRequest(der)
 	if err != nil {
@@ -150,7 +153,7 @@ func (r *responder) answer(ctx context.Context, der []byte, get bool, ifNoneMatc
 		}
 	}
 	rp := reply{code: http.StatusOK, body: c.der, c: c, maxAge: max(int(c.nextUpdate.Sub(now)/time.Second), 0)}
-	if get && etagMatch(ifNoneMatch, c.etag) {
+	if etagMatch(ifNoneMatch, c.etag) {
 		rp.code, rp.body = http.StatusNotModified, nil
 	}
 	return rp

@@ -1,6 +1,7 @@
 package crl
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -10,6 +11,7 @@ import (
 	"math/big"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -63,8 +65,13 @@ type publisher struct {
 }
 
 func newCRLDoc(der []byte, n uint64, this, next time.Time) *crlDoc {
+	return &crlDoc{der: der, number: n, thisUpdate: this, nextUpdate: next, etag: etagOf(der)}
+}
+
+// etagOf is the strong ETag of a served DER document (CRL or OCSP answer).
+func etagOf(der []byte) string {
 	sum := sha256.Sum256(der)
-	return &crlDoc{der: der, number: n, thisUpdate: this, nextUpdate: next, etag: `"` + hex.EncodeToString(sum[:16]) + `"`}
+	return `"` + hex.EncodeToString(sum[:16]) + `"`
 }
 
 // setIssuers starts builders for new issuers and stops tracking gone ones.
@@ -270,14 +277,14 @@ func (p *publisher) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.serveIssuers(w)
 		return
 	}
-	name, ok := cutPrefix(r.URL.Path, "/crl/")
+	name, ok := strings.CutPrefix(r.URL.Path, "/crl/")
 	if !ok || len(name) < 5 || name[len(name)-4:] != ".crl" {
 		http.NotFound(w, r)
 		return
 	}
 	name = name[:len(name)-4]
 	wantDelta := false
-	if n, ok := cutSuffix(name, "-delta"); ok {
+	if n, ok := strings.CutSuffix(name, "-delta"); ok {
 		name, wantDelta = n, true
 	}
 	if name == "current" {
@@ -306,7 +313,7 @@ func (p *publisher) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// Rebuilt on every revocation: caches may keep it but must revalidate.
 	h.Set("Cache-Control", "public, no-cache")
 	h.Set("X-CRL-Number", strconv.FormatUint(doc.number, 10))
-	http.ServeContent(w, r, "", doc.thisUpdate, bytesReader(doc.der))
+	http.ServeContent(w, r, "", doc.thisUpdate, bytes.NewReader(doc.der))
 }
 
 // serveIssuers lists the live intermediates as PEM so clients that only

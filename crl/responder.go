@@ -55,11 +55,9 @@ type cached struct {
 	thisUpdate   time.Time
 	nextUpdate   time.Time
 	notAfter     time.Time // certificate's; zero for unknown
-	etag         string
+	etag         string    // HTTP header values
 	lastModified string
 	expires      string
-	// Header values, ready to assign.
-	hETag, hLastModified, hExpires []string
 }
 
 // ocspIssuer is one issuer as the responder serves it.
@@ -152,7 +150,7 @@ func (r *responder) setIssuers(list []Issuer) error {
 		if r.issuers[iss.KeyID] == nil {
 			r.issuers[iss.KeyID] = oi
 			for h, ih := range oi.hashes {
-				r.byKey[string(rune(h))+string(ih.key)] = oi
+				r.byKey[hashKey(h, ih.key)] = oi
 			}
 		}
 		r.mu.Unlock()
@@ -162,7 +160,7 @@ func (r *responder) setIssuers(list []Issuer) error {
 		if !seen[id] {
 			delete(r.issuers, id)
 			for h, ih := range oi.hashes {
-				delete(r.byKey, string(rune(h))+string(ih.key))
+				delete(r.byKey, hashKey(h, ih.key))
 			}
 		}
 	}
@@ -249,7 +247,9 @@ func (r *responder) ensureResponderCert(oi *ocspIssuer) error {
 	return nil
 }
 
-func cacheKey(h crypto.Hash, serial []byte) string { return string(rune(h)) + string(serial) }
+// hashKey keys a map by hash algorithm and bytes (a serial, or an issuer
+// key hash).
+func hashKey(h crypto.Hash, b []byte) string { return string(rune(h)) + string(b) }
 
 // serialContent is the DER INTEGER content octets of a non-negative serial.
 func serialContent(s *big.Int) []byte { return intContent(s.Bytes()) }
@@ -258,11 +258,11 @@ func serialContent(s *big.Int) []byte { return intContent(s.Bytes()) }
 func (r *responder) lookup(req *Request) (*ocspIssuer, *cached) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	oi := r.byKey[string(rune(req.HashAlg))+string(req.IssuerKeyHash)]
+	oi := r.byKey[hashKey(req.HashAlg, req.IssuerKeyHash)]
 	if oi == nil || !bytes.Equal(oi.hashes[req.HashAlg].name, req.IssuerNameHash) {
 		return nil, nil
 	}
-	c := r.cache[cacheKey(req.HashAlg, req.Serial)]
+	c := r.cache[hashKey(req.HashAlg, req.Serial)]
 	if c != nil && c.issuer != oi.iss.KeyID {
 		c = nil
 	}
@@ -313,19 +313,17 @@ func (r *responder) signCached(oi *ocspIssuer, h crypto.Hash, serial []byte) (*c
 		return nil, fmt.Errorf("crl: sign OCSP response: %w", err)
 	}
 	r.m.Signatures.Add(1)
-	sum := sha256.Sum256(der)
 	c := &cached{
 		der: der, issuer: oi.iss.KeyID, status: a.status, thisUpdate: a.thisUpdate, nextUpdate: a.nextUpdate,
-		notAfter: notAfter, etag: `"` + hex.EncodeToString(sum[:16]) + `"`,
+		notAfter: notAfter, etag: etagOf(der),
 		lastModified: a.thisUpdate.UTC().Format(http.TimeFormat),
 		expires:      a.nextUpdate.UTC().Format(http.TimeFormat),
 	}
-	c.hETag, c.hLastModified, c.hExpires = []string{c.etag}, []string{c.lastModified}, []string{c.expires}
 	r.mu.Lock()
 	// A revocation that landed while this was signed may have been missed
 	// by the status read: never cache a "good" across it.
 	if a.status != StatusGood || r.revEpoch.Load() == epoch {
-		r.cache[cacheKey(h, serial)] = c
+		r.cache[hashKey(h, serial)] = c
 	}
 	r.mu.Unlock()
 	return c, nil
@@ -354,7 +352,7 @@ func (r *responder) release() { <-r.sem }
 // miss signs an answer on demand, one signature per key however many
 // requests ask at once.
 func (r *responder) miss(ctx context.Context, oi *ocspIssuer, h crypto.Hash, serial []byte) (*cached, error) {
-	key := cacheKey(h, serial)
+	key := hashKey(h, serial)
 	r.flightMu.Lock()
 	if f := r.flight[key]; f != nil {
 		r.flightMu.Unlock()
@@ -390,7 +388,7 @@ func (r *responder) invalidate(serial []byte) {
 	r.mu.Lock()
 	r.revEpoch.Add(1)
 	for _, h := range hashOIDs {
-		delete(r.cache, cacheKey(h.hash, serial))
+		delete(r.cache, hashKey(h.hash, serial))
 	}
 	r.mu.Unlock()
 }

@@ -1,9 +1,12 @@
 package crl
 
 import (
+	"context"
 	"crypto"
 	"crypto/x509"
+	"fmt"
 	"math/big"
+	"strings"
 	"time"
 )
 
@@ -50,7 +53,7 @@ type Store interface {
 
 // Auditor appends durable audit records (the CA's audit log).
 type Auditor interface {
-	Append(ctx contextT, kind, actor string, data any) error
+	Append(ctx context.Context, kind, actor string, data any) error
 }
 
 // KeyStore is the HSM as the OCSP responder uses it: the delegated
@@ -114,7 +117,7 @@ func ValidReason(r int) bool {
 // "keyCompromise") or its number.
 func ParseReason(s string) (int, error) {
 	for name, v := range reasonNames {
-		if equalFold(name, s) {
+		if strings.EqualFold(name, s) {
 			return v, nil
 		}
 	}
@@ -136,9 +139,11 @@ func ParseReason(s string) (int, error) {
 
 // AuditorFunc adapts a function to Auditor (e.g. an audit log whose Append
 // also returns the record).
-type AuditorFunc func(ctx contextT, kind, actor string, data any) error
+type AuditorFunc func(ctx context.Context, kind, actor string, data any) error
 
 // Append implements Auditor.
-func (f AuditorFunc) Append(ctx contextT, kind, actor string, data any) error {
+func (f AuditorFunc) Append(ctx context.Context, kind, actor string, data any) error {
 	return f(ctx, kind, actor, data)
 }
+
+func errReason(s string) error { return fmt.Errorf("%w: %q", ErrBadReason, s) }
