@@ -200,17 +200,6 @@ func (d *TPM) ActivateCredential(idObject, encryptedSecret []byte) ([]byte, erro
 	return r.CertInfo.Buffer, nil
 }
 
-func selection(pcrs []uint32) (tpm2.TPMLPCRSelection, error) {
-	bitmap := make([]byte, 3)
-	for _, i := range pcrs {
-		if i > 23 {
-			return tpm2.TPMLPCRSelection{}, fmt.Errorf("device: PCR %d out of range", i)
-		}
-		bitmap[i/8] |= 1 << (i % 8)
-	}
-	return tpm2.TPMLPCRSelection{PCRSelections: []tpm2.TPMSPCRSelection{{Hash: tpm2.TPMAlgSHA256, PCRSelect: bitmap}}}, nil
-}
-
 // ReadPCRs returns the SHA-256 bank values of pcrs.
 func (d *TPM) ReadPCRs(pcrs []uint32) (map[uint32][]byte, error) {
 	d.mu.Lock()
@@ -223,9 +212,9 @@ func (d *TPM) readPCRs(pcrs []uint32) (map[uint32][]byte, error) {
 	remaining := slices.Clone(pcrs)
 	// A TPM returns at most 8 digests per PCR_Read.
 	for len(remaining) > 0 {
-		sel, err := selection(remaining)
+		sel, err := verify.PCRSelection(remaining)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("device: %w", err)
 		}
 		r, err := (tpm2.PCRRead{PCRSelectionIn: sel}).Execute(d.t)
 		if err != nil {
@@ -258,9 +247,9 @@ func (d *TPM) readPCRs(pcrs []uint32) (map[uint32][]byte, error) {
 func (d *TPM) Quote(nonce []byte, pcrs []uint32) (quoted, sig []byte, values map[uint32][]byte, err error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	sel, err := selection(pcrs)
+	sel, err := verify.PCRSelection(pcrs)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, fmt.Errorf("device: %w", err)
 	}
 	r, err := (tpm2.Quote{
 		SignHandle:     tpm2.AuthHandle{Handle: d.ak.Handle, Name: d.ak.Name, Auth: tpm2.PasswordAuth(nil)},

@@ -133,11 +133,13 @@ func (n *Node) Extend(i uint32, data []byte) {
 // Quote signs a TPMS_ATTEST quote over pcrs (SHA-256 bank) with extraData
 // nonce. It returns the attestation, the TPMT_SIGNATURE and the PCR values.
 func (n *Node) Quote(nonce []byte, pcrs []uint32) (quoted, sig []byte, values map[uint32][]byte, err error) {
-	bitmap := make([]byte, 3)
+	sel, err := verify.PCRSelection(pcrs)
+	if err != nil {
+		return nil, nil, nil, err
+	}
 	h := sha256.New()
 	values = map[uint32][]byte{}
 	for _, i := range slices.Sorted(slices.Values(pcrs)) {
-		bitmap[i/8] |= 1 << (i % 8)
 		h.Write(n.PCR(i))
 		values[i] = bytes.Clone(n.PCR(i))
 	}
@@ -147,7 +149,7 @@ func (n *Node) Quote(nonce []byte, pcrs []uint32) (quoted, sig []byte, values ma
 		QualifiedSigner: tpm2.TPM2BName{Buffer: n.AKName},
 		ExtraData:       tpm2.TPM2BData{Buffer: nonce},
 		Attested: tpm2.NewTPMUAttest(tpm2.TPMSTAttestQuote, &tpm2.TPMSQuoteInfo{
-			PCRSelect: tpm2.TPMLPCRSelection{PCRSelections: []tpm2.TPMSPCRSelection{{Hash: tpm2.TPMAlgSHA256, PCRSelect: bitmap}}},
+			PCRSelect: sel,
 			PCRDigest: tpm2.TPM2BDigest{Buffer: h.Sum(nil)},
 		}),
 	}
