@@ -151,9 +151,9 @@ func (c *CA) reload() error {
 		}
 		live = append(live, s)
 		switch r.Slot {
-		case slotActive:
+		case store.SlotActive:
 			active = s
-		case slotNext:
+		case store.SlotNext:
 			next = s
 		}
 	}
@@ -250,10 +250,3 @@ func newSerial(rand func([]byte) (int, error)) (*big.Int, error) {
 	b[0] = 0x01
 	return new(big.Int).SetBytes(b), nil
 }
-
-// Slot names as stored (the store's Intermediate.Slot).
-const (
-	slotActive  = "active"
-	slotNext    = "next"
-	slotRetired = "retired"
-)

@@ -112,7 +112,7 @@ func Ceremony(ctx context.Context, cfg Config, keys KeyStore, st Store, actor st
 	if err != nil {
 		return nil, err
 	}
-	inter.Slot = slotActive
+	inter.Slot = store.SlotActive
 	inter.ActivatedAt = t
 	sealed, err := checkSealed(keys, RootKeyLabel, AuditKeyLabel, inter.KeyLabel, jwtPrefix+strings.TrimPrefix(inter.KeyLabel, interPrefix))
 	if err != nil {

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"log/slog"
 	"time"
+
+	"github.com/palisade-id/palisade/ca/store"
 )
 
 // Rotation thresholds, as fractions of the active intermediate's lifetime
@@ -45,7 +47,7 @@ func (c *CA) Rotate(ctx context.Context) (RotationEvent, error) {
 		if err != nil {
 			return ev, err
 		}
-		rec.Slot = slotNext
+		rec.Slot = store.SlotNext
 		if err := c.opts.Store.PutIntermediate(rec); err != nil {
 			return ev, fmt.Errorf("ca: record next intermediate: %w", err)
 		}
