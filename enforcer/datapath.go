@@ -311,25 +311,16 @@ func (d *Datapath) Peers() ([]PeerEntry, error) {
 
 // SyncPolicy makes the kernel policy map hold exactly want.
 func (d *Datapath) SyncPolicy(want map[PolicyKey]bool) error {
-	have := map[PolicyKey]bool{}
-	var (
-		k palisadePolicyKey
-		v uint32
-	)
-	it := d.objs.Policy.Iterate()
-	for it.Next(&k, &v) {
-		have[PolicyKey{k.Identity, k.Port, k.Proto, Direction(k.Dir)}] = true
-	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("enforcer: read policy map: %w", err)
+	have, err := d.PolicyEntries()
+	if err != nil {
+		return err
 	}
 	// Add before removing so a rule kept across a reload never blinks.
 	for pk := range want {
 		if have[pk] {
 			continue
 		}
-		kk := palisadePolicyKey{Identity: pk.Identity, Port: pk.Port, Proto: pk.Proto, Dir: uint8(pk.Dir)}
-		if err := d.objs.Policy.Put(&kk, uint32(1)); err != nil {
+		if err := d.objs.Policy.Put(kernelPolicyKey(pk), uint32(1)); err != nil {
 			return fmt.Errorf("enforcer: write policy entry %+v: %w", pk, err)
 		}
 	}
@@ -337,12 +328,16 @@ func (d *Datapath) SyncPolicy(want map[PolicyKey]bool) error {
 		if want[pk] {
 			continue
 		}
-		kk := palisadePolicyKey{Identity: pk.Identity, Port: pk.Port, Proto: pk.Proto, Dir: uint8(pk.Dir)}
-		if err := d.objs.Policy.Delete(&kk); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		if err := d.objs.Policy.Delete(kernelPolicyKey(pk)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return fmt.Errorf("enforcer: delete policy entry %+v: %w", pk, err)
 		}
 	}
 	return nil
+}
+
+// kernelPolicyKey converts a PolicyKey to the policy map's key layout.
+func kernelPolicyKey(pk PolicyKey) *palisadePolicyKey {
+	return &palisadePolicyKey{Identity: pk.Identity, Port: pk.Port, Proto: pk.Proto, Dir: uint8(pk.Dir)}
 }
 
 // PolicyEntries lists the kernel policy map.
