@@ -2,9 +2,9 @@ package attestor
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
-	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -103,21 +103,32 @@ func (s *Service) PCRPolicy(ctx context.Context) ([]byte, *verify.Policy, error)
 // Nodes lists node records.
 func (s *Service) Nodes(ctx context.Context) ([]NodeRecord, error) { return s.deps.Store.Nodes(ctx) }
 
-var ekHashRE = regexp.MustCompile(`^[0-9a-f]{64}$`)
-
 // ResolveNodeID accepts a node SPIFFE ID or the bare hex EK hash and
 // returns the canonical node SPIFFE ID of this trust domain.
 func (s *Service) ResolveNodeID(ref string) (string, error) {
+	id, _, err := s.resolveNode(ref)
+	return id, err
+}
+
+// resolveNode is ResolveNodeID that also returns the node's hex EK hash.
+func (s *Service) resolveNode(ref string) (id, ekHash string, err error) {
+	const prefix = "/palisade/node/"
 	ref = strings.TrimSpace(ref)
-	if ekHashRE.MatchString(strings.ToLower(ref)) {
-		return s.td.IDString() + "/palisade/node/" + strings.ToLower(ref), nil
+	if h := strings.ToLower(ref); hexHashRE.MatchString(h) {
+		var sum [32]byte
+		hex.Decode(sum[:], []byte(h)) // matched 64 hex digits
+		nid, err := verify.NodeID(s.td, sum)
+		if err != nil {
+			return "", "", err
+		}
+		return nid.String(), h, nil
 	}
-	id, err := spiffeid.FromString(ref)
-	if err != nil || id.TrustDomain() != s.td || !strings.HasPrefix(id.Path(), "/palisade/node/") ||
-		!ekHashRE.MatchString(strings.TrimPrefix(id.Path(), "/palisade/node/")) {
-		return "", fmt.Errorf("%w: %q is not a node ID of %s or an EK hash", ErrInvalidArgument, ref, s.td)
+	nid, err := spiffeid.FromString(ref)
+	if err != nil || nid.TrustDomain() != s.td || !strings.HasPrefix(nid.Path(), prefix) ||
+		!hexHashRE.MatchString(strings.TrimPrefix(nid.Path(), prefix)) {
+		return "", "", fmt.Errorf("%w: %q is not a node ID of %s or an EK hash", ErrInvalidArgument, ref, s.td)
 	}
-	return id.String(), nil
+	return nid.String(), strings.TrimPrefix(nid.Path(), prefix), nil
 }
 
 // Node returns one node record by SPIFFE ID or EK hash.
@@ -135,7 +146,7 @@ func (s *Service) Node(ctx context.Context, ref string) (NodeRecord, error) {
 // certificates were revoked. Banning twice keeps the first ban and revokes
 // again.
 func (s *Service) BanNode(ctx context.Context, actor, ref, reason string, crlReason int) (int, error) {
-	id, err := s.ResolveNodeID(ref)
+	id, ekHash, err := s.resolveNode(ref)
 	if err != nil {
 		return 0, err
 	}
@@ -152,7 +163,7 @@ func (s *Service) BanNode(ctx context.Context, actor, ref, reason string, crlRea
 	err = s.deps.Store.UpdateNode(ctx, id, func(rec *NodeRecord, exists bool) error {
 		if !exists {
 			rec.ID = id
-			rec.EKHash = strings.TrimPrefix(id, s.td.IDString()+"/palisade/node/")
+			rec.EKHash = ekHash
 		}
 		if !rec.Banned {
 			rec.Banned, rec.BannedAt, rec.BannedBy, rec.BanReason = true, now, actor, reason
