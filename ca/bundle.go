@@ -20,7 +20,7 @@ func (c *CA) Bundle() *spiffebundle.Bundle {
 	b.AddX509Authority(c.root)
 	c.mu.RLock()
 	for _, s := range c.live {
-		_ = b.AddJWTAuthority(s.jwtKID, s.jwtSigner.Public())
+		_ = b.AddJWTAuthority(s.rec.KeyID, s.jwtSigner.Public())
 	}
 	seq := c.bundleSq
 	c.mu.RUnlock()

@@ -26,6 +26,12 @@ const (
 	jwtPrefix     = "palisade-jwt-"
 )
 
+// jwtKeyLabel is the label of the JWT key generated with the intermediate
+// key labelled interLabel.
+func jwtKeyLabel(interLabel string) string {
+	return jwtPrefix + strings.TrimPrefix(interLabel, interPrefix)
+}
+
 // KeyStore is the HSM as the CA uses it. Keys never leave it.
 type KeyStore interface {
 	GenerateSigner(label string) (crypto.Signer, error)
@@ -65,11 +71,11 @@ type Options struct {
 }
 
 // slot is one intermediate generation: its X.509 CA key and its JWT key.
+// The JWT key's kid is the intermediate's key ID (rec.KeyID).
 type slot struct {
 	rec       store.Intermediate
 	cert      *x509.Certificate
 	signer    crypto.Signer
-	jwtKID    string
 	jwtSigner crypto.Signer
 }
 
@@ -181,12 +187,12 @@ func (c *CA) openSlot(r store.Intermediate) (*slot, error) {
 	if !samePublicKey(signer.Public(), cert.PublicKey) {
 		return nil, fmt.Errorf("ca: HSM key %s does not match intermediate %s", label, r.KeyID)
 	}
-	jwtLabel := jwtPrefix + strings.TrimPrefix(label, interPrefix)
+	jwtLabel := jwtKeyLabel(label)
 	jwtSigner, err := c.opts.Keys.Signer(jwtLabel)
 	if err != nil {
 		return nil, fmt.Errorf("ca: JWT key %s: %w", jwtLabel, err)
 	}
-	return &slot{rec: r, cert: cert, signer: signer, jwtKID: r.KeyID, jwtSigner: jwtSigner}, nil
+	return &slot{rec: r, cert: cert, signer: signer, jwtSigner: jwtSigner}, nil
 }
 
 // TrustDomain returns the CA's trust domain.
@@ -213,7 +219,7 @@ func (c *CA) Issuers() []Issuer {
 	defer c.mu.RUnlock()
 	out := make([]Issuer, 0, len(c.live))
 	for _, s := range c.live {
-		out = append(out, Issuer{KeyID: s.rec.KeyID, Slot: s.rec.Slot, Cert: s.cert, Signer: s.signer})
+		out = append(out, s.issuer())
 	}
 	return out
 }
@@ -225,8 +231,11 @@ func (c *CA) ActiveIssuer() (Issuer, error) {
 	if c.active == nil {
 		return Issuer{}, ErrNoActiveIssuer
 	}
-	s := c.active
-	return Issuer{KeyID: s.rec.KeyID, Slot: s.rec.Slot, Cert: s.cert, Signer: s.signer}, nil
+	return c.active.issuer(), nil
+}
+
+func (s *slot) issuer() Issuer {
+	return Issuer{KeyID: s.rec.KeyID, Slot: s.rec.Slot, Cert: s.cert, Signer: s.signer}
 }
 
 func keyID(cert *x509.Certificate) string { return hex.EncodeToString(cert.SubjectKeyId) }
@@ -235,6 +244,20 @@ func samePublicKey(a, b crypto.PublicKey) bool {
 	type equaler interface{ Equal(crypto.PublicKey) bool }
 	e, ok := a.(equaler)
 	return ok && e.Equal(b)
+}
+
+// svidTTL is the lifetime for a requested TTL: zero means def, negative
+// fails with ErrBadTTL and more than maxTTL with ErrTTLTooLong.
+func svidTTL(ttl, def, maxTTL time.Duration) (time.Duration, error) {
+	switch {
+	case ttl < 0:
+		return 0, fmt.Errorf("%w: %s", ErrBadTTL, ttl)
+	case ttl == 0:
+		return def, nil
+	case ttl > maxTTL:
+		return 0, fmt.Errorf("%w: %s > %s", ErrTTLTooLong, ttl, maxTTL)
+	}
+	return ttl, nil
 }
 
 // serialBytes is the serial's entropy: 128 random bits.

@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"net/url"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/palisade-id/palisade/ca/store"
@@ -114,7 +113,7 @@ func Ceremony(ctx context.Context, cfg Config, keys KeyStore, st Store, actor st
 	}
 	inter.Slot = store.SlotActive
 	inter.ActivatedAt = t
-	sealed, err := checkSealed(keys, RootKeyLabel, AuditKeyLabel, inter.KeyLabel, jwtPrefix+strings.TrimPrefix(inter.KeyLabel, interPrefix))
+	sealed, err := checkSealed(keys, RootKeyLabel, AuditKeyLabel, inter.KeyLabel, jwtKeyLabel(inter.KeyLabel))
 	if err != nil {
 		return nil, err
 	}

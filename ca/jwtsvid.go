@@ -51,14 +51,9 @@ func (c *CA) SignJWTSVID(ctx context.Context, req JWTRequest) (*JWTSVID, error) 
 			return nil, fmt.Errorf("%w: empty audience value", ErrBadAudience)
 		}
 	}
-	ttl := req.TTL
-	switch {
-	case ttl < 0:
-		return nil, fmt.Errorf("%w: %s", ErrBadTTL, ttl)
-	case ttl == 0:
-		ttl = c.cfg.JWTSVIDTTL
-	case ttl > c.cfg.MaxJWTSVIDTTL:
-		return nil, fmt.Errorf("%w: %s > %s", ErrTTLTooLong, ttl, c.cfg.MaxJWTSVIDTTL)
+	ttl, err := svidTTL(req.TTL, c.cfg.JWTSVIDTTL, c.cfg.MaxJWTSVIDTTL)
+	if err != nil {
+		return nil, err
 	}
 	c.mu.RLock()
 	s := c.active
@@ -75,7 +70,7 @@ func (c *CA) SignJWTSVID(ctx context.Context, req JWTRequest) (*JWTSVID, error) 
 	if err != nil {
 		return nil, err
 	}
-	header, _ := json.Marshal(map[string]string{"alg": alg, "kid": s.jwtKID, "typ": "JWT"})
+	header, _ := json.Marshal(map[string]string{"alg": alg, "kid": s.rec.KeyID, "typ": "JWT"})
 	var aud any = req.Audience
 	if len(req.Audience) == 1 {
 		aud = req.Audience[0]
@@ -102,12 +97,12 @@ func (c *CA) SignJWTSVID(ctx context.Context, req JWTRequest) (*JWTSVID, error) 
 	if err := c.opts.Audit.Append(ctx, "jwt-svid.issued", req.Actor, map[string]any{
 		"spiffe_id": req.ID.String(),
 		"audience":  req.Audience,
-		"kid":       s.jwtKID,
+		"kid":       s.rec.KeyID,
 		"expires":   exp,
 	}); err != nil {
 		return nil, fmt.Errorf("ca: audit JWT-SVID: %w", err)
 	}
-	return &JWTSVID{Token: token, ID: req.ID, Audience: req.Audience, IssuedAt: now, ExpiresAt: exp, KeyID: s.jwtKID}, nil
+	return &JWTSVID{Token: token, ID: req.ID, Audience: req.Audience, IssuedAt: now, ExpiresAt: exp, KeyID: s.rec.KeyID}, nil
 }
 
 func jwsAlg(pub crypto.PublicKey) (alg string, hash crypto.Hash, size int, err error) {

@@ -137,14 +137,9 @@ func (c *CA) SignX509SVID(ctx context.Context, req X509Request) (*X509SVID, erro
 	if !req.ID.IsZero() && req.ID != req.CSR.ID {
 		return nil, fmt.Errorf("%w: CSR names %s, caller is authorised for %s", ErrIDMismatch, req.CSR.ID, req.ID)
 	}
-	ttl := req.TTL
-	switch {
-	case ttl < 0:
-		return nil, fmt.Errorf("%w: %s", ErrBadTTL, ttl)
-	case ttl == 0:
-		ttl = c.cfg.X509SVIDTTL
-	case ttl > c.cfg.MaxX509SVIDTTL:
-		return nil, fmt.Errorf("%w: %s > %s", ErrTTLTooLong, ttl, c.cfg.MaxX509SVIDTTL)
+	ttl, err := svidTTL(req.TTL, c.cfg.X509SVIDTTL, c.cfg.MaxX509SVIDTTL)
+	if err != nil {
+		return nil, err
 	}
 	kind := req.Kind
 	if kind == "" {
