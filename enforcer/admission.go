@@ -15,7 +15,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"sync"
 	"syscall"
@@ -585,27 +584,6 @@ func (a *Admitter) svidSerial() string {
 		return ""
 	}
 	return s.Certificates[0].SerialNumber.Text(16)
-}
-
-// Admitted lists current admissions (for status output).
-func (a *Admitter) Admitted() []AdmittedPeer {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	out := make([]AdmittedPeer, 0, len(a.admitted))
-	for _, ad := range a.admitted {
-		out = append(out, AdmittedPeer{ID: ad.ID, Ifindex: ad.ifindex, Addr: ad.addr, Identity: ad.identity, Expires: ad.expires})
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Addr.Less(out[j].Addr) })
-	return out
-}
-
-// AdmittedPeer is one admission, for status output and flow records.
-type AdmittedPeer struct {
-	ID       spiffeid.ID
-	Ifindex  int
-	Addr     netip.Addr
-	Identity uint32
-	Expires  time.Time
 }
 
 // PeerID returns the SPIFFE ID admitted for (ifindex, addr), if any.

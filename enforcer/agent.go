@@ -132,9 +132,6 @@ func NewAgent(ctx context.Context, cfg Config, deps Deps) (*Agent, error) {
 	return a, nil
 }
 
-// Datapath exposes the datapath (status, counters).
-func (a *Agent) Datapath() *Datapath { return a.dp }
-
 // Admitter exposes admission (status; Recheck for the revocation feed).
 func (a *Agent) Admitter() *Admitter { return a.adm }
 

@@ -51,7 +51,7 @@ func (d *Datapath) prog(h hook) (*ebpf.Program, string) {
 	if h == egress {
 		return d.objs.PalisadeEgress, filepath.Join(d.pinDir, "prog_egress")
 	}
-	return d.objs.PalisadeIngress, d.progPin()
+	return d.objs.PalisadeIngress, filepath.Join(d.pinDir, "prog_ingress")
 }
 
 // Attach puts the program on ifindex's ingress (in the calling thread's
@@ -179,23 +179,6 @@ func (d *Datapath) Detach(ifindex int) error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// AttachedTCX lists the ifindexes with a pinned TCX link.
-func (d *Datapath) AttachedTCX() ([]int, error) {
-	ents, err := os.ReadDir(filepath.Join(d.pinDir, "links"))
-	if err != nil {
-		return nil, fmt.Errorf("enforcer: list links: %w", err)
-	}
-	var out []int
-	for _, e := range ents {
-		if n, ok := strings.CutPrefix(e.Name(), "tcx-ingress-"); ok {
-			if i, err := strconv.Atoi(n); err == nil {
-				out = append(out, i)
-			}
-		}
-	}
-	return out, nil
 }
 
 // Uninstall detaches every pinned TCX link and removes the pin directory

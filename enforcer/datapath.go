@@ -223,8 +223,6 @@ func OpenDatapath(o DatapathOptions) (*Datapath, error) {
 	return d, nil
 }
 
-func (d *Datapath) progPin() string { return filepath.Join(d.pinDir, "prog_ingress") }
-
 // Close releases file descriptors. Pinned maps, program and links stay,
 // so enforcement continues without the daemon (fail closed).
 func (d *Datapath) Close() error { return d.objs.Close() }
@@ -247,15 +245,6 @@ func (d *Datapath) SetConfig(mode Mode, admissionPort uint16) error {
 		return fmt.Errorf("enforcer: write config: %w", err)
 	}
 	return nil
-}
-
-// Config reads back the mode and admission port.
-func (d *Datapath) Config() (Mode, uint16, error) {
-	var v palisadeConfig
-	if err := d.objs.ConfigMap.Lookup(uint32(0), &v); err != nil {
-		return 0, 0, fmt.Errorf("enforcer: read config: %w", err)
-	}
-	return Mode(v.Mode), v.AdmissionPort, nil
 }
 
 func addr16(a netip.Addr) [16]byte {
