@@ -175,10 +175,11 @@ func (v *verifier) checkCheckpoint(w *wire) (untrusted bool, err error) {
 		}
 		return false, fmt.Errorf("checkpoint signed by untrusted key %s", cd.KeyID)
 	}
-	if _, _, err := sigAlg(pub); err != nil {
+	hh, _, err := sigAlg(pub)
+	if err != nil {
 		return false, err
 	}
-	if hh, _, _ := sigAlg(pub); hh != h {
+	if hh != h {
 		return false, fmt.Errorf("checkpoint algorithm %s does not match the key", cd.Alg)
 	}
 	dg, err := checkpointDigest(h, w.Seq, w.Hash)

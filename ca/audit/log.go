@@ -158,9 +158,7 @@ func (l *Log) load(created bool) error {
 		return fmt.Errorf("%w: %s: last %d bytes have no newline, far more than a torn write; run verify", ErrCorrupt, l.path, torn)
 	}
 
-	v, _ := newVerifier(VerifyOptions{})
-	v.keys[l.cp.keyID] = l.cp.pub
-	v.allowUnknownKeys = true
+	v := l.openVerifier(VerifyOptions{})
 	if err := v.run(io.NewSectionReader(l.f, 0, end)); err != nil {
 		return err
 	}
@@ -195,24 +193,37 @@ func (l *Log) load(created bool) error {
 	l.done = make(chan struct{})
 	go l.commitLoop()
 	if cont != nil {
-		req := &request{kind: KindContinued, actor: "system", data: cont, done: make(chan struct{})}
-		l.reqs <- req
-		<-req.done
-		if req.err != nil {
+		if err := l.appendSystem(KindContinued, cont); err != nil {
 			l.Close()
-			return req.err
+			return err
 		}
 	}
 	if recovered != nil {
-		req := &request{kind: KindRecovered, actor: "system", data: recovered, done: make(chan struct{})}
-		l.reqs <- req
-		<-req.done
-		if req.err != nil {
+		if err := l.appendSystem(KindRecovered, recovered); err != nil {
 			l.Close()
-			return req.err
+			return err
 		}
 	}
 	return nil
+}
+
+// openVerifier returns a verifier for checking this log's own files when
+// opening it: it trusts the log's checkpoint key and only chain-checks
+// checkpoints by other (earlier) keys.
+func (l *Log) openVerifier(opts VerifyOptions) *verifier {
+	v, _ := newVerifier(opts) // opts carries no Keys, so this cannot fail
+	v.keys[l.cp.keyID] = l.cp.pub
+	v.allowUnknownKeys = true
+	return v
+}
+
+// appendSystem submits a record by the "system" actor to the commit loop
+// and waits until it is durable.
+func (l *Log) appendSystem(kind string, data json.RawMessage) error {
+	req := &request{kind: kind, actor: "system", data: data, done: make(chan struct{})}
+	l.reqs <- req
+	<-req.done
+	return req.err
 }
 
 // cutTorn moves the unterminated tail into a sidecar file (evidence is never

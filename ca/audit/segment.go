@@ -152,9 +152,7 @@ func (l *Log) continueFrom() (json.RawMessage, error) {
 		return nil, fmt.Errorf("audit: open segment: %w", err)
 	}
 	defer f.Close()
-	v, _ := newVerifier(VerifyOptions{RequireCheckpointAtEnd: true})
-	v.keys[l.cp.keyID] = l.cp.pub
-	v.allowUnknownKeys = true
+	v := l.openVerifier(VerifyOptions{RequireCheckpointAtEnd: true})
 	if err := v.run(f); err != nil {
 		return nil, err
 	}
