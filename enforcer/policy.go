@@ -176,14 +176,9 @@ func (p *Policy) validate() error {
 		if r.to, err = parseMatcher(r.To); err != nil {
 			bad("to %q: %v", r.To, err)
 		}
-		switch r.Protocol {
-		case "tcp":
-			r.proto = ProtoTCP
-		case "udp":
-			r.proto = ProtoUDP
-		case "icmp":
-			r.proto = ProtoICMP
-		default:
+		if proto, ok := protoNumber(r.Protocol); ok {
+			r.proto = proto
+		} else {
 			bad("protocol %q (want tcp, udp or icmp)", r.Protocol)
 		}
 		if r.Protocol == "icmp" {
