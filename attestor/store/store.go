@@ -108,20 +108,6 @@ func (d *DB) Policy(_ context.Context) ([]byte, error) {
 	return out, err
 }
 
-// PolicyVersion returns the stored policy file of one version.
-func (d *DB) PolicyVersion(_ context.Context, version uint64) ([]byte, error) {
-	var out []byte
-	err := d.db.View(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bucketPolicy).Get(binary.BigEndian.AppendUint64(nil, version))
-		if v == nil {
-			return fmt.Errorf("%w: policy version %d", attestor.ErrNotFound, version)
-		}
-		out = bytes.Clone(v)
-		return nil
-	})
-	return out, err
-}
-
 func (d *DB) Node(_ context.Context, id string) (attestor.NodeRecord, error) {
 	var rec attestor.NodeRecord
 	err := d.db.View(func(tx *bolt.Tx) error {
