@@ -91,9 +91,6 @@ func (p *Policy) Validate() error {
 	return nil
 }
 
-// Marshal encodes the policy as YAML.
-func (p *Policy) Marshal() ([]byte, error) { return yaml.Marshal(p) }
-
 // Selection returns the sorted PCR indices the class pins.
 func (p *Policy) Selection(class string) ([]uint32, error) {
 	c, ok := p.Classes[class]
