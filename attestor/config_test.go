@@ -37,13 +37,13 @@ func TestNonces(t *testing.T) {
 	b[0] = 1
 	c := make([]byte, 32)
 	c[0] = 2
-	if _, _, err := n.issue(a, 1, now); err != nil {
+	if err := n.issue(a, 1, now); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := n.issue(b, 2, now); err != nil {
+	if err := n.issue(b, 2, now); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := n.issue(c, 3, now); err != ErrTooManyNonces {
+	if err := n.issue(c, 3, now); err != ErrTooManyNonces {
 		t.Fatalf("over capacity: %v", err)
 	}
 	steps := []struct {
@@ -66,7 +66,7 @@ func TestNonces(t *testing.T) {
 		}
 	}
 	// Expired entries are collected and make room.
-	if _, _, err := n.issue(c, 3, now.Add(time.Minute)); err != nil {
+	if err := n.issue(c, 3, now.Add(time.Minute)); err != nil {
 		t.Fatalf("after expiry: %v", err)
 	}
 }

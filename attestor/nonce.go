@@ -30,23 +30,23 @@ func newNonces(ttl time.Duration, max int) *nonces {
 	return &nonces{ttl: ttl, max: max, entries: map[[verify.NonceSize]byte]*nonceEntry{}}
 }
 
-func (n *nonces) issue(nonce []byte, session uint64, now time.Time) ([]byte, time.Time, error) {
+// issue records nonce as issued to session, valid until now plus the TTL.
+func (n *nonces) issue(nonce []byte, session uint64, now time.Time) error {
 	if len(nonce) != verify.NonceSize {
-		return nil, time.Time{}, fmt.Errorf("attestor: nonce of %d bytes", len(nonce))
+		return fmt.Errorf("attestor: nonce of %d bytes", len(nonce))
 	}
 	k := [verify.NonceSize]byte(nonce)
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	n.gcLocked(now)
 	if len(n.entries) >= n.max {
-		return nil, time.Time{}, ErrTooManyNonces
+		return ErrTooManyNonces
 	}
-	exp := now.Add(n.ttl)
 	if _, dup := n.entries[k]; dup {
-		return nil, time.Time{}, fmt.Errorf("attestor: nonce collision")
+		return fmt.Errorf("attestor: nonce collision")
 	}
-	n.entries[k] = &nonceEntry{session: session, expires: exp}
-	return k[:], exp, nil
+	n.entries[k] = &nonceEntry{session: session, expires: now.Add(n.ttl)}
+	return nil
 }
 
 // consume marks nonce used if it is valid for session at now.

@@ -177,8 +177,7 @@ func (ss *session) activation(p *attestorpb.ActivationProof) (*attestorpb.Server
 	if err != nil {
 		return nil, fmt.Errorf("attestor: nonce: %w", err)
 	}
-	nonce, _, err = ss.s.nonces.issue(nonce, ss.id, ss.s.deps.Now())
-	if err != nil {
+	if err := ss.s.nonces.issue(nonce, ss.id, ss.s.deps.Now()); err != nil {
 		return nil, err
 	}
 	ss.nonce = nonce
