@@ -53,7 +53,7 @@ func (d *devTPM) Send(cmd []byte) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: read: %v", ErrTransport, err)
 	}
-	if err := checkHeader(buf[:n], n); err != nil {
+	if err := checkHeader(buf[:n]); err != nil {
 		return nil, err
 	}
 	return buf[:n], nil
@@ -104,12 +104,12 @@ func (s *streamTPM) Send(cmd []byte) ([]byte, error) {
 
 func (s *streamTPM) Close() error { return s.c.Close() }
 
-func checkHeader(rsp []byte, n int) error {
-	if n < 10 {
-		return fmt.Errorf("%w: short response (%d bytes)", ErrTransport, n)
+func checkHeader(rsp []byte) error {
+	if len(rsp) < 10 {
+		return fmt.Errorf("%w: short response (%d bytes)", ErrTransport, len(rsp))
 	}
-	if size := int(binary.BigEndian.Uint32(rsp[2:6])); size != n {
-		return fmt.Errorf("%w: response says %d bytes, got %d", ErrTransport, size, n)
+	if size := int(binary.BigEndian.Uint32(rsp[2:6])); size != len(rsp) {
+		return fmt.Errorf("%w: response says %d bytes, got %d", ErrTransport, size, len(rsp))
 	}
 	return nil
 }
