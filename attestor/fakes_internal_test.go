@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/palisade-id/palisade/attestor/verify"
 	"github.com/palisade-id/palisade/attestor/verify/verifytest"
@@ -157,6 +156,5 @@ func newTestService(tb testing.TB) (*Service, *memStore, *countingAuditor) {
 	if _, err := s.SetPCRPolicy(ctx, "t", []byte(pol)); err != nil {
 		tb.Fatal(err)
 	}
-	_ = time.Now
 	return s, st, aud
 }
