@@ -415,6 +415,13 @@ func (a *Admitter) SetPolicy(p *Policy) error {
 	return a.rebuildLocked(local)
 }
 
+// currentPolicy returns the policy being enforced.
+func (a *Admitter) currentPolicy() *Policy {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.policy
+}
+
 // rebuildLocked renumbers identities from scratch and rewrites the maps:
 // new entries are added before peers move, stale ones removed last.
 func (a *Admitter) rebuildLocked(local spiffeid.ID) error {

@@ -413,6 +413,9 @@ func TestSetPolicyRemovesPeersWithoutRules(t *testing.T) {
 	if err := p.srv.a.SetPolicy(wider); err != nil {
 		t.Fatal(err)
 	}
+	if p.srv.a.currentPolicy() != wider {
+		t.Fatal("currentPolicy is not the policy just set")
+	}
 	e, _ := p.srv.table.get(clientAddr)
 	if !p.srv.table.policy[PolicyKey{e.Identity, 53, ProtoUDP, Inbound}] || !p.srv.table.policy[PolicyKey{e.Identity, 8080, ProtoTCP, Inbound}] || len(p.srv.table.policy) != 2 {
 		t.Fatalf("policy after widening = %v (identity %d)", p.srv.table.policy, e.Identity)

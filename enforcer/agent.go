@@ -42,9 +42,6 @@ type Agent struct {
 	adm   *Admitter
 	local spiffeid.ID
 	ln    net.Listener
-
-	mu     sync.Mutex
-	policy *Policy
 }
 
 // NewAgent loads (or adopts) the pinned datapath, configures it, adopts
@@ -78,7 +75,7 @@ func NewAgent(ctx context.Context, cfg Config, deps Deps) (*Agent, error) {
 		return nil, fmt.Errorf("enforcer: own SVID: %w", err)
 	}
 	mode, _ := ParseMode(cfg.Mode)
-	a := &Agent{cfg: cfg, deps: deps, log: deps.Logger, policy: pol, local: svid.ID}
+	a := &Agent{cfg: cfg, deps: deps, log: deps.Logger, local: svid.ID}
 	a.dp, err = OpenDatapath(DatapathOptions{PinDir: cfg.PinDir})
 	if err != nil {
 		return nil, err
@@ -145,13 +142,7 @@ func (a *Agent) ReloadPolicy() error {
 	if err != nil {
 		return err
 	}
-	if err := a.adm.SetPolicy(p); err != nil {
-		return err
-	}
-	a.mu.Lock()
-	a.policy = p
-	a.mu.Unlock()
-	return nil
+	return a.adm.SetPolicy(p)
 }
 
 // Run serves admissions, admits this node to its peers, re-checks
@@ -255,10 +246,7 @@ func (a *Agent) recordFlows(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("enforcer: read flows: %w", err)
 		}
-		a.mu.Lock()
-		pol := a.policy
-		a.mu.Unlock()
-		if err := WriteFlowRecord(w, a.record(pol, ev)); err != nil {
+		if err := WriteFlowRecord(w, a.record(a.adm.currentPolicy(), ev)); err != nil {
 			a.log.Error("flow log write failed", "err", err)
 		}
 	}
