@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -27,13 +26,8 @@ type Config struct {
 	ApplianceURL string `yaml:"appliance_url"`
 	// DataDir holds the current node certificate chain (never the key)
 	// and, by default, the enforcer's state.
-	DataDir string `yaml:"data_dir"`
-	Log     Log    `yaml:"log"`
-}
-
-// Log configures slog.
-type Log struct {
-	Level string `yaml:"level"` // debug, info, warn, error
+	DataDir string     `yaml:"data_dir"`
+	Log     config.Log `yaml:"log"`
 }
 
 // DefaultDataDir is data_dir's default.
@@ -96,9 +90,8 @@ func (c *Config) Validate() error {
 	if !filepath.IsAbs(c.DataDir) {
 		return fmt.Errorf("data_dir %q: want an absolute path", c.DataDir)
 	}
-	var l slog.Level
-	if err := l.UnmarshalText([]byte(c.Log.Level)); err != nil {
-		return fmt.Errorf("log.level %q: want debug, info, warn or error", c.Log.Level)
+	if err := c.Log.Validate(); err != nil {
+		return err
 	}
 	if c.ApplianceURL != "" {
 		u, err := url.Parse(c.ApplianceURL)

@@ -72,12 +72,6 @@ func main() {
 
 type usageError struct{ error }
 
-func newLogger(level string) *slog.Logger {
-	var l slog.Level
-	_ = l.UnmarshalText([]byte(level))
-	return slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: l}))
-}
-
 func loadFlags(name string, args []string, extra func(*flag.FlagSet)) (*Config, error) {
 	fs := flag.NewFlagSet("palisade-agent "+name, flag.ContinueOnError)
 	path := fs.String("config", "/etc/palisade/agent.yaml", "configuration file")
@@ -217,7 +211,7 @@ func runCmd(args []string) error {
 	if err != nil {
 		return err
 	}
-	log := newLogger(cfg.Log.Level)
+	log := cfg.Log.NewLogger()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, cfg, log); err != nil {
@@ -232,7 +226,8 @@ func run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		return err
 	}
 	// Files named in the configuration fail now, not in the retry loop.
-	if _, err := cfg.Attestation.Roots(); err != nil {
+	roots, err := cfg.Attestation.Roots()
+	if err != nil {
 		return err
 	}
 	if _, err := cfg.Attestation.Intermediates(); err != nil {
@@ -264,10 +259,6 @@ func run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		log.Info("palisade-agent ready (attestation only)", "data_dir", cfg.DataDir)
 		<-ctx.Done()
 		return nil
-	}
-	roots, err := cfg.Attestation.Roots()
-	if err != nil {
-		return err
 	}
 	pool := x509.NewCertPool()
 	for _, r := range roots {

@@ -53,19 +53,13 @@ func main() {
 		fmt.Fprintln(os.Stderr, "palisade-server:", err)
 		os.Exit(2)
 	}
-	log := newLogger(cfg.Log.Level)
+	log := cfg.Log.NewLogger()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, cfg, log); err != nil {
 		log.Error("palisade-server stopped", "err", err)
 		os.Exit(1)
 	}
-}
-
-func newLogger(level string) *slog.Logger {
-	var l slog.Level
-	_ = l.UnmarshalText([]byte(level))
-	return slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: l}))
 }
 
 type metrics struct {

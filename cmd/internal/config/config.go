@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -74,9 +75,25 @@ type Audit struct {
 	SegmentBytes int64 `yaml:"segment_bytes"`
 }
 
-// Log configures slog.
+// Log configures slog; both daemons use it.
 type Log struct {
 	Level string `yaml:"level"` // debug, info, warn, error
+}
+
+// Validate accepts the four level names.
+func (l Log) Validate() error {
+	switch l.Level {
+	case "debug", "info", "warn", "error":
+		return nil
+	}
+	return fmt.Errorf("log.level %q: want debug, info, warn or error", l.Level)
+}
+
+// NewLogger is a daemon's JSON logger on stderr at l's level.
+func (l Log) NewLogger() *slog.Logger {
+	var lv slog.Level
+	_ = lv.UnmarshalText([]byte(l.Level))
+	return slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: lv}))
 }
 
 // Load reads and validates path.
@@ -182,10 +199,8 @@ func (c *Server) Validate() error {
 	if c.Audit.SegmentBytes < 1<<20 {
 		return fmt.Errorf("audit.segment_bytes %d: at least 1 MiB", c.Audit.SegmentBytes)
 	}
-	switch c.Log.Level {
-	case "debug", "info", "warn", "error":
-	default:
-		return fmt.Errorf("log.level %q: want debug, info, warn or error", c.Log.Level)
+	if err := c.Log.Validate(); err != nil {
+		return err
 	}
 	if c.Rotate < time.Second {
 		return fmt.Errorf("rotation_interval %s: at least 1s", c.Rotate)
