@@ -149,22 +149,6 @@ func writeFile(t *testing.T, path string, b []byte) {
 	}
 }
 
-func readCerts(t *testing.T, path string) []*x509.Certificate {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := ca.ParseCertsPEM(b)
-	if err != nil {
-		t.Fatalf("%s: %v", path, err)
-	}
-	if len(out) == 0 {
-		t.Fatalf("%s: no certificates", path)
-	}
-	return out
-}
-
 func writeCerts(t *testing.T, path string, certs ...*x509.Certificate) {
 	t.Helper()
 	writeFile(t, path, ca.CertsPEM(certs))
@@ -300,7 +284,7 @@ func TestNodeLifecycle(t *testing.T) {
 		}
 		first, firstDir = verifySVID(t, a, dir, nodeID), dir
 		// bundle.pem (from the node API) holds the appliance's roots.
-		got := readCerts(t, filepath.Join(dir, "bundle.pem"))
+		got := harness.ReadCerts(t, filepath.Join(dir, "bundle.pem"))
 		want := applianceBundle(t, a).X509Authorities()
 		if len(got) != len(want) || !got[0].Equal(want[0]) {
 			t.Fatalf("bundle.pem: %d roots, want %d", len(got), len(want))

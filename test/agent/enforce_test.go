@@ -121,7 +121,7 @@ func admittedSerial(t *testing.T, stateDir string, addr netip.Addr, id string) s
 // nodeSerial is the serial (hex) of the node SVID the agent published.
 func nodeSerial(t *testing.T, n *node) string {
 	t.Helper()
-	return readCerts(t, filepath.Join(n.dir, "data", "node-svid.pem"))[0].SerialNumber.Text(16)
+	return harness.ReadCerts(t, filepath.Join(n.dir, "data", "node-svid.pem"))[0].SerialNumber.Text(16)
 }
 
 // logRecord is the part of a JSON log line (agent or server) the test
@@ -264,7 +264,7 @@ rules:
 			pins   string
 			ifaces int
 		}{{srv, srvID, "srv", 3}, {good, goodID, "good", 2}} {
-			id, _, err := x509svid.Verify(readCerts(t, filepath.Join(x.n.dir, "data", "node-svid.pem")), bundle)
+			id, _, err := x509svid.Verify(harness.ReadCerts(t, filepath.Join(x.n.dir, "data", "node-svid.pem")), bundle)
 			if err != nil || id.String() != x.id {
 				t.Fatalf("published node SVID: %s %v, want %s", id, err, x.id)
 			}

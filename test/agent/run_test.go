@@ -109,7 +109,7 @@ func TestRunKeepsNodeSVIDCurrent(t *testing.T) {
 		if _, err := os.Stat(certPath); err != nil {
 			return ""
 		}
-		chain := readCerts(t, certPath)
+		chain := harness.ReadCerts(t, certPath)
 		id, _, err := x509svid.Verify(chain, bundle)
 		if err != nil || id.String() != n.id(a) {
 			t.Fatalf("published node certificate: %s %v", id, err)

@@ -23,7 +23,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/palisade-id/palisade/ca"
 	"github.com/palisade-id/palisade/ca/admin"
 	"github.com/palisade-id/palisade/ca/nodeapi"
 	"github.com/palisade-id/palisade/ca/nodeapi/nodev1"
@@ -104,7 +103,7 @@ func TestApplianceEndToEnd(t *testing.T) {
 		if err != nil || !strings.Contains(string(o), ": OK") {
 			t.Fatalf("openssl verify: %v\n%s", err, o)
 		}
-		chain := readCerts(t, svid)
+		chain := harness.ReadCerts(t, svid)
 		if !chain[0].PublicKey.(*ecdsa.PublicKey).Equal(&key.PublicKey) {
 			t.Fatal("SVID does not certify the CSR's key")
 		}
@@ -181,7 +180,7 @@ func TestApplianceEndToEnd(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		roots := readCerts(t, filepath.Join(nodeDir, "bundle.pem"))
+		roots := harness.ReadCerts(t, filepath.Join(nodeDir, "bundle.pem"))
 		tdom := spiffeid.RequireTrustDomainFromString(td)
 		call := func(cert *tls.Certificate, csrURI string) (*nodev1.SignX509SVIDResponse, error) {
 			conn, err := nodeapi.Dial(a.NodeAddr, tdom, roots, func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
@@ -254,7 +253,7 @@ func TestApplianceEndToEnd(t *testing.T) {
 		os.MkdirAll(out, 0o700)
 		a.MustCLI("x509", "mint", "-csr", csr, "-write", out)
 		svid := filepath.Join(out, "svid.pem")
-		chain := readCerts(t, svid)
+		chain := harness.ReadCerts(t, svid)
 		leaf, inter := chain[0], chain[1]
 		interPEM := filepath.Join(out, "inter.pem")
 		os.WriteFile(interPEM, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: inter.Raw}), 0o600)
@@ -488,19 +487,6 @@ func TestStartupFailuresAreClear(t *testing.T) {
 		a.Stop()
 		t.Fatalf("audit after failed starts: %v %s", r.Err, r.Stdout)
 	}
-}
-
-func readCerts(t *testing.T, path string) []*x509.Certificate {
-	t.Helper()
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := ca.ParseCertsPEM(raw)
-	if err != nil {
-		t.Fatalf("%s: %v", path, err)
-	}
-	return out
 }
 
 func spiffeBundle(t *testing.T, a *harness.Appliance) *spiffebundle.Bundle {

@@ -8,6 +8,7 @@ package harness
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	"fmt"
 	"net"
 	"os"
@@ -19,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/palisade-id/palisade/ca"
 	"github.com/palisade-id/palisade/test/softhsm"
 	"github.com/palisade-id/palisade/test/testenv"
 )
@@ -287,3 +289,20 @@ func (a *Appliance) Kill9() {
 
 // Running reports whether the server process is alive.
 func (a *Appliance) Running() bool { return a.cmd != nil }
+
+// ReadCerts reads the PEM certificates in path; none is a failure.
+func ReadCerts(t testing.TB, path string) []*x509.Certificate {
+	t.Helper()
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := ca.ParseCertsPEM(raw)
+	if err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	if len(out) == 0 {
+		t.Fatalf("%s: no certificates", path)
+	}
+	return out
+}
