@@ -5,9 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/x509"
 	"testing"
-	"time"
 
 	"github.com/palisade-id/palisade/attestor/device"
 	"github.com/palisade-id/palisade/attestor/verify"
@@ -18,15 +16,7 @@ import (
 // userWithAuth) and its certificate instead of the RSA one.
 func TestSwtpmECCEK(t *testing.T) {
 	in := swtpm.New(t)
-	tr, err := device.DialSwtpm("unix", in.Socket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := device.Open(tr, device.Options{EKHandle: 0x81010016, EKCertIndex: 0x01c00016})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
+	d := in.Open(t, device.Options{EKHandle: 0x81010016, EKCertIndex: 0x01c00016})
 	ek, err := verify.ParseEKPublic(d.EKPublic())
 	if err != nil {
 		t.Fatal(err)
@@ -38,11 +28,7 @@ func TestSwtpmECCEK(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	root, issuer := in.CACerts(t)
-	roots, inter := x509.NewCertPool(), x509.NewCertPool()
-	roots.AddCert(root)
-	inter.AddCert(issuer)
-	if _, err := verify.VerifyEKCert(cert, ek, inter, roots, time.Now()); err != nil {
+	if err := in.VerifyEKCert(t, cert, ek); err != nil {
 		t.Fatal(err)
 	}
 	ak, err := verify.ParseAKPublic(d.AKPublic())

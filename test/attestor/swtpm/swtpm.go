@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/palisade-id/palisade/attestor/device"
+	"github.com/palisade-id/palisade/attestor/verify"
 	"github.com/palisade-id/palisade/test/testenv"
 )
 
@@ -97,14 +98,24 @@ func New(t testing.TB) *Instance {
 	return Start(t, state, ca)
 }
 
-// Open connects and opens the TPM through package device.
-func (in *Instance) Open(t testing.TB) *device.TPM {
+// Open connects and opens the TPM through package device, with opts if
+// given (at most one) and the default device.Options otherwise. The TPM is
+// closed when the test ends.
+func (in *Instance) Open(t testing.TB, opts ...device.Options) *device.TPM {
 	t.Helper()
+	var o device.Options
+	switch len(opts) {
+	case 0:
+	case 1:
+		o = opts[0]
+	default:
+		t.Fatalf("swtpm: Open takes at most one device.Options, got %d", len(opts))
+	}
 	tr, err := device.DialSwtpm("unix", in.Socket)
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := device.Open(tr, device.Options{})
+	d, err := device.Open(tr, o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -117,6 +128,19 @@ func (in *Instance) Open(t testing.TB) *device.TPM {
 func (in *Instance) CACerts(t testing.TB) (root, issuer *x509.Certificate) {
 	t.Helper()
 	return readCert(t, filepath.Join(in.CADir, "swtpm-localca-rootca-cert.pem")), readCert(t, filepath.Join(in.CADir, "issuercert.pem"))
+}
+
+// VerifyEKCert checks cert with verify.VerifyEKCert against the
+// swtpm-localca chain (issuer as intermediate, root as the only root) and
+// ek, at the current time.
+func (in *Instance) VerifyEKCert(t testing.TB, cert *x509.Certificate, ek *verify.EK) error {
+	t.Helper()
+	root, issuer := in.CACerts(t)
+	roots, inter := x509.NewCertPool(), x509.NewCertPool()
+	roots.AddCert(root)
+	inter.AddCert(issuer)
+	_, err := verify.VerifyEKCert(cert, ek, inter, roots, time.Now())
+	return err
 }
 
 // CAPEM returns the PEM of a localca certificate file ("root" or "issuer").
