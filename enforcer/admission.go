@@ -369,24 +369,35 @@ func signature(gs []Grant) string {
 // policy entries to the kernel the first time it is seen. Peers with the
 // same grants share an identity, which keeps the policy map small.
 func (a *Admitter) identityLocked(gs []Grant) (uint32, error) {
-	sig := signature(gs)
-	if id, ok := a.identities[sig]; ok {
+	id, sig, fresh := a.allocLocked(gs)
+	if !fresh {
 		return id, nil
 	}
-	if a.identities == nil {
-		a.identities = map[string]uint32{}
-		a.grants = map[uint32][]Grant{}
-	}
-	a.nextID++
-	id := a.nextID
-	a.identities[sig] = id
-	a.grants[id] = gs
 	if err := a.o.Table.SyncPolicy(a.entriesLocked()); err != nil {
 		delete(a.identities, sig)
 		delete(a.grants, id)
 		return 0, err
 	}
 	return id, nil
+}
+
+// allocLocked returns the identity of a grant set and its signature,
+// numbering the set (fresh) if it has none yet. It does not touch the
+// kernel.
+func (a *Admitter) allocLocked(gs []Grant) (id uint32, sig string, fresh bool) {
+	sig = signature(gs)
+	if known, ok := a.identities[sig]; ok {
+		return known, sig, false
+	}
+	if a.identities == nil {
+		a.identities = map[string]uint32{}
+		a.grants = map[uint32][]Grant{}
+	}
+	a.nextID++
+	id = a.nextID
+	a.identities[sig] = id
+	a.grants[id] = gs
+	return id, sig, true
 }
 
 func (a *Admitter) entriesLocked() map[PolicyKey]bool {
@@ -436,15 +447,7 @@ func (a *Admitter) rebuildLocked(local spiffeid.ID) error {
 		if len(gs) == 0 {
 			continue
 		}
-		sig := signature(gs)
-		id, ok := a.identities[sig]
-		if !ok {
-			a.nextID++
-			id = a.nextID
-			a.identities[sig] = id
-			a.grants[id] = gs
-		}
-		keep[k] = id
+		keep[k], _, _ = a.allocLocked(gs)
 	}
 	union := a.entriesLocked()
 	for k := range old {
