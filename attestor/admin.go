@@ -61,7 +61,8 @@ func (s *Service) RemoveManifestEntry(ctx context.Context, actor, id string) err
 }
 
 // SetPCRPolicy replaces the golden PCR policy with the YAML file raw. Its
-// version must be above the current one.
+// version must be above the current one. The returned policy is the one
+// now in force; callers must not modify it.
 func (s *Service) SetPCRPolicy(ctx context.Context, actor string, raw []byte) (*verify.Policy, error) {
 	p, err := verify.ParsePolicy(raw)
 	if err != nil {
@@ -83,7 +84,7 @@ func (s *Service) SetPCRPolicy(ctx context.Context, actor string, raw []byte) (*
 	if err := s.deps.Store.PutPolicy(ctx, p.Version, raw); err != nil {
 		return nil, fmt.Errorf("attestor: store PCR policy: %w", err)
 	}
-	return p, s.reload(ctx)
+	return p, s.reloadWith(ctx, p)
 }
 
 // PCRPolicy returns the current policy file and its parsed form, or

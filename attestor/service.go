@@ -95,7 +95,12 @@ func New(ctx context.Context, td spiffeid.TrustDomain, cfg Config, d Deps) (*Ser
 }
 
 // reload refreshes the cached manifest and policy from the store.
-func (s *Service) reload(ctx context.Context) error {
+func (s *Service) reload(ctx context.Context) error { return s.reloadWith(ctx, nil) }
+
+// reloadWith is reload, except that a non-nil p is taken as the policy just
+// stored (parsed from the stored bytes) instead of reading and parsing the
+// stored policy again.
+func (s *Service) reloadWith(ctx context.Context, p *verify.Policy) error {
 	entries, err := s.deps.Store.ManifestEntries(ctx)
 	if err != nil {
 		return fmt.Errorf("attestor: load manifest: %w", err)
@@ -104,14 +109,15 @@ func (s *Service) reload(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	raw, err := s.deps.Store.Policy(ctx)
-	if err != nil {
-		return fmt.Errorf("attestor: load PCR policy: %w", err)
-	}
-	var p *verify.Policy
-	if raw != nil {
-		if p, err = verify.ParsePolicy(raw); err != nil {
-			return fmt.Errorf("attestor: stored PCR policy: %w", err)
+	if p == nil {
+		raw, err := s.deps.Store.Policy(ctx)
+		if err != nil {
+			return fmt.Errorf("attestor: load PCR policy: %w", err)
+		}
+		if raw != nil {
+			if p, err = verify.ParsePolicy(raw); err != nil {
+				return fmt.Errorf("attestor: stored PCR policy: %w", err)
+			}
 		}
 	}
 	s.manifest.Store(ix)
