@@ -7,6 +7,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // Concurrent durable callers share journal writes, and a duplicate serial
@@ -57,5 +58,43 @@ func TestGroupCommit(t *testing.T) {
 		if _, err := s.Cert(big.NewInt(n)); err != nil {
 			t.Fatalf("serial %d: %v", n, err)
 		}
+	}
+}
+
+// A serial stays taken while the applier moves it from the journal into the
+// B-tree: retries that race the move must all be refused.
+func TestSerialUniqueDuringApply(t *testing.T) {
+	s, err := Open(filepath.Join(t.TempDir(), "ca.db"), Options{ApplyInterval: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	const serials, racers = 300, 4
+	for n := int64(1); n <= serials; n++ {
+		if err := s.RecordIssued(svid(n, "spiffe://example.org/w", nodeA)); err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		for range racers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				// Spread the retries over a few apply rounds.
+				for range 5 {
+					if err := s.RecordIssued(svid(n, "spiffe://example.org/other", nodeA)); !errors.Is(err, ErrSerialExists) {
+						t.Errorf("serial %d recorded twice: %v", n, err)
+						return
+					}
+					time.Sleep(100 * time.Microsecond)
+				}
+			}()
+		}
+		wg.Wait()
+		if t.Failed() {
+			return
+		}
+	}
+	if st := stats(t, s); st.Certs != serials {
+		t.Fatalf("%d stored, want %d", st.Certs, serials)
 	}
 }

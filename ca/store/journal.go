@@ -222,30 +222,38 @@ func (j *journal) create(n uint64) (*os.File, error) {
 }
 
 // reserve claims key for rec unless it is pending or already recorded.
+// The B-tree is consulted after the claim, outside j.mu, so that callers do
+// not queue behind a read transaction: a key is always pending, in the
+// tree, or both (the applier deletes a pending record only after its
+// transaction commits), and a claimed record is not durable, so the applier
+// leaves it alone.
 func (s *Store) reserve(key, val []byte, rec CertRecord) error {
 	j := s.journal
 	j.mu.Lock()
-	defer j.mu.Unlock()
 	if j.failed != nil {
+		j.mu.Unlock()
 		return j.failed
 	}
 	if _, ok := j.pending[string(key)]; ok {
-		return fmt.Errorf("%w: %x", ErrSerialExists, rec.Serial)
-	}
-	// Still under j.mu: the applier cannot move this key into the tree
-	// between this check and the reservation.
-	var exists bool
-	if err := s.view("serial check", func(tx *bolt.Tx) error {
-		exists = tx.Bucket(bucketCerts).Get(key) != nil
-		return nil
-	}); err != nil {
-		return err
-	}
-	if exists {
+		j.mu.Unlock()
 		return fmt.Errorf("%w: %x", ErrSerialExists, rec.Serial)
 	}
 	j.pending[string(key)] = &pendingRec{rec: rec, key: key, val: val}
-	return nil
+	j.mu.Unlock()
+	var exists bool
+	err := s.view("serial check", func(tx *bolt.Tx) error {
+		exists = tx.Bucket(bucketCerts).Get(key) != nil
+		return nil
+	})
+	if err == nil && exists {
+		err = fmt.Errorf("%w: %x", ErrSerialExists, rec.Serial)
+	}
+	if err != nil {
+		j.mu.Lock()
+		delete(j.pending, string(key))
+		j.mu.Unlock()
+	}
+	return err
 }
 
 // journalRecord makes rec durable in the journal (group-committed).
@@ -273,15 +281,8 @@ func (s *Store) journalRecord(key, val []byte, rec CertRecord) error {
 		j.mu.Lock()
 		delete(j.pending, string(key))
 		j.mu.Unlock()
-		return err
 	}
-	if s.pendingCount() >= applyThreshold {
-		select {
-		case j.kick <- struct{}{}:
-		default:
-		}
-	}
-	return nil
+	return err
 }
 
 // leadJournal writes queued frames until the queue is empty. There is no
@@ -325,8 +326,15 @@ func (s *Store) leadJournal() {
 				p.durable, p.seg = true, seg
 			}
 		}
+		full := len(j.pending) >= applyThreshold
 		j.mu.Unlock()
 		j.ioMu.Unlock()
+		if full {
+			select {
+			case j.kick <- struct{}{}:
+			default:
+			}
+		}
 		for _, c := range batch {
 			c.done <- err
 		}
