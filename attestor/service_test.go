@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -30,28 +29,12 @@ import (
 
 const td = "example.org"
 
-var (
-	nodesOnce sync.Once
-	softNodes []*verifytest.Node
-)
-
-// softNode returns the i-th shared software node (RSA keygen is slow).
+// softNode returns the i-th shared software node, booted securely.
 func softNode(t testing.TB, i int) *verifytest.Node {
 	t.Helper()
-	nodesOnce.Do(func() {
-		for range 3 {
-			n, err := verifytest.NewNode()
-			if err != nil {
-				panic(err)
-			}
-			softNodes = append(softNodes, n)
-		}
-	})
-	// Each test gets its own PCR map so extensions do not leak.
-	n := *softNodes[i]
-	n.PCRs = map[uint32][]byte{}
+	n := attestortest.SoftNode(t, i)
 	n.Extend(7, []byte("secure boot on"))
-	return &n
+	return n
 }
 
 type env struct {
@@ -66,9 +49,9 @@ type env struct {
 	node   *verifytest.Node
 }
 
+// policyFor pins PCRs 0 and 7, the ones the tests measure into.
 func policyFor(version int, n *verifytest.Node) []byte {
-	return fmt.Appendf(nil, "version: %d\nclasses:\n  worker:\n    pcrs:\n      0: [%q]\n      7: [%q]\n",
-		version, hex.EncodeToString(n.PCR(0)), hex.EncodeToString(n.PCR(7)))
+	return attestortest.PCRPolicy(version, map[uint32][]byte{0: n.PCR(0), 7: n.PCR(7)})
 }
 
 func newEnv(t *testing.T, cfgs ...attestor.Config) *env {
@@ -105,6 +88,9 @@ func newEnv(t *testing.T, cfgs ...attestor.Config) *env {
 	return e
 }
 
+// tpm is the env's node as the agent sees it.
+func (e *env) tpm() attestortest.SoftTPM { return attestortest.SoftTPM{Node: e.node} }
+
 func ekHash(t testing.TB, n *verifytest.Node) string {
 	h, err := verify.HashPublicKey(&n.EKKey.PublicKey)
 	if err != nil {
@@ -115,7 +101,7 @@ func ekHash(t testing.TB, n *verifytest.Node) string {
 
 func TestAttestAccepted(t *testing.T) {
 	e := newEnv(t)
-	res, err := agent.Attest(context.Background(), e.client, attestortest.SoftTPM{Node: e.node}, attestortest.CSR(t))
+	res, err := agent.Attest(context.Background(), e.client, e.tpm(), attestortest.CSR(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,66 +120,12 @@ func TestAttestAccepted(t *testing.T) {
 		t.Fatalf("accept not audited: %+v", r)
 	}
 	// Renewal is a fresh attestation.
-	if _, err := agent.Attest(context.Background(), e.client, attestortest.SoftTPM{Node: e.node}, attestortest.CSR(t)); err != nil {
+	if _, err := agent.Attest(context.Background(), e.client, e.tpm(), attestortest.CSR(t)); err != nil {
 		t.Fatal(err)
 	}
 	if rec, _ := e.svc.Node(context.Background(), want); rec.Attestations != 2 {
 		t.Fatalf("attestations = %d after renewal", rec.Attestations)
 	}
-}
-
-// driver speaks the protocol by hand so tests can tamper with each step.
-type driver struct {
-	t      *testing.T
-	stream attestorpb.Attestor_AttestClient
-}
-
-func open(t *testing.T, e *env) *driver {
-	s, err := e.client.Attest(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &driver{t, s}
-}
-
-func (d *driver) send(m *attestorpb.NodeMessage) (*attestorpb.ServerMessage, error) {
-	if err := d.stream.Send(m); err != nil {
-		_, rerr := d.stream.Recv()
-		return nil, rerr
-	}
-	return d.stream.Recv()
-}
-
-func hello(n *verifytest.Node, akPub, csr []byte) *attestorpb.NodeMessage {
-	return &attestorpb.NodeMessage{Msg: &attestorpb.NodeMessage_Hello{Hello: &attestorpb.Hello{
-		EkPublic: n.EKPublic, AkPublic: akPub, Csr: csr}}}
-}
-
-func activation(secret []byte) *attestorpb.NodeMessage {
-	return &attestorpb.NodeMessage{Msg: &attestorpb.NodeMessage_Activation{Activation: &attestorpb.ActivationProof{Secret: secret}}}
-}
-
-func quoteMsg(quoted, sig []byte, values map[uint32][]byte) *attestorpb.NodeMessage {
-	return &attestorpb.NodeMessage{Msg: &attestorpb.NodeMessage_Quote{Quote: &attestorpb.QuoteResponse{
-		Quoted: quoted, Signature: sig, PcrValues: agent.PCRValues(values)}}}
-}
-
-// upToQuote runs hello and activation honestly and returns the quote request.
-func upToQuote(t *testing.T, d *driver, n *verifytest.Node) *attestorpb.QuoteRequest {
-	t.Helper()
-	m, err := d.send(hello(n, n.AKPublic, attestortest.CSR(t)))
-	if err != nil {
-		t.Fatalf("hello: %v", err)
-	}
-	secret, err := n.Activate(n.AKName, m.GetChallenge().GetIdObject(), m.GetChallenge().GetEncryptedSecret())
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err = d.send(activation(secret))
-	if err != nil {
-		t.Fatalf("activation: %v", err)
-	}
-	return m.GetQuoteRequest()
 }
 
 func TestAttestRefused(t *testing.T) {
@@ -210,9 +142,9 @@ func TestAttestRefused(t *testing.T) {
 			return err
 		}, codes.PermissionDenied, attestor.ErrNotInManifest, false},
 		{"AK not bound to EK", func(t *testing.T, e *env) error {
-			d := open(t, e)
+			d := attestortest.NewDriver(t, e.client)
 			foreign := softNode(t, 1) // an AK that lives in another TPM
-			m, err := d.send(hello(e.node, foreign.AKPublic, attestortest.CSR(t)))
+			m, err := d.Send(attestortest.Hello(e.tpm(), foreign.AKPublic, attestortest.CSR(t)))
 			if err != nil {
 				return err
 			}
@@ -220,55 +152,55 @@ func TestAttestRefused(t *testing.T) {
 			if _, err := e.node.Activate(e.node.AKName, m.GetChallenge().GetIdObject(), m.GetChallenge().GetEncryptedSecret()); err == nil {
 				t.Fatal("credential for a foreign AK activated")
 			}
-			_, err = d.send(activation(make([]byte, 32)))
+			_, err = d.Send(attestortest.ActivationProof(make([]byte, 32)))
 			return err
 		}, codes.PermissionDenied, attestor.ErrActivation, false},
 		{"replayed nonce", func(t *testing.T, e *env) error {
-			d := open(t, e)
-			qr := upToQuote(t, d, e.node)
+			d := attestortest.NewDriver(t, e.client)
+			qr := d.UpToQuote(e.tpm())
 			quoted, sig, values, _ := e.node.Quote(qr.GetNonce(), qr.GetPcrs())
-			if _, err := d.send(quoteMsg(quoted, sig, values)); err != nil {
+			if _, err := d.Send(attestortest.QuoteResponse(quoted, sig, values)); err != nil {
 				t.Fatalf("honest session: %v", err)
 			}
-			d2 := open(t, e)
-			upToQuote(t, d2, e.node)
-			_, err := d2.send(quoteMsg(quoted, sig, values))
+			d2 := attestortest.NewDriver(t, e.client)
+			d2.UpToQuote(e.tpm())
+			_, err := d2.Send(attestortest.QuoteResponse(quoted, sig, values))
 			return err
 		}, codes.PermissionDenied, attestor.ErrNonceReplayed, true},
 		{"stale nonce", func(t *testing.T, e *env) error {
-			d := open(t, e)
-			qr := upToQuote(t, d, e.node)
+			d := attestortest.NewDriver(t, e.client)
+			qr := d.UpToQuote(e.tpm())
 			e.clock.Advance(31 * time.Second)
 			quoted, sig, values, _ := e.node.Quote(qr.GetNonce(), qr.GetPcrs())
-			_, err := d.send(quoteMsg(quoted, sig, values))
+			_, err := d.Send(attestortest.QuoteResponse(quoted, sig, values))
 			return err
 		}, codes.PermissionDenied, attestor.ErrNonceStale, false},
 		{"extended PCR", func(t *testing.T, e *env) error {
 			e.node.Extend(7, []byte("unsigned bootloader"))
-			_, err := agent.Attest(context.Background(), e.client, attestortest.SoftTPM{Node: e.node}, attestortest.CSR(t))
+			_, err := agent.Attest(context.Background(), e.client, e.tpm(), attestortest.CSR(t))
 			return err
 		}, codes.PermissionDenied, verify.ErrPCRMismatch, false},
 		{"event log does not replay", func(t *testing.T, e *env) error {
 			// The log claims a measurement into PCR 0 the TPM never saw.
 			e.node.Log = []verifytest.LogEvent{{PCR: 0, Type: 8, Data: []byte("trusted firmware")}}
-			_, err := agent.Attest(context.Background(), e.client, attestortest.SoftTPM{Node: e.node}, attestortest.CSR(t))
+			_, err := agent.Attest(context.Background(), e.client, e.tpm(), attestortest.CSR(t))
 			return err
 		}, codes.PermissionDenied, verify.ErrEventLog, false},
 		{"forged quote signature", func(t *testing.T, e *env) error {
-			d := open(t, e)
-			qr := upToQuote(t, d, e.node)
+			d := attestortest.NewDriver(t, e.client)
+			qr := d.UpToQuote(e.tpm())
 			quoted, _, values, _ := e.node.Quote(qr.GetNonce(), qr.GetPcrs())
 			k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 			sig, _ := verifytest.SignWith(k, quoted)
-			_, err := d.send(quoteMsg(quoted, sig, values))
+			_, err := d.Send(attestortest.QuoteResponse(quoted, sig, values))
 			return err
 		}, codes.PermissionDenied, verify.ErrQuoteSignature, false},
 		{"lying PCR values", func(t *testing.T, e *env) error {
-			d := open(t, e)
-			qr := upToQuote(t, d, e.node)
+			d := attestortest.NewDriver(t, e.client)
+			qr := d.UpToQuote(e.tpm())
 			quoted, sig, values, _ := e.node.Quote(qr.GetNonce(), qr.GetPcrs())
 			values[0] = bytes.Repeat([]byte{9}, 32)
-			_, err := d.send(quoteMsg(quoted, sig, values))
+			_, err := d.Send(attestortest.QuoteResponse(quoted, sig, values))
 			return err
 		}, codes.PermissionDenied, verify.ErrPCRDigest, false},
 		{"banned node", func(t *testing.T, e *env) error {
@@ -276,30 +208,30 @@ func TestAttestRefused(t *testing.T) {
 			if err != nil || n != 2 || len(e.rev.Calls) != 1 {
 				t.Fatalf("ban: revoked %d, calls %v, err %v", n, e.rev.Calls, err)
 			}
-			_, err = agent.Attest(context.Background(), e.client, attestortest.SoftTPM{Node: e.node}, attestortest.CSR(t))
+			_, err = agent.Attest(context.Background(), e.client, e.tpm(), attestortest.CSR(t))
 			return err
 		}, codes.PermissionDenied, attestor.ErrBanned, true},
 		{"truncated EK", func(t *testing.T, e *env) error {
-			d := open(t, e)
-			m := hello(e.node, e.node.AKPublic, attestortest.CSR(t))
+			d := attestortest.NewDriver(t, e.client)
+			m := attestortest.Hello(e.tpm(), e.node.AKPublic, attestortest.CSR(t))
 			m.GetHello().EkPublic = e.node.EKPublic[:40]
-			_, err := d.send(m)
+			_, err := d.Send(m)
 			return err
 		}, codes.InvalidArgument, verify.ErrMalformed, false},
 		{"EK as AK (wrong algorithm)", func(t *testing.T, e *env) error {
-			_, err := open(t, e).send(hello(e.node, e.node.EKPublic, attestortest.CSR(t)))
+			_, err := attestortest.NewDriver(t, e.client).Send(attestortest.Hello(e.tpm(), e.node.EKPublic, attestortest.CSR(t)))
 			return err
 		}, codes.InvalidArgument, verify.ErrAKAttributes, false},
 		{"bad CSR", func(t *testing.T, e *env) error {
-			_, err := open(t, e).send(hello(e.node, e.node.AKPublic, []byte("not a CSR")))
+			_, err := attestortest.NewDriver(t, e.client).Send(attestortest.Hello(e.tpm(), e.node.AKPublic, []byte("not a CSR")))
 			return err
 		}, codes.InvalidArgument, attestor.ErrBadMessage, false},
 		{"quote before hello", func(t *testing.T, e *env) error {
-			_, err := open(t, e).send(quoteMsg([]byte{1}, []byte{2}, nil))
+			_, err := attestortest.NewDriver(t, e.client).Send(attestortest.QuoteResponse([]byte{1}, []byte{2}, nil))
 			return err
 		}, codes.InvalidArgument, attestor.ErrBadMessage, false},
 		{"huge payload", func(t *testing.T, e *env) error {
-			_, err := open(t, e).send(hello(e.node, e.node.AKPublic, make([]byte, 1<<20)))
+			_, err := attestortest.NewDriver(t, e.client).Send(attestortest.Hello(e.tpm(), e.node.AKPublic, make([]byte, 1<<20)))
 			return err
 		}, codes.ResourceExhausted, nil, false},
 	}
@@ -349,19 +281,19 @@ func TestAttestWithEventLog(t *testing.T) {
 	if _, err := e.svc.SetPCRPolicy(ctx, "op", policyFor(2, e.node)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := agent.Attest(ctx, e.client, attestortest.SoftTPM{Node: e.node}, attestortest.CSR(t)); err != nil {
+	if _, err := agent.Attest(ctx, e.client, e.tpm(), attestortest.CSR(t)); err != nil {
 		t.Fatalf("consistent event log refused: %v", err)
 	}
 }
 
 func TestConcurrentSessionCap(t *testing.T) {
 	e := newEnv(t, attestor.Config{MaxSessions: 1})
-	d := open(t, e)
-	if _, err := d.send(hello(e.node, e.node.AKPublic, attestortest.CSR(t))); err != nil {
+	d := attestortest.NewDriver(t, e.client)
+	if _, err := d.Send(attestortest.Hello(e.tpm(), e.node.AKPublic, attestortest.CSR(t))); err != nil {
 		t.Fatal(err)
 	}
 	// The first session holds the only slot.
-	_, err := open(t, e).send(hello(e.node, e.node.AKPublic, attestortest.CSR(t)))
+	_, err := attestortest.NewDriver(t, e.client).Send(attestortest.Hello(e.tpm(), e.node.AKPublic, attestortest.CSR(t)))
 	if status.Code(err) != codes.ResourceExhausted {
 		t.Fatalf("second session: %v", err)
 	}
@@ -399,7 +331,7 @@ func TestAdmin(t *testing.T) {
 		t.Fatalf("second remove: err = %v", err)
 	}
 	// Removal takes effect immediately.
-	_, err = agent.Attest(ctx, e.client, attestortest.SoftTPM{Node: e.node}, attestortest.CSR(t))
+	_, err = agent.Attest(ctx, e.client, e.tpm(), attestortest.CSR(t))
 	if status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("removed EK attested: %v", err)
 	}
@@ -422,7 +354,7 @@ func TestUnbanNode(t *testing.T) {
 	e := newEnv(t)
 	ref := ekHash(t, e.node)
 	attest := func() error {
-		_, err := agent.Attest(ctx, e.client, attestortest.SoftTPM{Node: e.node}, attestortest.CSR(t))
+		_, err := agent.Attest(ctx, e.client, e.tpm(), attestortest.CSR(t))
 		return err
 	}
 	if err := attest(); err != nil {

@@ -10,14 +10,12 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -29,6 +27,7 @@ import (
 	"github.com/palisade-id/palisade/ca/admin"
 	"github.com/palisade-id/palisade/ca/nodeapi"
 	"github.com/palisade-id/palisade/ca/nodeapi/nodev1"
+	"github.com/palisade-id/palisade/test/attestor/attestortest"
 	"github.com/palisade-id/palisade/test/attestor/swtpm"
 	"github.com/palisade-id/palisade/test/harness"
 	"github.com/palisade-id/palisade/test/testenv"
@@ -37,7 +36,6 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"gopkg.in/yaml.v3"
 )
 
 var quotedPCRs = []uint32{0, 1, 2, 3, 4, 5, 6, 7}
@@ -108,23 +106,15 @@ func (n *node) admit(t *testing.T, a *harness.Appliance) { admitNodes(t, a, n) }
 // one golden policy (class worker) allowing each node's current PCRs.
 func admitNodes(t *testing.T, a *harness.Appliance, nodes ...*node) {
 	t.Helper()
-	worker := &verify.Class{PCRs: map[uint32][]string{}}
+	var pcrs []map[uint32][]byte
 	for _, n := range nodes {
 		root := filepath.Join(n.dir, "ek-root.pem")
 		writeFile(t, root, n.tpm.CAPEM(t, "root"))
 		a.MustCLI("manifest", "add", "-ek", root, "-class", "worker", "-comment", "swtpm localca")
-		for _, i := range quotedPCRs {
-			if v := hex.EncodeToString(n.pcrs[i]); !slices.Contains(worker.PCRs[i], v) {
-				worker.PCRs[i] = append(worker.PCRs[i], v)
-			}
-		}
-	}
-	raw, err := yaml.Marshal(verify.Policy{Version: 1, Classes: map[string]*verify.Class{"worker": worker}})
-	if err != nil {
-		t.Fatal(err)
+		pcrs = append(pcrs, n.pcrs)
 	}
 	policy := filepath.Join(nodes[0].dir, "pcr-policy.yaml")
-	writeFile(t, policy, raw)
+	writeFile(t, policy, attestortest.PCRPolicy(1, pcrs...))
 	a.MustCLI("pcrpolicy", "set", "-file", policy)
 }
 

@@ -8,8 +8,6 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
-	"encoding/hex"
-	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -98,12 +96,7 @@ func newEnv(t *testing.T, in *swtpm.Instance, by manifestBy) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var b strings.Builder
-	fmt.Fprintf(&b, "version: 1\nclasses:\n  worker:\n    pcrs:\n")
-	for _, i := range pcrs {
-		fmt.Fprintf(&b, "      %d: [%q]\n", i, hex.EncodeToString(vals[i]))
-	}
-	if _, err := e.svc.SetPCRPolicy(ctx, "operator", []byte(b.String())); err != nil {
+	if _, err := e.svc.SetPCRPolicy(ctx, "operator", attestortest.PCRPolicy(1, vals)); err != nil {
 		t.Fatal(err)
 	}
 	return e
@@ -126,12 +119,17 @@ func (e *env) start(t *testing.T) {
 	e.client = attestortest.Serve(t, e.svc, e.ca)
 }
 
-// attest runs the honest protocol, sending the swtpm issuer certificate as
-// the EK chain intermediate.
-func (e *env) attest(t *testing.T) (*agent.Result, error) {
+// ekIssuer is the swtpm issuer certificate, the EK chain's intermediate.
+func (e *env) ekIssuer(t *testing.T) []byte {
 	t.Helper()
 	_, issuer := e.swtpm.CACerts(t)
-	return agent.Attest(context.Background(), e.client, e.tpm, attestortest.CSR(t), issuer.Raw)
+	return issuer.Raw
+}
+
+// attest runs the honest protocol, sending ekIssuer with the EK certificate.
+func (e *env) attest(t *testing.T) (*agent.Result, error) {
+	t.Helper()
+	return agent.Attest(context.Background(), e.client, e.tpm, attestortest.CSR(t), e.ekIssuer(t))
 }
 
 func TestNodeAttestsAndGetsSVID(t *testing.T) {
@@ -171,59 +169,6 @@ func TestNodeAttestsAndGetsSVID(t *testing.T) {
 	}
 }
 
-type driver struct {
-	stream attestorpb.Attestor_AttestClient
-}
-
-func open(t *testing.T, e *env) *driver {
-	s, err := e.client.Attest(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &driver{s}
-}
-
-func (d *driver) send(m *attestorpb.NodeMessage) (*attestorpb.ServerMessage, error) {
-	if err := d.stream.Send(m); err != nil {
-		_, rerr := d.stream.Recv()
-		return nil, rerr
-	}
-	return d.stream.Recv()
-}
-
-func helloMsg(t *testing.T, e *env, akPub []byte) *attestorpb.NodeMessage {
-	_, issuer := e.swtpm.CACerts(t)
-	return &attestorpb.NodeMessage{Msg: &attestorpb.NodeMessage_Hello{Hello: &attestorpb.Hello{
-		EkPublic: e.tpm.EKPublic(), EkCert: e.tpm.EKCert(), EkIntermediates: [][]byte{issuer.Raw},
-		AkPublic: akPub, Csr: attestortest.CSR(t)}}}
-}
-
-func activationMsg(secret []byte) *attestorpb.NodeMessage {
-	return &attestorpb.NodeMessage{Msg: &attestorpb.NodeMessage_Activation{Activation: &attestorpb.ActivationProof{Secret: secret}}}
-}
-
-func quoteMsg(quoted, sig []byte, values map[uint32][]byte) *attestorpb.NodeMessage {
-	return &attestorpb.NodeMessage{Msg: &attestorpb.NodeMessage_Quote{Quote: &attestorpb.QuoteResponse{
-		Quoted: quoted, Signature: sig, PcrValues: agent.PCRValues(values)}}}
-}
-
-// upToQuote runs hello and activation honestly with the TPM.
-func upToQuote(t *testing.T, e *env, d *driver) *attestorpb.QuoteRequest {
-	t.Helper()
-	m, err := d.send(helloMsg(t, e, e.tpm.AKPublic()))
-	if err != nil {
-		t.Fatalf("hello: %v", err)
-	}
-	secret, err := e.tpm.ActivateCredential(m.GetChallenge().GetIdObject(), m.GetChallenge().GetEncryptedSecret())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if m, err = d.send(activationMsg(secret)); err != nil {
-		t.Fatalf("activation: %v", err)
-	}
-	return m.GetQuoteRequest()
-}
-
 func TestRefused(t *testing.T) {
 	in := swtpm.New(t)
 	tests := []struct {
@@ -238,57 +183,54 @@ func TestRefused(t *testing.T) {
 			return err
 		}, attestor.ErrNotInManifest, 0},
 		{"AK not bound to EK", byEKCA, func(t *testing.T, e *env) error {
-			foreign, err := verifytest.NewNode() // an AK that is not in this TPM
-			if err != nil {
-				t.Fatal(err)
-			}
-			d := open(t, e)
-			m, err := d.send(helloMsg(t, e, foreign.AKPublic))
+			foreign := attestortest.SoftNode(t, 0) // an AK that is not in this TPM
+			d := attestortest.NewDriver(t, e.client)
+			m, err := d.Send(attestortest.Hello(e.tpm, foreign.AKPublic, attestortest.CSR(t), e.ekIssuer(t)))
 			if err != nil {
 				return err
 			}
 			if _, err := e.tpm.ActivateCredential(m.GetChallenge().GetIdObject(), m.GetChallenge().GetEncryptedSecret()); err == nil {
 				t.Fatal("the TPM activated a credential for a foreign AK")
 			}
-			_, err = d.send(activationMsg(make([]byte, 32)))
+			_, err = d.Send(attestortest.ActivationProof(make([]byte, 32)))
 			return err
 		}, attestor.ErrActivation, 0},
 		{"replayed nonce", byEKCA, func(t *testing.T, e *env) error {
-			d := open(t, e)
-			qr := upToQuote(t, e, d)
+			d := attestortest.NewDriver(t, e.client)
+			qr := d.UpToQuote(e.tpm, e.ekIssuer(t))
 			quoted, sig, vals, err := e.tpm.Quote(qr.GetNonce(), qr.GetPcrs())
 			if err != nil {
 				t.Fatal(err)
 			}
-			if _, err := d.send(quoteMsg(quoted, sig, vals)); err != nil {
+			if _, err := d.Send(attestortest.QuoteResponse(quoted, sig, vals)); err != nil {
 				t.Fatalf("honest session: %v", err)
 			}
-			d2 := open(t, e)
-			upToQuote(t, e, d2)
-			_, err = d2.send(quoteMsg(quoted, sig, vals))
+			d2 := attestortest.NewDriver(t, e.client)
+			d2.UpToQuote(e.tpm, e.ekIssuer(t))
+			_, err = d2.Send(attestortest.QuoteResponse(quoted, sig, vals))
 			return err
 		}, attestor.ErrNonceReplayed, 1},
 		{"stale nonce", byEKCA, func(t *testing.T, e *env) error {
-			d := open(t, e)
-			qr := upToQuote(t, e, d)
+			d := attestortest.NewDriver(t, e.client)
+			qr := d.UpToQuote(e.tpm, e.ekIssuer(t))
 			e.clock.Advance(attestor.DefaultNonceTTL + time.Second)
 			quoted, sig, vals, err := e.tpm.Quote(qr.GetNonce(), qr.GetPcrs())
 			if err != nil {
 				t.Fatal(err)
 			}
-			_, err = d.send(quoteMsg(quoted, sig, vals))
+			_, err = d.Send(attestortest.QuoteResponse(quoted, sig, vals))
 			return err
 		}, attestor.ErrNonceStale, 0},
 		{"forged quote signature", byEKCA, func(t *testing.T, e *env) error {
-			d := open(t, e)
-			qr := upToQuote(t, e, d)
+			d := attestortest.NewDriver(t, e.client)
+			qr := d.UpToQuote(e.tpm, e.ekIssuer(t))
 			quoted, _, vals, err := e.tpm.Quote(qr.GetNonce(), qr.GetPcrs())
 			if err != nil {
 				t.Fatal(err)
 			}
 			k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 			sig, _ := verifytest.SignWith(k, quoted)
-			_, err = d.send(quoteMsg(quoted, sig, vals))
+			_, err = d.Send(attestortest.QuoteResponse(quoted, sig, vals))
 			return err
 		}, verify.ErrQuoteSignature, 0},
 		{"banned node", byEKCA, func(t *testing.T, e *env) error {
@@ -376,12 +318,7 @@ func BenchmarkRoundTripSwtpm(b *testing.B) {
 		b.Fatal(err)
 	}
 	vals, _ := tpm.ReadPCRs(pcrs)
-	var pb strings.Builder
-	pb.WriteString("version: 1\nclasses:\n  worker:\n    pcrs:\n")
-	for _, i := range pcrs {
-		fmt.Fprintf(&pb, "      %d: [%q]\n", i, hex.EncodeToString(vals[i]))
-	}
-	if _, err := svc.SetPCRPolicy(ctx, "op", []byte(pb.String())); err != nil {
+	if _, err := svc.SetPCRPolicy(ctx, "op", attestortest.PCRPolicy(1, vals)); err != nil {
 		b.Fatal(err)
 	}
 	client := attestortest.Serve(b, svc, ca)
@@ -426,8 +363,7 @@ func TestAgentConfigAttests(t *testing.T) {
 	if _, err := svc.AddManifestEntry(ctx, "op", entry); err != nil {
 		t.Fatal(err)
 	}
-	zero := strings.Repeat("0", 64)
-	if _, err := svc.SetPCRPolicy(ctx, "op", []byte("version: 1\nclasses:\n  worker:\n    pcrs:\n      0: [\""+zero+"\"]\n")); err != nil {
+	if _, err := svc.SetPCRPolicy(ctx, "op", attestortest.PCRPolicy(1, map[uint32][]byte{0: make([]byte, 32)})); err != nil {
 		t.Fatal(err)
 	}
 	cfg := agent.Config{Server: attestortest.Listen(t, svc, e.ca), TrustDomain: td,

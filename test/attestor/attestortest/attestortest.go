@@ -1,6 +1,10 @@
 // Package attestortest holds test doubles and plumbing for attestor tests:
-// a NodeIssuer built on testca, recording Auditor and Revoker, a software
-// TPM adapter and a loopback TLS gRPC server.
+// a NodeIssuer built on testca, recording Auditor and Revoker, software
+// nodes shared per test binary and their TPM adapter, golden PCR policies,
+// a loopback TLS gRPC server and a Driver for the protocol's node side.
+//
+// Package attestor's own (package attestor) tests cannot use it: it imports
+// attestor.
 package attestortest
 
 import (

@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -79,12 +80,16 @@ func Start(t testing.TB, stateDir, caDir string) *Instance {
 		_ = in.cmd.Process.Kill()
 		_ = in.cmd.Wait()
 	})
+	// The socket file exists from bind(), before swtpm listens: wait until
+	// a connection is accepted, not until the file appears.
 	for deadline := time.Now().Add(10 * time.Second); ; {
-		if _, err := os.Stat(in.Socket); err == nil {
+		c, err := net.Dial("unix", in.Socket)
+		if err == nil {
+			c.Close()
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("swtpm did not create its socket: %s", stderr.String())
+			t.Fatalf("swtpm does not accept connections on %s: %v: %s", in.Socket, err, stderr.String())
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
