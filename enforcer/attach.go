@@ -1,6 +1,7 @@
 package enforcer
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
 )
 
 // AttachMode selects the hook.
@@ -47,11 +49,14 @@ func (d *Datapath) tcxPin(h hook, ifindex int) string {
 	return filepath.Join(d.pinDir, "links", "tcx-"+h.name+"-"+strconv.Itoa(ifindex))
 }
 
+// progPin is the name of the hook's program pin in the pin directory.
+func (h hook) progPin() string { return "prog_" + h.name }
+
 func (d *Datapath) prog(h hook) (*ebpf.Program, string) {
 	if h == egress {
-		return d.objs.PalisadeEgress, filepath.Join(d.pinDir, "prog_egress")
+		return d.objs.PalisadeEgress, filepath.Join(d.pinDir, h.progPin())
 	}
-	return d.objs.PalisadeIngress, filepath.Join(d.pinDir, "prog_ingress")
+	return d.objs.PalisadeIngress, filepath.Join(d.pinDir, h.progPin())
 }
 
 // Attach puts the program on ifindex's ingress (in the calling thread's
@@ -181,26 +186,191 @@ func (d *Datapath) Detach(ifindex int) error {
 	return errors.Join(errs...)
 }
 
-// Uninstall detaches every pinned TCX link and removes the pin directory
-// (maps, program). Classic tc filters must be removed with Detach first,
-// per interface, in their namespace.
-func Uninstall(pinDir string) error {
-	if pinDir == "" {
-		return fmt.Errorf("%w: no pin directory", ErrConfig)
+// Uninstall is the operator's removal of enforcement (an agent stopping
+// never removes it). It deletes the classic tc filters running the agent's
+// programs on each of ifaces, in the calling thread's network namespace (a
+// filter holds its program without any pin), unpins the TCX links under
+// pinDir (which detaches them), then removes the pinned programs and maps
+// and pinDir itself. It returns what it removed, in that order.
+//
+// pinDir absent where bpffs is mounted means nothing is pinned: not an
+// error. A pinDir off bpffs, or holding anything the agent does not pin, is
+// refused before anything changes: a wrong path must not cost another
+// program its pins.
+func Uninstall(pinDir string, ifaces ...string) ([]string, error) {
+	if !filepath.IsAbs(pinDir) {
+		return nil, fmt.Errorf("%w: pin directory %q: want an absolute path", ErrConfig, pinDir)
 	}
-	ents, err := os.ReadDir(filepath.Join(pinDir, "links"))
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
+	links, objs, err := agentPins(pinDir)
+	if err != nil {
+		return nil, err
 	}
+	var removed []string
 	var errs []error
-	for _, e := range ents {
-		pin := filepath.Join(pinDir, "links", e.Name())
-		if l, err := link.LoadPinnedLink(pin, nil); err == nil {
-			errs = append(errs, l.Unpin(), l.Close())
-		} else {
-			errs = append(errs, os.Remove(pin))
+	if _, err := exec.LookPath("tc"); err == nil { // without tc, no filter of ours
+		for _, name := range ifaces {
+			if _, err := net.InterfaceByName(name); err != nil {
+				continue // gone, and its filters with it
+			}
+			for _, h := range []hook{ingress, egress} {
+				ok, err := deleteTCFilter(name, h)
+				if ok {
+					removed = append(removed, "tc filter "+name+" "+h.name)
+				}
+				errs = append(errs, err)
+			}
 		}
 	}
-	errs = append(errs, os.RemoveAll(pinDir))
-	return errors.Join(errs...)
+	for _, rel := range links {
+		pin := filepath.Join(pinDir, rel)
+		if l, err := link.LoadPinnedLink(pin, nil); err == nil {
+			err = errors.Join(l.Unpin(), l.Close())
+			if err != nil {
+				errs = append(errs, fmt.Errorf("enforcer: unpin %s: %w", pin, err))
+				continue
+			}
+		} else if err := os.Remove(pin); err != nil { // stale pin of a vanished interface
+			errs = append(errs, err)
+			continue
+		}
+		removed = append(removed, "link "+rel)
+	}
+	// Maps and programs stay while a filter or link is left, so that a
+	// restarted agent can still adopt what enforces.
+	if err := errors.Join(errs...); err != nil {
+		return removed, err
+	}
+	for _, name := range objs {
+		if err := os.Remove(filepath.Join(pinDir, name)); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		kind := "map "
+		if strings.HasPrefix(name, "prog_") {
+			kind = "program "
+		}
+		removed = append(removed, kind+name)
+	}
+	for _, dir := range []string{filepath.Join(pinDir, "links"), pinDir} {
+		if err := os.Remove(dir); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return removed, errors.Join(errs...)
+}
+
+// agentPins lists the TCX links (relative to pinDir) and the programs and
+// maps an agent pinned in pinDir, refusing a directory that is not one.
+func agentPins(pinDir string) (links, objs []string, err error) {
+	fi, err := os.Stat(pinDir)
+	if errors.Is(err, os.ErrNotExist) {
+		dir := filepath.Dir(pinDir)
+		for ; dir != "/"; dir = filepath.Dir(dir) {
+			if _, err := os.Stat(dir); err == nil {
+				break
+			}
+		}
+		if !onBPFFS(dir) {
+			return nil, nil, fmt.Errorf("%w: pin directory %s does not exist and %s is not on bpffs (is bpffs mounted?)", ErrConfig, pinDir, dir)
+		}
+		return nil, nil, nil
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("enforcer: pin dir: %w", err)
+	}
+	if !fi.IsDir() || !onBPFFS(pinDir) {
+		return nil, nil, fmt.Errorf("%w: %s is not a directory on bpffs: not an agent's pin directory", ErrConfig, pinDir)
+	}
+	spec, err := loadPalisade()
+	if err != nil {
+		return nil, nil, fmt.Errorf("enforcer: datapath spec: %w", err)
+	}
+	ours := func(name string) bool {
+		if m, ok := spec.Maps[name]; ok {
+			return m.Pinning == ebpf.PinByName
+		}
+		for _, h := range []hook{ingress, egress} {
+			if name == h.progPin() || name == h.progPin()+"_new" {
+				return true
+			}
+		}
+		return false
+	}
+	ents, err := os.ReadDir(pinDir)
+	if err != nil {
+		return nil, nil, fmt.Errorf("enforcer: pin dir: %w", err)
+	}
+	var foreign []string
+	for _, e := range ents {
+		switch {
+		case e.Name() == "links" && e.IsDir():
+			lents, err := os.ReadDir(filepath.Join(pinDir, "links"))
+			if err != nil {
+				return nil, nil, fmt.Errorf("enforcer: pin dir: %w", err)
+			}
+			for _, l := range lents {
+				rel := filepath.Join("links", l.Name())
+				if isTCXPin(l.Name()) {
+					links = append(links, rel)
+				} else {
+					foreign = append(foreign, rel)
+				}
+			}
+		case !e.IsDir() && ours(e.Name()):
+			objs = append(objs, e.Name())
+		default:
+			foreign = append(foreign, e.Name())
+		}
+	}
+	if len(foreign) > 0 {
+		return nil, nil, fmt.Errorf("%w: %s is not an agent's pin directory: it holds %s, which the agent never pins; nothing removed",
+			ErrConfig, pinDir, strings.Join(foreign, ", "))
+	}
+	return links, objs, nil
+}
+
+func onBPFFS(path string) bool {
+	var st unix.Statfs_t
+	return unix.Statfs(path, &st) == nil && st.Type == unix.BPF_FS_MAGIC
+}
+
+// isTCXPin matches the names tcxPin gives links.
+func isTCXPin(name string) bool {
+	for _, h := range []hook{ingress, egress} {
+		if n, ok := strings.CutPrefix(name, "tcx-"+h.name+"-"); ok {
+			i, err := strconv.Atoi(n)
+			return err == nil && i > 0
+		}
+	}
+	return false
+}
+
+// deleteTCFilter deletes the classic tc filter at the agent's pref and
+// handle on ifname's hook if it runs one of the agent's programs.
+func deleteTCFilter(ifname string, h hook) (bool, error) {
+	out, err := exec.Command("tc", "-j", "filter", "show", "dev", ifname, h.name, "pref", tcPref).Output()
+	if err != nil {
+		return false, fmt.Errorf("enforcer: tc filter show dev %s %s: %w", ifname, h.name, err)
+	}
+	var filters []struct {
+		Options struct {
+			Handle string `json:"handle"`
+			Prog   struct {
+				Name string `json:"name"`
+			} `json:"prog"`
+		} `json:"options"`
+	}
+	if err := json.Unmarshal(out, &filters); err != nil {
+		return false, fmt.Errorf("enforcer: tc filter show dev %s %s: %w", ifname, h.name, err)
+	}
+	for _, f := range filters {
+		// The kernel keeps the first 15 bytes of a program name.
+		if f.Options.Handle == "0x1" && strings.HasPrefix(f.Options.Prog.Name, "palisade_") {
+			if err := tcCmd("filter", "del", "dev", ifname, h.name, "pref", tcPref, "handle", "1", "bpf"); err != nil {
+				return false, fmt.Errorf("enforcer: %w", err)
+			}
+			return true, nil
+		}
+	}
+	return false, nil
 }

@@ -17,7 +17,7 @@
 //   - Lower level: OpenDatapath / Datapath (pinned maps, Attach /
 //     AttachEgress / Detach, peers, policy entries, counters, flow and
 //     admission-request rings, BPF run stats), Uninstall (operator
-//     removal), Verifier and Admitter.
+//     removal: `palisade-agent uninstall`), Verifier and Admitter.
 //
 // The C source is bpf/enforcer.c; datapath_bpf_bpfel.{go,o} are generated
 // by `go generate ./enforcer/` (bpf2go + clang, Debian's multiarch include

@@ -5,6 +5,7 @@
 //
 //	palisade-agent run -config FILE
 //	palisade-agent attest -config FILE -write DIR
+//	palisade-agent uninstall -config FILE
 package main
 
 import (
@@ -40,7 +41,8 @@ import (
 
 const usage = `usage:
   palisade-agent run -config FILE              attest, keep the node SVID current, enforce
-  palisade-agent attest -config FILE -write DIR one attestation: DIR/svid.pem, key.pem, bundle.pem`
+  palisade-agent attest -config FILE -write DIR one attestation: DIR/svid.pem, key.pem, bundle.pem
+  palisade-agent uninstall -config FILE        remove the enforcer's pins and filters (stop run first)`
 
 // NodeSVIDFile is the current node certificate chain under data_dir.
 const NodeSVIDFile = "node-svid.pem"
@@ -56,6 +58,8 @@ func main() {
 		err = runCmd(os.Args[2:])
 	case "attest":
 		err = attestCmd(os.Args[2:])
+	case "uninstall":
+		err = uninstallCmd(os.Args[2:])
 	default:
 		fmt.Fprintln(os.Stderr, usage)
 		os.Exit(2)
@@ -222,6 +226,13 @@ func runCmd(args []string) error {
 }
 
 func run(ctx context.Context, cfg *Config, log *slog.Logger) error {
+	if cfg.Enforcer != nil {
+		release, err := lockPinDir(cfg.Enforcer.PinDir, true)
+		if err != nil {
+			return err
+		}
+		defer release()
+	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return err
 	}

@@ -8,27 +8,18 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/user"
 	"path/filepath"
-	"strconv"
 
 	"github.com/palisade-id/palisade/ca"
 	"github.com/palisade-id/palisade/ca/audit"
 	"github.com/palisade-id/palisade/cmd/internal/appliance"
 	"github.com/palisade-id/palisade/cmd/internal/config"
+	"github.com/palisade-id/palisade/cmd/internal/operator"
 )
 
 func init() {
 	register("ceremony init", "create the root, audit and first intermediate keys in the HSM (once)", ceremonyInit)
 	register("audit verify", "verify the audit log's hash chain and signed checkpoints", auditVerify)
-}
-
-func operatorActor() string {
-	name := strconv.Itoa(os.Getuid())
-	if u, err := user.Current(); err == nil {
-		name = u.Username + ",uid=" + u.Uid
-	}
-	return "operator:" + name + ",pid=" + strconv.Itoa(os.Getpid())
 }
 
 func ceremonyInit(ctx context.Context, e *env, args []string) error {
@@ -41,7 +32,7 @@ func ceremonyInit(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	res, err := appliance.Ceremony(ctx, cfg, operatorActor())
+	res, err := appliance.Ceremony(ctx, cfg, operator.Actor())
 	if err != nil {
 		return err
 	}
