@@ -83,13 +83,21 @@ type Empty struct{}
 // JSON.
 func Handle[Req, Resp any](m *Mux, pattern string, fn func(ctx context.Context, op Operator, r *http.Request, req *Req) (Resp, error)) {
 	m.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
-		op, _ := OperatorFrom(r.Context())
+		op, ok := OperatorFrom(r.Context())
+		if !ok {
+			// Every change is audited under the peer's uid: without the
+			// kernel's word for it there is no one to attribute it to.
+			writeError(w, http.StatusForbidden, errors.New("admin: the caller's credentials are unknown"))
+			return
+		}
 		req := new(Req)
 		if r.Body != nil && r.ContentLength != 0 {
-			dec := json.NewDecoder(io.LimitReader(r.Body, MaxRequestBody+1))
-			dec.DisallowUnknownFields()
-			if err := dec.Decode(req); err != nil && !errors.Is(err, io.EOF) {
-				writeError(w, http.StatusBadRequest, fmt.Errorf("admin: request body: %w", err))
+			if err := decodeStrict(r.Body, req); err != nil {
+				status := http.StatusBadRequest
+				if _, tooLarge := errors.AsType[*http.MaxBytesError](err); tooLarge {
+					status = http.StatusRequestEntityTooLarge
+				}
+				writeError(w, status, fmt.Errorf("admin: request body: %w", err))
 				return
 			}
 		}
@@ -101,6 +109,27 @@ func Handle[Req, Resp any](m *Mux, pattern string, fn func(ctx context.Context, 
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(resp)
 	})
+}
+
+// decodeStrict reads one JSON value into v: unknown fields and anything
+// after the value are errors, so a mistyped or concatenated request is
+// refused rather than half-applied.
+func decodeStrict(r io.Reader, v any) error {
+	dec := json.NewDecoder(io.LimitReader(r, MaxRequestBody+1))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		return err
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		if _, tooLarge := errors.AsType[*http.MaxBytesError](err); tooLarge {
+			return err
+		}
+		return errors.New("data after the JSON object")
+	}
+	return nil
 }
 
 func (m *Mux) status(err error) int {

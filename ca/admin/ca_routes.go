@@ -143,6 +143,11 @@ func (rt *CARoutes) createEntry(ctx context.Context, op Operator, _ *http.Reques
 	if err != nil {
 		return Entry{}, err
 	}
+	if id.Path() == "" {
+		// The CA refuses an SVID for the trust domain itself; an entry for
+		// it could never be served.
+		return Entry{}, fmt.Errorf("%w: spiffe_id %s names the trust domain, not a workload", ErrBadRequest, id)
+	}
 	parent, err := rt.parseID("parent_id", req.ParentID)
 	if err != nil {
 		return Entry{}, err
