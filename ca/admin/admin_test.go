@@ -3,7 +3,6 @@ package admin
 import (
 	"bytes"
 	"context"
-	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -24,8 +23,8 @@ import (
 	"testing"
 
 	"github.com/palisade-id/palisade/ca"
-	"github.com/palisade-id/palisade/ca/keystore/memkeys"
 	"github.com/palisade-id/palisade/ca/store"
+	"github.com/palisade-id/palisade/test/memca"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
@@ -203,29 +202,6 @@ func TestListenSocket(t *testing.T) {
 	srv.Shutdown(context.Background())
 }
 
-// newCA makes a CA with in-memory keys and a store in t.TempDir().
-func newCA(t *testing.T) (*ca.CA, *store.Store, *recorder) {
-	t.Helper()
-	st, err := store.Open(filepath.Join(t.TempDir(), "ca.db"), store.Options{NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	keys := memkeys.New()
-	rec := &recorder{}
-	cfg := ca.Config{TrustDomain: td}
-	if _, err := ca.Ceremony(context.Background(), cfg, keys, st, "test", func(crypto.Signer, *x509.Certificate) (ca.Auditor, error) {
-		return rec, nil
-	}, nil); err != nil {
-		t.Fatal(err)
-	}
-	c, err := ca.Load(cfg, ca.Options{Keys: keys, Store: st, Audit: rec})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c, st, rec
-}
-
 func csrPEM(t *testing.T, id string) string {
 	t.Helper()
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -244,7 +220,9 @@ func csrPEM(t *testing.T, id string) string {
 }
 
 func TestCARoutes(t *testing.T) {
-	c, st, rec := newCA(t)
+	rec := &recorder{}
+	f := memca.New(t, td, rec, nil)
+	c, st := f.CA, f.Store
 	m := NewMux()
 	(&CARoutes{CA: c, Store: st, Audit: rec}).Register(m)
 	cl, _ := serve(t, m)

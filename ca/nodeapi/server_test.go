@@ -2,7 +2,6 @@ package nodeapi
 
 import (
 	"context"
-	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -11,15 +10,14 @@ import (
 	"errors"
 	"net"
 	"net/url"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/palisade-id/palisade/ca"
-	"github.com/palisade-id/palisade/ca/keystore/memkeys"
 	"github.com/palisade-id/palisade/ca/nodeapi/nodev1"
 	"github.com/palisade-id/palisade/ca/store"
+	"github.com/palisade-id/palisade/test/memca"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
@@ -28,29 +26,10 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-type nopAudit struct{}
-
-func (nopAudit) Append(context.Context, string, string, any) error { return nil }
-
 func newCA(t *testing.T, td string) (*ca.CA, *store.Store) {
 	t.Helper()
-	st, err := store.Open(filepath.Join(t.TempDir(), "ca.db"), store.Options{NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	keys := memkeys.New()
-	cfg := ca.Config{TrustDomain: td}
-	if _, err := ca.Ceremony(context.Background(), cfg, keys, st, "test", func(crypto.Signer, *x509.Certificate) (ca.Auditor, error) {
-		return nopAudit{}, nil
-	}, nil); err != nil {
-		t.Fatal(err)
-	}
-	c, err := ca.Load(cfg, ca.Options{Keys: keys, Store: st, Audit: nopAudit{}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c, st
+	f := memca.New(t, td, memca.Discard{}, nil)
+	return f.CA, f.Store
 }
 
 func csr(t *testing.T, id string) []byte {
