@@ -126,70 +126,66 @@ func (c *cpSigner) sign(rand io.Reader, seq uint64, hash string) ([]byte, error)
 }
 
 // checkCheckpoint verifies a checkpoint's signature against the trust
-// anchors. untrusted reports a well-formed checkpoint made by a key the
-// caller did not ask about (only tolerated when opening a log).
-func (v *verifier) checkCheckpoint(w *wire) (untrusted bool, err error) {
+// anchors: its key is one of v.keys, or its certificate chains to
+// v.opts.Roots. A checkpoint by any other key is an error, also when
+// opening a log: a key that cannot be tied to the anchors is how a forger
+// without the HSM would re-sign a rewritten chain.
+func (v *verifier) checkCheckpoint(w *wire) error {
 	if w.Sig == nil {
-		return false, errors.New("checkpoint has no signature")
+		return errors.New("checkpoint has no signature")
 	}
 	var cd checkpointData
 	if err := json.Unmarshal(w.Data, &cd); err != nil {
-		return false, fmt.Errorf("checkpoint data: %w", err)
+		return fmt.Errorf("checkpoint data: %w", err)
 	}
 	h, ok := hashByAlg(cd.Alg)
 	if !ok {
-		return false, fmt.Errorf("checkpoint algorithm %q not supported", cd.Alg)
+		return fmt.Errorf("checkpoint algorithm %q not supported", cd.Alg)
 	}
-	var pub *ecdsa.PublicKey
-	trusted := false
+	var cert *x509.Certificate
 	if w.Cert != nil {
-		cert, err := v.parseCert(w.Cert)
+		c, err := v.parseCert(w.Cert)
 		if err != nil {
-			return false, fmt.Errorf("checkpoint certificate: %w", err)
+			return fmt.Errorf("checkpoint certificate: %w", err)
 		}
-		if id, _ := keyID(cert.PublicKey); id != cd.KeyID {
-			return false, errors.New("checkpoint certificate is not for the key named in the record")
+		if id, _ := keyID(c.PublicKey); id != cd.KeyID {
+			return errors.New("checkpoint certificate is not for the key named in the record")
 		}
-		k, ok := cert.PublicKey.(*ecdsa.PublicKey)
-		if !ok {
-			return false, fmt.Errorf("checkpoint certificate key is %T, want ECDSA", cert.PublicKey)
+		cert = c
+	}
+	pub, ok := v.keys[cd.KeyID]
+	switch {
+	case ok:
+	case cert != nil && v.opts.Roots != nil:
+		t, _ := parseTime(w.Time)
+		if err := v.chainCert(cert, t); err != nil {
+			return fmt.Errorf("checkpoint signed by untrusted key %s: its certificate does not chain to the trusted roots: %w", cd.KeyID, err)
+		}
+		k, isEC := cert.PublicKey.(*ecdsa.PublicKey)
+		if !isEC {
+			return fmt.Errorf("checkpoint certificate key is %T, want ECDSA", cert.PublicKey)
 		}
 		pub = k
-		if v.opts.Roots != nil {
-			t, _ := parseTime(w.Time)
-			if err := v.chainCert(cert, t); err != nil {
-				if len(v.keys) == 0 {
-					return false, fmt.Errorf("checkpoint certificate does not chain to the trusted roots: %w", err)
-				}
-			} else {
-				trusted = true
-			}
-		}
-	}
-	if k, ok := v.keys[cd.KeyID]; ok {
-		pub, trusted = k, true
-	}
-	if !trusted {
-		if v.allowUnknownKeys {
-			return true, nil
-		}
-		return false, fmt.Errorf("checkpoint signed by untrusted key %s", cd.KeyID)
+	case cert == nil && v.opts.Roots != nil:
+		return fmt.Errorf("checkpoint signed by untrusted key %s: no certificate to chain to the trusted roots", cd.KeyID)
+	default:
+		return fmt.Errorf("checkpoint signed by untrusted key %s", cd.KeyID)
 	}
 	hh, _, err := sigAlg(pub)
 	if err != nil {
-		return false, err
+		return err
 	}
 	if hh != h {
-		return false, fmt.Errorf("checkpoint algorithm %s does not match the key", cd.Alg)
+		return fmt.Errorf("checkpoint algorithm %s does not match the key", cd.Alg)
 	}
 	dg, err := checkpointDigest(h, w.Seq, w.Hash)
 	if err != nil {
-		return false, err
+		return err
 	}
 	if !ecdsa.VerifyASN1(pub, dg, w.Sig) {
-		return false, errors.New("checkpoint signature does not verify: the chain up to here was rewritten, or the signature was forged")
+		return errors.New("checkpoint signature does not verify: the chain up to here was rewritten, or the signature was forged")
 	}
-	return false, nil
+	return nil
 }
 
 // certWindow caches a certificate that chained to the roots and the span in

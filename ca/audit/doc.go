@@ -14,7 +14,14 @@
 // close that gap: a checkpoint carries an ECDSA signature, made by an
 // HSM-held key through crypto.Signer, over its own seq and hash, which
 // commit to the entire chain before it, plus the signer's certificate. A
-// rewritten chain fails at the first checkpoint after the rewrite.
+// rewritten chain fails at the first checkpoint after the rewrite, but
+// only if the verifier's trust anchors are out of the attacker's reach: a
+// forger re-signs every checkpoint with a key of their own and certifies it
+// with a root of their own. So Open trusts only its signer's key (the HSM
+// audit key) and certificates chaining to Options.Roots (the root whose
+// key the HSM holds), and fails on any other checkpoint key; Verify's
+// VerifyOptions should come from the HSM or from a bundle the operator
+// holds out of band, never from files beside the log.
 //
 // Records after the last checkpoint are protected by the hash chain only: an
 // attacker with write access can rewrite or truncate that tail undetected.
@@ -22,8 +29,19 @@
 // Options.CheckpointInterval (time); Close writes a final checkpoint so a
 // cleanly stopped log ends signed, and VerifyOptions.RequireCheckpointAtEnd
 // makes a log that does not end with a valid checkpoint a failure.
-// Truncation back to an earlier checkpoint can only be seen against a head
-// (Log.Head, Report.HeadSeq/HeadHash) kept outside the log.
+//
+// A log cut back to an earlier checkpoint, or replaced by an older copy,
+// still verifies on its own. The Anchor closes that: every checkpoint, once
+// fsynced, is recorded in an AnchorStore outside the log's directory (the
+// appliance uses a private data object in the HSM token, which only a
+// session holding the PIN can change), and Open and Verify fail when the
+// log does not reach the anchored checkpoint with the same hash. The anchor
+// is written after the log, so a crash leaves it behind, never ahead, and
+// a failed update only weakens it until the next checkpoint. Its strength is
+// the store's: an HSM keeps its objects to itself, but SoftHSM2 keeps them
+// in files, which whoever has root can roll back along with the log. Neither
+// checkpoints nor the anchor stop someone who can use the HSM's keys (holds
+// its PIN).
 //
 // Durability: Append returns only after its record is fsynced. Concurrent
 // appends are group-committed (one write and one fdatasync per batch). A line

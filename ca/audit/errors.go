@@ -11,6 +11,10 @@ var (
 	// ErrCorrupt means Open found damage it must not repair on its own: an
 	// unterminated tail too long to be a torn write.
 	ErrCorrupt = errors.New("audit: corrupt")
+	// ErrAnchor means the anchor (see Anchor) could not be read, parsed or
+	// written. A checkpoint whose anchor update failed is durable in the
+	// log; the anchor still names an earlier one.
+	ErrAnchor = errors.New("audit: anchor")
 	// ErrInvalid rejects an Append argument (reserved or oversized kind,
 	// invalid UTF-8, data that is not JSON or exceeds MaxDataBytes).
 	ErrInvalid = errors.New("audit: invalid record")

@@ -14,6 +14,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -39,6 +41,14 @@ type Options struct {
 	// reaches this size; 0 never rotates automatically. It bounds the work
 	// Open does (it verifies the current segment) and the size of a file.
 	SegmentBytes int64
+	// Roots lets Open accept checkpoints made by keys other than the
+	// signer's (an earlier audit key, say) when their certificate chains
+	// here. Without it only the signer's own checkpoints are accepted.
+	Roots *x509.CertPool
+	// Anchor, if set, keeps the latest checkpoint outside the log (see
+	// Anchor): Open refuses a log that does not reach the stored one, and
+	// every durable checkpoint replaces it.
+	Anchor AnchorStore
 }
 
 const (
@@ -71,7 +81,7 @@ type Log struct {
 	headSeq  uint64
 	headHash string
 	failed   error // sticky: set once a write or fsync failed
-	cpErr    error // last automatic checkpoint failure
+	cpErr    error // last automatic checkpoint or anchor failure
 	closeErr error
 
 	// Owned by the committer goroutine.
@@ -86,6 +96,8 @@ type Log struct {
 	batch     []*request
 	writes    int           // write+fdatasync calls, for benchmarks
 	lastSync  time.Duration // duration of the last write+fdatasync
+	newestCP  Anchor        // the newest checkpoint written (durable once its batch is)
+	anchored  uint64        // seq of the checkpoint the anchor store holds
 }
 
 type request struct {
@@ -100,12 +112,14 @@ type request struct {
 }
 
 // Open opens or creates the log at path and takes an exclusive lock on it.
-// It verifies the whole chain (and the checkpoints made by signer's key;
-// checkpoints by other keys are chain-checked only: use Verify with roots
-// for full trust) and refuses a broken log with an error wrapping
-// ErrTampered. An unterminated last line, which a crash can leave and which
-// was never acknowledged, is moved to "<path>.torn-<offset>" and an
-// "audit.recovered" record notes its offset, length and SHA-256.
+// It verifies the current segment's chain and every checkpoint in it (by
+// signer's key, or certified under opts.Roots), checks it reaches the
+// checkpoint in opts.Anchor, and refuses a log that fails with an error
+// wrapping ErrTampered that names the first bad record: new checkpoints
+// must never vouch for history that cannot be trusted. An unterminated
+// last line, which a crash can leave and which was never acknowledged, is
+// moved to "<path>.torn-<offset>" and an "audit.recovered" record notes its
+// offset, length and SHA-256.
 func Open(path string, signer crypto.Signer, opts Options) (*Log, error) {
 	cp, err := newCPSigner(signer, opts.SignerCert)
 	if err != nil {
@@ -158,7 +172,15 @@ func (l *Log) load(created bool) error {
 		return fmt.Errorf("%w: %s: last %d bytes have no newline, far more than a torn write; run verify", ErrCorrupt, l.path, torn)
 	}
 
-	v := l.openVerifier(VerifyOptions{})
+	// Read the anchor before the log: a checkpoint is durable in the log
+	// before the anchor names it, so a log read after the anchor reaches it.
+	var anchor *Anchor
+	if l.opts.Anchor != nil {
+		if anchor, err = LoadAnchor(l.opts.Anchor); err != nil {
+			return fmt.Errorf("audit: refusing to open %s: %w", l.path, err)
+		}
+	}
+	v := l.openVerifier(VerifyOptions{}, anchor)
 	if err := v.run(io.NewSectionReader(l.f, 0, end)); err != nil {
 		return err
 	}
@@ -169,8 +191,31 @@ func (l *Log) load(created bool) error {
 	if l.seq == 0 {
 		l.prev = GenesisPrev
 	}
-	l.headSeq, l.headHash = l.seq, v.rep.HeadHash
-	l.sinceCP = int(l.seq - v.lastAnyCP)
+	var cont json.RawMessage
+	if l.seq == 0 {
+		// A fresh file next to archived segments continues their chain
+		// (also the state a crash in the middle of Rotate leaves).
+		if cont, err = l.continueFrom(); err != nil {
+			return err
+		}
+	}
+	if anchor != nil {
+		if err := l.checkAnchor(anchor, v); err != nil {
+			return fmt.Errorf("audit: refusing to open %s: %w", l.path, err)
+		}
+		l.anchored = anchor.Seq
+	}
+	if cont == nil {
+		l.headSeq, l.headHash = l.seq, v.rep.HeadHash
+		l.sinceCP = int(l.seq - v.rep.LastCheckpointSeq)
+		l.newestCP = v.lastCP
+	} else {
+		l.newestCP = Anchor{Seq: l.seq, Hash: l.prev} // the archived segment's sealing checkpoint
+	}
+	// A log from before anchoring, or a crash between a checkpoint's fsync
+	// and its anchor update, leaves the anchor behind: catch up now. A
+	// failure is reported by CheckpointErr; the log itself is sound.
+	_ = l.anchor()
 	l.lastCP = time.Now()
 	l.size = end
 	l.rotateAt = l.opts.SegmentBytes
@@ -178,14 +223,6 @@ func (l *Log) load(created bool) error {
 	var recovered json.RawMessage
 	if torn > 0 {
 		if recovered, err = l.cutTorn(end, torn); err != nil {
-			return err
-		}
-	}
-	var cont json.RawMessage
-	if l.seq == 0 {
-		// A fresh file next to archived segments continues their chain
-		// (also the state a crash in the middle of Rotate leaves).
-		if cont, err = l.continueFrom(); err != nil {
 			return err
 		}
 	}
@@ -208,13 +245,70 @@ func (l *Log) load(created bool) error {
 }
 
 // openVerifier returns a verifier for checking this log's own files when
-// opening it: it trusts the log's checkpoint key and only chain-checks
-// checkpoints by other (earlier) keys.
-func (l *Log) openVerifier(opts VerifyOptions) *verifier {
-	v, _ := newVerifier(opts) // opts carries no Keys, so this cannot fail
+// opening it: it trusts the log's checkpoint key and certificates chaining
+// to Options.Roots, and notes the anchored record (checkAnchor decides).
+func (l *Log) openVerifier(opts VerifyOptions, anchor *Anchor) *verifier {
+	opts.Roots = l.opts.Roots
+	v, _ := newVerifier(opts) // opts carries no Keys nor Anchor, so this cannot fail
 	v.keys[l.cp.keyID] = l.cp.pub
-	v.allowUnknownKeys = true
+	if anchor != nil {
+		v.watch = &anchorWatch{a: *anchor, cur: filepath.Base(l.path)}
+	}
 	return v
+}
+
+// checkAnchor checks that the log, whose current segment v verified and
+// whose head is l.seq, reaches the anchored checkpoint. An anchor older
+// than the current segment is looked up in the archived one holding it.
+func (l *Log) checkAnchor(a *Anchor, v *verifier) error {
+	w, rep := v.watch, v.rep
+	if a.Seq == l.seq && rep.Records == 0 {
+		// Empty current file continuing archived segments: the head is
+		// the last segment's (continueFrom set l.seq and l.prev).
+		w.seen, w.hash = true, l.prev
+	}
+	if !w.seen && a.Seq < l.seq && (rep.Records == 0 || a.Seq+1 < rep.FirstSeq) {
+		if err := l.watchArchived(w); err != nil {
+			return err
+		}
+		rep = Report{} // the archived segment settles it
+	}
+	if p := w.problem(rep.FirstSeq, rep.FirstPrev, l.seq, rep.Lines, filepath.Base(l.path)); p != nil {
+		return fmt.Errorf("%w: %s", ErrTampered, p)
+	}
+	if !w.seen && (rep.FirstSeq == 0 || a.Seq+1 != rep.FirstSeq) {
+		return fmt.Errorf("%w: checkpoint %d anchored in the HSM is not in the log", ErrTampered, a.Seq)
+	}
+	return nil
+}
+
+// watchArchived verifies the archived segment that should hold w's record.
+func (l *Log) watchArchived(w *anchorWatch) error {
+	segs, err := Segments(l.path)
+	if err != nil {
+		return err
+	}
+	for _, s := range segs {
+		last, err := strconv.ParseUint(strings.TrimPrefix(filepath.Base(s), filepath.Base(l.path)+"."), 10, 64)
+		if err != nil || s == l.path || last < w.a.Seq {
+			continue
+		}
+		f, err := os.Open(s)
+		if err != nil {
+			return fmt.Errorf("audit: open segment: %w", err)
+		}
+		defer f.Close()
+		v := l.openVerifier(VerifyOptions{}, nil)
+		w.cur, v.watch = filepath.Base(s), w
+		if err := v.run(f); err != nil {
+			return err
+		}
+		if err := v.result(); err != nil {
+			return fmt.Errorf("segment %s: %w", s, err)
+		}
+		return nil
+	}
+	return nil
 }
 
 // appendSystem submits a record by the "system" actor to the commit loop
@@ -402,8 +496,10 @@ func (l *Log) Head() (seq uint64, hash string) {
 }
 
 // CheckpointErr returns the error of the last automatic checkpoint that
-// failed (nil once one succeeds). Records are still committed while the
-// signer fails; they are chain-protected only until a checkpoint succeeds.
+// failed (nil once one succeeds), or of the last anchor update that failed
+// (wrapping ErrAnchor; nil once one succeeds). Records are still committed
+// while the signer fails; they are chain-protected only until a checkpoint
+// succeeds.
 func (l *Log) CheckpointErr() error {
 	l.headMu.Lock()
 	defer l.headMu.Unlock()
@@ -515,7 +611,7 @@ func (l *Log) finalCheckpoint() error {
 		return l.failed
 	}
 	if l.sinceCP == 0 {
-		return nil
+		return l.anchor() // the last checkpoint's anchor update may have failed
 	}
 	req := &request{checkpoint: true, done: make(chan struct{})}
 	l.commit([]*request{req})
@@ -571,9 +667,48 @@ func (l *Log) commit(batch []*request) {
 		l.headSeq, l.headHash = l.seq, l.prev
 	}
 	l.headMu.Unlock()
+	// Appenders need not wait for the anchor; a Checkpoint caller learns
+	// whether its checkpoint was anchored.
+	var cps []*request
 	for _, r := range batch {
+		if r.checkpoint && r.err == nil {
+			cps = append(cps, r)
+			continue
+		}
 		close(r.done)
 	}
+	if l.failed == nil {
+		if err := l.anchor(); err != nil {
+			for _, r := range cps {
+				r.err = err
+			}
+		}
+	}
+	for _, r := range cps {
+		close(r.done)
+	}
+}
+
+// anchor stores the newest durable checkpoint in Options.Anchor. Only
+// after the log's fsync: an anchor ahead of the log would make Open refuse
+// a genuine log. A failure leaves the anchor on an earlier checkpoint,
+// which is safe, and is reported by CheckpointErr until an update works.
+func (l *Log) anchor() error {
+	if l.opts.Anchor == nil || l.newestCP.Seq <= l.anchored {
+		return nil
+	}
+	if err := l.opts.Anchor.StoreAnchor(l.newestCP.encode()); err != nil {
+		err = fmt.Errorf("%w: checkpoint %d is durable but the anchor still names checkpoint %d: %w", ErrAnchor, l.newestCP.Seq, l.anchored, err)
+		l.setCPErr(err)
+		return err
+	}
+	l.anchored = l.newestCP.Seq
+	l.headMu.Lock()
+	if errors.Is(l.cpErr, ErrAnchor) {
+		l.cpErr = nil
+	}
+	l.headMu.Unlock()
+	return nil
 }
 
 func (l *Log) setCPErr(err error) {
@@ -620,6 +755,7 @@ func (l *Log) addCheckpoint() (Record, error) {
 	w.Sig, w.Cert = sig, l.cp.cert
 	l.buf = appendLine(l.buf, &w)
 	l.seq, l.prev = seq, w.Hash
+	l.newestCP = Anchor{Seq: seq, Hash: w.Hash}
 	l.sinceCP, l.cpRetryAt = 0, 0
 	l.lastCP = time.Now()
 	return w.record(), nil

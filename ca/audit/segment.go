@@ -84,6 +84,9 @@ func (l *Log) rotate() (string, error) {
 		}
 		l.publishHead()
 	}
+	// A failed anchor update does not stop the rotation: CheckpointErr
+	// reports it and the next checkpoint retries.
+	_ = l.anchor()
 	archived := segmentName(l.path, l.seq)
 	if _, err := os.Lstat(archived); !errors.Is(err, os.ErrNotExist) {
 		return "", fmt.Errorf("audit: rotate: %s already exists", archived)
@@ -152,7 +155,7 @@ func (l *Log) continueFrom() (json.RawMessage, error) {
 		return nil, fmt.Errorf("audit: open segment: %w", err)
 	}
 	defer f.Close()
-	v := l.openVerifier(VerifyOptions{RequireCheckpointAtEnd: true})
+	v := l.openVerifier(VerifyOptions{RequireCheckpointAtEnd: true}, nil)
 	if err := v.run(f); err != nil {
 		return nil, err
 	}
@@ -172,27 +175,38 @@ func (l *Log) continueFrom() (json.RawMessage, error) {
 // Segments) and that each continues the previous one: a missing, reordered
 // or substituted segment is reported like a missing or edited record.
 // Every file but the last must end with a checkpoint; opts applies to the
-// last. Problems carry the file they were found in.
+// last, and opts.Anchor to the chain as a whole. Problems carry the file
+// they were found in.
 func VerifyChain(paths []string, opts VerifyOptions) (Report, error) {
 	var total Report
 	if len(paths) == 0 {
 		return total, errors.New("audit: no log files to verify")
 	}
-	for i, p := range paths {
-		f, err := os.Open(p)
-		if err != nil {
-			return total, fmt.Errorf("audit: %w", err)
+	if opts.Roots == nil && len(opts.Keys) == 0 {
+		return total, errNoTrust
+	}
+	anchor := opts.Anchor
+	opts.Anchor = nil
+	var watch *anchorWatch
+	if anchor != nil {
+		if anchor.Seq == 0 || !isHexHash(anchor.Hash) {
+			return total, fmt.Errorf("%w: anchor seq %d hash %q is not a record", ErrAnchor, anchor.Seq, anchor.Hash)
 		}
+		watch = &anchorWatch{a: *anchor}
+	}
+	var lastLines int
+	var name string
+	for i, p := range paths {
 		o := opts
 		if i < len(paths)-1 {
 			o.RequireCheckpointAtEnd = true
 		}
-		rep, err := Verify(f, o)
-		f.Close()
-		if err != nil && !errors.Is(err, ErrTampered) {
+		name = filepath.Base(p)
+		rep, err := verifyFile(p, o, watch, name)
+		if err != nil {
 			return total, err
 		}
-		name := filepath.Base(p)
+		lastLines = rep.Lines
 		for j := range rep.Problems {
 			rep.Problems[j].File = name
 		}
@@ -224,16 +238,50 @@ func VerifyChain(paths []string, opts VerifyOptions) (Report, error) {
 			total.HeadSeq, total.HeadHash = rep.HeadSeq, rep.HeadHash
 		}
 		total.ProblemsOmitted += rep.ProblemsOmitted
-		for _, pr := range rep.Problems {
-			if len(total.Problems) >= maxProblems {
-				total.ProblemsOmitted++
-				continue
+		total.addProblems(rep.Problems...)
+	}
+	if watch != nil {
+		if p := watch.problem(total.FirstSeq, total.FirstPrev, total.HeadSeq, lastLines, name); p != nil {
+			if p.File == "" {
+				p.File = filepath.Base(paths[0])
 			}
-			total.Problems = append(total.Problems, pr)
+			total.addProblems(*p)
 		}
 	}
 	if len(total.Problems) > 0 {
 		return total, fmt.Errorf("%w: %d problem(s), first: %s", ErrTampered, len(total.Problems)+total.ProblemsOmitted, total.Problems[0])
 	}
 	return total, nil
+}
+
+func (r *Report) addProblems(ps ...Problem) {
+	for _, pr := range ps {
+		if len(r.Problems) >= maxProblems {
+			r.ProblemsOmitted++
+			continue
+		}
+		r.Problems = append(r.Problems, pr)
+	}
+}
+
+// verifyFile verifies one file of a chain, noting the anchored record in
+// watch. Only an I/O error is returned; problems are in the Report.
+func verifyFile(path string, opts VerifyOptions, watch *anchorWatch, name string) (Report, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return Report{}, fmt.Errorf("audit: %w", err)
+	}
+	defer f.Close()
+	v, err := newVerifier(opts)
+	if err != nil {
+		return Report{}, err
+	}
+	if watch != nil {
+		watch.cur = name
+	}
+	v.watch = watch
+	if err := v.run(f); err != nil {
+		return v.rep, err
+	}
+	return v.rep, nil
 }

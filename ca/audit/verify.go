@@ -13,7 +13,9 @@ import (
 )
 
 // VerifyOptions are the trust anchors for checkpoint signatures; at least one
-// of Roots or Keys is required.
+// of Roots or Keys is required. A checkpoint made by any other key is a
+// problem. Take them from the HSM or from a bundle held out of band, never
+// from files beside the log: whoever can rewrite the log can rewrite those.
 type VerifyOptions struct {
 	// Roots: a checkpoint's embedded signer certificate must chain here
 	// (validity checked at the checkpoint's time).
@@ -24,6 +26,10 @@ type VerifyOptions struct {
 	// checkpoint: records after the last checkpoint are protected by the hash
 	// chain only and could have been rewritten or truncated.
 	RequireCheckpointAtEnd bool
+	// Anchor, if set, is a checkpoint the log must reach with the same
+	// hash (see LoadAnchor); a log cut back to an earlier checkpoint fails.
+	// Verify checks it against one file, VerifyChain against the chain.
+	Anchor *Anchor
 }
 
 // Problem kinds.
@@ -64,8 +70,9 @@ type Report struct {
 	// ProblemsOmitted counts problems beyond the first maxProblems.
 	ProblemsOmitted int
 	Lines           int
-	// HeadSeq and HeadHash are the highest in-sequence record; keep them
-	// outside the appliance to detect truncation to an earlier checkpoint.
+	// HeadSeq and HeadHash are the highest in-sequence record. Kept outside
+	// the appliance (as an Anchor is, in the HSM) they show truncation to an
+	// earlier checkpoint.
 	HeadSeq  uint64
 	HeadHash string
 	// FirstSeq and FirstPrev are the first record's seq and prev: 1 and
@@ -90,7 +97,7 @@ func Verify(r io.Reader, opts VerifyOptions) (Report, error) {
 		return Report{}, err
 	}
 	if opts.Roots == nil && len(opts.Keys) == 0 {
-		return Report{}, errors.New("audit: verify needs trust anchors (Roots or Keys)")
+		return Report{}, errNoTrust
 	}
 	if err := v.run(r); err != nil {
 		return v.rep, err
@@ -98,10 +105,12 @@ func Verify(r io.Reader, opts VerifyOptions) (Report, error) {
 	return v.rep, v.result()
 }
 
+var errNoTrust = errors.New("audit: verify needs trust anchors (Roots or Keys)")
+
 type link struct {
 	hash, prev string
 	line       int
-	checkpoint bool // a checkpoint whose signature verified (or, when opening, was made by another key)
+	checkpoint bool // a checkpoint whose signature verified
 }
 
 type gap struct {
@@ -110,22 +119,31 @@ type gap struct {
 }
 
 type verifier struct {
-	opts             VerifyOptions
-	keys             map[string]*ecdsa.PublicKey
-	allowUnknownKeys bool // Open: checkpoints by other (earlier) keys are chain-checked only
-	rep              Report
-	expect           uint64 // highest seq seen + 1
-	known            map[uint64]*link
-	alt              map[uint64]*link // second record claiming a seq, until a successor decides
-	early            map[uint64]*item // records found ahead of their place
-	certs            map[string]*certWindow
-	gaps             []gap
-	lastAnyCP        uint64 // last checkpoint by any key (Open schedules from it)
+	opts   VerifyOptions
+	keys   map[string]*ecdsa.PublicKey
+	rep    Report
+	expect uint64 // highest seq seen + 1
+	known  map[uint64]*link
+	alt    map[uint64]*link // second record claiming a seq, until a successor decides
+	early  map[uint64]*item // records found ahead of their place
+	certs  map[string]*certWindow
+	gaps   []gap
+	// watch notes the anchored record; checkWatch makes finish report a
+	// log that does not reach it (VerifyChain and Open check across files).
+	watch      *anchorWatch
+	checkWatch bool
+	lastCP     Anchor // the newest verified checkpoint (Open anchors it)
 }
 
 func newVerifier(opts VerifyOptions) (*verifier, error) {
 	v := &verifier{opts: opts, keys: map[string]*ecdsa.PublicKey{}, expect: 1,
 		known: map[uint64]*link{}, alt: map[uint64]*link{}, early: map[uint64]*item{}, certs: map[string]*certWindow{}}
+	if opts.Anchor != nil {
+		if opts.Anchor.Seq == 0 || !isHexHash(opts.Anchor.Hash) {
+			return nil, fmt.Errorf("%w: anchor seq %d hash %q is not a record", ErrAnchor, opts.Anchor.Seq, opts.Anchor.Hash)
+		}
+		v.watch, v.checkWatch = &anchorWatch{a: *opts.Anchor}, true
+	}
 	for _, k := range opts.Keys {
 		ek, ok := k.(*ecdsa.PublicKey)
 		if !ok {
@@ -324,6 +342,7 @@ func (v *verifier) duplicate(it *item) {
 			// The successor links here: the record placed first was forged.
 			v.problem(s, old.line, ProblemInserted, "forged record %d: record %d at line %d links to the record %d at line %d instead", s, s+1, next.line, s, ln)
 			v.known[s] = l
+			v.watch.note(it.w, ln)
 			v.checkCP(it.w, l)
 		default:
 			v.problem(s, ln, ProblemInserted, "second record claiming seq %d (first at line %d)", s, old.line)
@@ -339,6 +358,7 @@ func (v *verifier) accept(it *item) {
 		v.problem(w.Seq, it.line, ProblemEdited, "record %d content does not match its hash", w.Seq)
 	}
 	v.checkCP(w, l)
+	v.watch.note(w, it.line)
 	v.known[w.Seq] = l
 	v.link(w.Seq)
 	if len(v.known) > 2*linkWindow {
@@ -350,17 +370,16 @@ func (v *verifier) checkCP(w *wire, l *link) {
 	if w.Kind != KindCheckpoint {
 		return
 	}
-	untrusted, err := v.checkCheckpoint(w)
-	if err != nil {
+	if err := v.checkCheckpoint(w); err != nil {
 		v.problem(w.Seq, l.line, ProblemBadSignature, "%v", err)
 		return
 	}
 	l.checkpoint = true
-	v.lastAnyCP = max(v.lastAnyCP, w.Seq)
-	if !untrusted {
-		v.rep.Checkpoints++
-		v.rep.LastCheckpointSeq = max(v.rep.LastCheckpointSeq, w.Seq)
+	v.rep.Checkpoints++
+	if w.Seq > v.lastCP.Seq {
+		v.lastCP = Anchor{Seq: w.Seq, Hash: w.Hash}
 	}
+	v.rep.LastCheckpointSeq = v.lastCP.Seq
 }
 
 // link checks record s against its neighbours. A broken link is blamed on
@@ -469,6 +488,11 @@ func (v *verifier) finish() {
 	head := v.expect - 1
 	if h, ok := v.known[head]; ok {
 		v.rep.HeadSeq, v.rep.HeadHash = head, h.hash
+	}
+	if v.checkWatch {
+		if p := v.watch.problem(v.rep.FirstSeq, v.rep.FirstPrev, head, v.rep.Lines, ""); p != nil {
+			v.problem(p.Seq, p.Line, p.Kind, "%s", p.Detail)
+		}
 	}
 	if v.opts.RequireCheckpointAtEnd {
 		switch h, ok := v.known[head]; {

@@ -3,6 +3,8 @@
 // PKCS#11 module (configuration only: module path, token, PIN source), and
 // hands out crypto.Signer values whose private keys are generated inside the
 // token and can never leave it (CKA_SENSITIVE, not CKA_EXTRACTABLE).
+// Token.Data and Token.SetData keep small values (the audit log's anchor) in
+// private data objects, which only a session holding the PIN can change.
 //
 // It is the only package that imports crypto11; everything else signs
 // through crypto.Signer. Failures are reported with the sentinel errors in

@@ -399,32 +399,35 @@ func TestApplianceEndToEnd(t *testing.T) {
 		tampers := []struct {
 			name  string
 			lines func([]string) []string
+			want  string // the first problem: record and kind
 		}{
 			{"edited", func(l []string) []string {
 				out := append([]string{}, l...)
-				out[2] = strings.Replace(out[2], "e2e.palisade.internal", "e2e.palisade.evil", 1)
-				if out[2] == l[2] {
-					out[2] = strings.Replace(out[2], `"seq":3`, `"seq":3 `, 1)
-				}
+				out[2] = strings.Replace(out[2], `"actor":"`, `"actor":"x`, 1)
 				return out
-			}},
-			{"dropped", func(l []string) []string { return append(append([]string{}, l[:3]...), l[4:]...) }},
+			}, "line 3 seq 3: edited"},
+			{"dropped", func(l []string) []string { return append(append([]string{}, l[:3]...), l[4:]...) }, "line 4 seq 4: dropped"},
 			{"reordered", func(l []string) []string {
 				out := append([]string{}, l...)
 				out[3], out[4] = out[4], out[3]
 				return out
-			}},
+			}, "line 4 seq 5: reordered"},
 		}
 		for _, tt := range tampers {
 			t.Run(tt.name, func(t *testing.T) {
 				p := filepath.Join(t.TempDir(), "audit.log")
 				os.WriteFile(p, []byte(strings.Join(tt.lines(lines), "\n")+"\n"), 0o600)
-				r := a.CLI("audit", "verify", "-log", p, "-bundle", bundle)
-				if r.Err == nil {
-					t.Fatalf("tampered log verified:\n%s", r.Stdout)
-				}
-				if !strings.Contains(r.Stdout, "PROBLEM") || !strings.Contains(r.Stdout, "seq") {
-					t.Fatalf("verify did not say which record: %s %s", r.Stdout, r.Stderr)
+				for _, args := range [][]string{
+					{"audit", "verify", "-log", p, "-bundle", bundle},
+					{"audit", "verify", "-log", p, "-config", a.ConfigPath},
+				} {
+					r := a.CLI(args...)
+					if r.Err == nil {
+						t.Fatalf("%v: tampered log verified:\n%s", args, r.Stdout)
+					}
+					if first := firstProblem(r.Stdout); !strings.Contains(first, tt.want) {
+						t.Fatalf("%v: first problem %q does not name %q:\n%s%s", args, first, tt.want, r.Stdout, r.Stderr)
+					}
 				}
 			})
 		}

@@ -57,13 +57,61 @@ func OpenStore(cfg *config.Server) (*store.Store, error) {
 	return store.Open(cfg.StorePath(), store.Options{})
 }
 
-func auditOptions(cfg *config.Server, cert *x509.Certificate) audit.Options {
+// auditOptions trusts, besides the signer (the HSM audit key), only
+// certificates chaining to roots, and anchors the log in the token.
+func auditOptions(cfg *config.Server, cert *x509.Certificate, tok *pkcs11.Token, roots *x509.CertPool) audit.Options {
 	return audit.Options{
 		CheckpointEvery:    cfg.Audit.CheckpointEvery,
 		CheckpointInterval: cfg.Audit.CheckpointInterval,
 		SegmentBytes:       cfg.Audit.SegmentBytes,
 		SignerCert:         cert,
+		Roots:              roots,
+		Anchor:             AuditAnchor{tok},
 	}
+}
+
+// AuditAnchorLabel names the token's data object holding the audit log's
+// anchor (its latest checkpoint).
+const AuditAnchorLabel = "palisade-audit-anchor"
+
+// AuditAnchor keeps the audit log's anchor in the token, where changing it
+// takes the PIN, not write access to data_dir. It is an audit.AnchorStore.
+type AuditAnchor struct{ Token *pkcs11.Token }
+
+// LoadAnchor reads the anchor; nil before the first checkpoint.
+func (a AuditAnchor) LoadAnchor() ([]byte, error) {
+	v, err := a.Token.Data(AuditAnchorLabel)
+	if errors.Is(err, pkcs11.ErrDataNotFound) {
+		return nil, nil
+	}
+	return v, err
+}
+
+// StoreAnchor replaces the anchor.
+func (a AuditAnchor) StoreAnchor(v []byte) error { return a.Token.SetData(AuditAnchorLabel, v) }
+
+// AuditTrust returns the token's audit key and, as roots, those of certs
+// whose key is the token's root key: checkpoints are trusted through the
+// HSM, never through a certificate file that could be swapped.
+func AuditTrust(tok *pkcs11.Token, certs []*x509.Certificate) (crypto.PublicKey, *x509.CertPool, error) {
+	auditKey, err := tok.Signer(ca.AuditKeyLabel)
+	if err != nil {
+		return nil, nil, fmt.Errorf("audit key: %w", err)
+	}
+	rootKey, err := tok.Signer(ca.RootKeyLabel)
+	if err != nil {
+		return nil, nil, fmt.Errorf("root key: %w", err)
+	}
+	var roots *x509.CertPool
+	for _, c := range certs {
+		if k, ok := c.PublicKey.(interface{ Equal(crypto.PublicKey) bool }); ok && k.Equal(rootKey.Public()) {
+			if roots == nil {
+				roots = x509.NewCertPool()
+			}
+			roots.AddCert(c)
+		}
+	}
+	return auditKey.Public(), roots, nil
 }
 
 // Ceremony initialises the appliance: keys in the HSM, metadata in the
@@ -84,7 +132,7 @@ func Ceremony(ctx context.Context, cfg *config.Server, actor string) (*ca.Ceremo
 		if _, err := os.Stat(cfg.Audit.Path); err == nil {
 			return nil, fmt.Errorf("%w: audit log %s already exists", ca.ErrAlreadyInitialized, cfg.Audit.Path)
 		}
-		l, err := audit.Open(cfg.Audit.Path, signer, auditOptions(cfg, cert))
+		l, err := audit.Open(cfg.Audit.Path, signer, auditOptions(cfg, cert, tok, nil))
 		if err != nil {
 			return nil, err
 		}
@@ -130,7 +178,17 @@ func Open(cfg *config.Server, caOpts ca.Options) (*Appliance, error) {
 		a.Close()
 		return nil, fmt.Errorf("audit key: %w", err)
 	}
-	if a.Audit, err = audit.Open(cfg.Audit.Path, signer, auditOptions(cfg, auditCert)); err != nil {
+	rootCert, err := x509.ParseCertificate(meta.RootCertDER)
+	if err != nil {
+		a.Close()
+		return nil, fmt.Errorf("stored root certificate: %w", err)
+	}
+	_, roots, err := AuditTrust(a.Token, []*x509.Certificate{rootCert})
+	if err != nil {
+		a.Close()
+		return nil, err
+	}
+	if a.Audit, err = audit.Open(cfg.Audit.Path, signer, auditOptions(cfg, auditCert, a.Token, roots)); err != nil {
 		a.Close()
 		return nil, err
 	}
