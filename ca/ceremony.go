@@ -25,24 +25,67 @@ type Sealer interface {
 	Sealed(label string) (bool, error)
 }
 
-// ErrKeyNotSealed means a CA key could leave the HSM.
-var ErrKeyNotSealed = errors.New("ca: key is extractable or was not generated in the HSM")
+// CeremonyKeys is the HSM as the ceremony uses it: besides generating keys
+// it must be able to destroy them, so that a ceremony that fails leaves
+// the token as it found it. DeleteKey destroys the key labelled label only
+// if its public key is pub (ca/pkcs11 and ca/keystore/memkeys implement it).
+type CeremonyKeys interface {
+	KeyStore
+	DeleteKey(label string, pub crypto.PublicKey) error
+}
 
-func checkSealed(keys KeyStore, labels ...string) (bool, error) {
-	s, ok := keys.(Sealer)
-	if !ok {
-		return false, nil
+var (
+	// ErrKeyNotSealed means a CA key could leave the HSM.
+	ErrKeyNotSealed = errors.New("ca: key is extractable or was not generated in the HSM")
+	// ErrKeysLeftBehind means a failed ceremony could not destroy a key it
+	// had generated: the token is not as it was, remove the key or use a
+	// fresh token.
+	ErrKeysLeftBehind = errors.New("ca: failed ceremony left a key in the HSM")
+)
+
+// ceremonyKeys remembers the keys a ceremony generates, so that a failure
+// destroys exactly those, and checks that each is sealed as soon as it
+// exists.
+type ceremonyKeys struct {
+	CeremonyKeys
+	sealer Sealer // nil when the key store cannot tell
+	made   []madeKey
+}
+
+type madeKey struct {
+	label string
+	pub   crypto.PublicKey
+}
+
+func (k *ceremonyKeys) GenerateSigner(label string) (crypto.Signer, error) {
+	s, err := k.CeremonyKeys.GenerateSigner(label)
+	if err != nil {
+		return nil, err
 	}
-	for _, l := range labels {
-		sealed, err := s.Sealed(l)
+	k.made = append(k.made, madeKey{label, s.Public()})
+	if k.sealer != nil {
+		sealed, err := k.sealer.Sealed(label)
 		if err != nil {
-			return false, fmt.Errorf("ca: key %s attributes: %w", l, err)
+			return nil, fmt.Errorf("ca: key %s attributes: %w", label, err)
 		}
 		if !sealed {
-			return false, fmt.Errorf("%w: %s", ErrKeyNotSealed, l)
+			return nil, fmt.Errorf("%w: %s", ErrKeyNotSealed, label)
 		}
 	}
-	return true, nil
+	return s, nil
+}
+
+// undo destroys the generated keys, newest first.
+func (k *ceremonyKeys) undo() error {
+	var errs []error
+	for i := len(k.made) - 1; i >= 0; i-- {
+		m := k.made[i]
+		if err := k.CeremonyKeys.DeleteKey(m.label, m.pub); err != nil {
+			errs = append(errs, fmt.Errorf("%w: %s: %w", ErrKeysLeftBehind, m.label, err))
+		}
+	}
+	k.made = nil
+	return errors.Join(errs...)
 }
 
 // CeremonyResult is what the ceremony created.
@@ -57,9 +100,13 @@ type CeremonyResult struct {
 // certificate to open the audit log that records the ceremony.
 //
 // It refuses, changing nothing, when the store is initialised or the HSM
-// already holds a root key (an earlier ceremony that was interrupted).
-func Ceremony(ctx context.Context, cfg Config, keys KeyStore, st Store, actor string,
-	openAudit func(signer crypto.Signer, cert *x509.Certificate) (Auditor, error), now func() time.Time) (*CeremonyResult, error) {
+// already holds a root key (an earlier ceremony that was interrupted). Once
+// it has generated keys, any failure before the store records the CA
+// (a key that is not sealed, the audit log not opening, a store write)
+// destroys every key it generated, and only those; ErrKeysLeftBehind if
+// one could not be destroyed.
+func Ceremony(ctx context.Context, cfg Config, keys CeremonyKeys, st Store, actor string,
+	openAudit func(signer crypto.Signer, cert *x509.Certificate) (Auditor, error), now func() time.Time) (_ *CeremonyResult, err error) {
 	cfg.Defaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -75,8 +122,19 @@ func Ceremony(ctx context.Context, cfg Config, keys KeyStore, st Store, actor st
 	if _, err := keys.Signer(RootKeyLabel); err == nil {
 		return nil, fmt.Errorf("%w: the HSM already holds key %q (an interrupted ceremony?); use a fresh token", ErrAlreadyInitialized, RootKeyLabel)
 	}
+	gen := &ceremonyKeys{CeremonyKeys: keys}
+	gen.sealer, _ = keys.(Sealer)
+	committed := false
+	defer func() {
+		if err == nil || committed {
+			return
+		}
+		if uerr := gen.undo(); uerr != nil {
+			err = errors.Join(err, uerr)
+		}
+	}()
 	t := now()
-	rootSigner, err := keys.GenerateSigner(RootKeyLabel)
+	rootSigner, err := gen.GenerateSigner(RootKeyLabel)
 	if err != nil {
 		return nil, fmt.Errorf("ca: generate root key: %w", err)
 	}
@@ -93,7 +151,7 @@ func Ceremony(ctx context.Context, cfg Config, keys KeyStore, st Store, actor st
 	if err != nil {
 		return nil, fmt.Errorf("ca: root certificate: %w", err)
 	}
-	auditSigner, err := keys.GenerateSigner(AuditKeyLabel)
+	auditSigner, err := gen.GenerateSigner(AuditKeyLabel)
 	if err != nil {
 		return nil, fmt.Errorf("ca: generate audit key: %w", err)
 	}
@@ -107,25 +165,19 @@ func Ceremony(ctx context.Context, cfg Config, keys KeyStore, st Store, actor st
 	if err != nil {
 		return nil, fmt.Errorf("ca: audit certificate: %w", err)
 	}
-	inter, err := newIntermediate(cfg, keys, root, rootSigner, t)
+	inter, err := newIntermediate(cfg, gen, root, rootSigner, t)
 	if err != nil {
 		return nil, err
 	}
 	inter.Slot = store.SlotActive
 	inter.ActivatedAt = t
-	sealed, err := checkSealed(keys, RootKeyLabel, AuditKeyLabel, inter.KeyLabel, jwtKeyLabel(inter.KeyLabel))
-	if err != nil {
-		return nil, err
-	}
 	audit, err := openAudit(auditSigner, auditCert)
 	if err != nil {
 		return nil, fmt.Errorf("ca: open audit log: %w", err)
 	}
-	if err := st.PutIntermediate(inter); err != nil {
-		return nil, fmt.Errorf("ca: record intermediate: %w", err)
-	}
-	// InitCA is the commit point: until it succeeds the appliance counts as
-	// uninitialised.
+	// InitCA, which records the first intermediate too, is the commit
+	// point: until it succeeds the appliance counts as uninitialised and
+	// the store holds nothing of this ceremony.
 	if err := st.InitCA(store.CAMeta{
 		TrustDomain:   cfg.TrustDomain,
 		RootCertDER:   root.Raw,
@@ -134,9 +186,11 @@ func Ceremony(ctx context.Context, cfg Config, keys KeyStore, st Store, actor st
 		AuditCertDER:  auditCert.Raw,
 		KeyAlgorithm:  cfg.KeyAlgorithm,
 		InitializedAt: t,
-	}); err != nil {
-		return nil, fmt.Errorf("ca: record metadata: %w", err)
+	}, inter); err != nil {
+		return nil, fmt.Errorf("ca: record metadata and first intermediate: %w", err)
 	}
+	// The store now names the keys: they stay, whatever fails next.
+	committed = true
 	interCert, _ := x509.ParseCertificate(inter.CertDER)
 	if err := audit.Append(ctx, "ceremony.init", actor, map[string]any{
 		"trust_domain":          cfg.TrustDomain,
@@ -148,7 +202,7 @@ func Ceremony(ctx context.Context, cfg Config, keys KeyStore, st Store, actor st
 		"intermediate_key_id":   inter.KeyID,
 		"intermediate_sha256":   fingerprint(interCert),
 		"intermediate_notafter": inter.NotAfter,
-		"keys_sealed_in_hsm":    sealed,
+		"keys_sealed_in_hsm":    gen.sealer != nil,
 	}); err != nil {
 		return nil, fmt.Errorf("ca: audit ceremony: %w", err)
 	}
@@ -173,11 +227,14 @@ func newIntermediate(cfg Config, keys KeyStore, root *x509.Certificate, rootSign
 	if notAfter.After(root.NotAfter) {
 		notAfter = root.NotAfter
 	}
+	// X509-SVID Appendix A: digitalSignature only on leaves. This key signs
+	// certificates and CRLs; OCSP answers are signed by a delegated
+	// responder certificate, never by it.
 	cert, err := createCert(&x509.Certificate{
 		Subject:               pkix.Name{Organization: []string{cfg.Organization}, CommonName: cfg.TrustDomain + " Intermediate CA " + gen},
 		NotBefore:             t.Add(-cfg.Backdate),
 		NotAfter:              notAfter,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
 		BasicConstraintsValid: true,
 		IsCA:                  true,
 		MaxPathLenZero:        true,

@@ -14,9 +14,13 @@ import (
 )
 
 // KeyStore is the part of a key store backend the contract covers.
+// DeleteKey destroys the key labelled label only if its public key is pub
+// (the NotFound sentinel otherwise), so that undoing a generation can
+// never take another key.
 type KeyStore interface {
 	GenerateSigner(label string) (crypto.Signer, error)
 	Signer(label string) (crypto.Signer, error)
+	DeleteKey(label string, pub crypto.PublicKey) error
 }
 
 // Option tunes Run for a backend.
@@ -159,6 +163,76 @@ func Run(t *testing.T, newStore func(t *testing.T) KeyStore, opts ...Option) {
 		}
 		if !ecdsaPublic(t, first).Equal(found.Public()) {
 			t.Fatal("refused duplicate replaced the original key")
+		}
+	})
+
+	t.Run("DeleteKey", func(t *testing.T) {
+		ks := newStore(t)
+		l, keep := label(t, "del"), label(t, "keep")
+		gone, err := ks.GenerateSigner(l)
+		if err != nil {
+			t.Fatal(err)
+		}
+		kept, err := ks.GenerateSigner(keep)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := ks.DeleteKey(l, gone.Public()); err != nil {
+			t.Fatalf("DeleteKey(%q): %v", l, err)
+		}
+		if s, err := ks.Signer(l); err == nil {
+			t.Fatalf("Signer(%q) after DeleteKey = %v, want error", l, s)
+		} else if c.notFound != nil && !errors.Is(err, c.notFound) {
+			t.Fatalf("Signer(%q) after DeleteKey: %v; want errors.Is %v", l, err, c.notFound)
+		}
+		if err := ks.DeleteKey(l, gone.Public()); err == nil {
+			t.Fatalf("second DeleteKey(%q) succeeded", l)
+		} else if c.notFound != nil && !errors.Is(err, c.notFound) {
+			t.Fatalf("second DeleteKey(%q): %v; want errors.Is %v", l, err, c.notFound)
+		}
+		found, err := ks.Signer(keep)
+		if err != nil {
+			t.Fatalf("DeleteKey(%q) took %q too: %v", l, keep, err)
+		}
+		if !ecdsaPublic(t, kept).Equal(found.Public()) {
+			t.Fatalf("DeleteKey(%q) changed %q", l, keep)
+		}
+		again, err := ks.GenerateSigner(l)
+		if err != nil {
+			t.Fatalf("GenerateSigner(%q) after DeleteKey: %v", l, err)
+		}
+		if ecdsaPublic(t, again).Equal(gone.Public()) {
+			t.Fatal("regenerated key equals the deleted one")
+		}
+	})
+
+	t.Run("DeleteKeyOnlyThatKey", func(t *testing.T) {
+		ks := newStore(t)
+		l, other := label(t, "delpub"), label(t, "other")
+		s, err := ks.GenerateSigner(l)
+		if err != nil {
+			t.Fatal(err)
+		}
+		o, err := ks.GenerateSigner(other)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The label is right, the public key another key's: refused.
+		err = ks.DeleteKey(l, o.Public())
+		if err == nil {
+			t.Fatalf("DeleteKey(%q) with another key's public key succeeded", l)
+		}
+		if c.notFound != nil && !errors.Is(err, c.notFound) {
+			t.Fatalf("DeleteKey(%q) with another key's public key: %v; want errors.Is %v", l, err, c.notFound)
+		}
+		if found, err := ks.Signer(l); err != nil || !ecdsaPublic(t, s).Equal(found.Public()) {
+			t.Fatalf("refused DeleteKey(%q) removed or changed it: %v", l, err)
+		}
+		unknown := label(t, "delunknown")
+		if err := ks.DeleteKey(unknown, s.Public()); err == nil {
+			t.Fatalf("DeleteKey(%q) of a label never generated succeeded", unknown)
+		} else if c.notFound != nil && !errors.Is(err, c.notFound) {
+			t.Fatalf("DeleteKey(%q) of a label never generated: %v; want errors.Is %v", unknown, err, c.notFound)
 		}
 	})
 

@@ -61,6 +61,23 @@ func (s *goodStore) Signer(label string) (crypto.Signer, error) {
 	return k, nil
 }
 
+func (s *goodStore) DeleteKey(label string, pub crypto.PublicKey) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	k, ok := s.keys[label]
+	switch {
+	case s.bug == "delete-noop":
+		return nil
+	case s.bug == "delete-everything":
+		clear(s.keys)
+		return nil
+	case !ok, !k.PublicKey.Equal(pub) && s.bug != "delete-ignores-public":
+		return fmt.Errorf("%w: %s", errNotFound, label)
+	}
+	delete(s.keys, label)
+	return nil
+}
+
 type badSigner struct{ k *ecdsa.PrivateKey }
 
 func (b badSigner) Public() crypto.PublicKey { return &b.k.PublicKey }
@@ -88,6 +105,9 @@ func TestContractCatchesBugs(t *testing.T) {
 		{"bad-signature", "GenerateSignVerify"},
 		{"wrong-notfound-error", "UnknownLabel"},
 		{"wrong-exists-error", "DuplicateLabel"},
+		{"delete-noop", "DeleteKey"},
+		{"delete-everything", "DeleteKey"},
+		{"delete-ignores-public", "DeleteKeyOnlyThatKey"},
 	} {
 		t.Run(tt.bug, func(t *testing.T) {
 			cmd := exec.Command(os.Args[0], "-test.run=^TestContractCatchesBugs$", "-test.v")

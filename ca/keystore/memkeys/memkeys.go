@@ -82,6 +82,23 @@ func (s *Store) Signer(label string) (crypto.Signer, error) {
 	return &signer{s: s, label: label, key: k}, nil
 }
 
+// DeleteKey removes the key labelled label if its public key is pub, as
+// the HSM backend destroys a key pair; ErrKeyNotFound otherwise. Signers
+// handed out for it fail afterwards.
+func (s *Store) DeleteKey(label string, pub crypto.PublicKey) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.fail != nil {
+		return fmt.Errorf("memkeys: delete %q: %w", label, s.fail)
+	}
+	k, ok := s.keys[label]
+	if !ok || !k.PublicKey.Equal(pub) {
+		return fmt.Errorf("%w: %q with that public key", ErrKeyNotFound, label)
+	}
+	delete(s.keys, label)
+	return nil
+}
+
 // KeyURI returns a pkcs11: URI naming the key, shaped like the HSM's.
 func (s *Store) KeyURI(label string) string {
 	return "pkcs11:token=" + escape(s.name) + ";object=" + escape(label) + ";type=private"
@@ -137,10 +154,13 @@ func (k *signer) Sign(r io.Reader, digest []byte, opts crypto.SignerOpts) ([]byt
 		}
 	}
 	k.s.mu.RLock()
-	fail := k.s.fail
+	fail, live := k.s.fail, k.s.keys[k.label] == k.key
 	k.s.mu.RUnlock()
 	if fail != nil {
 		return nil, fmt.Errorf("memkeys: sign with %q: %w", k.label, fail)
+	}
+	if !live {
+		return nil, fmt.Errorf("%w: sign with deleted key %q", ErrKeyNotFound, k.label)
 	}
 	if r == nil {
 		r = rand.Reader

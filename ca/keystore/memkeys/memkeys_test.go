@@ -39,6 +39,7 @@ func TestSetFailure(t *testing.T) {
 		{"sign", func() error { _, err := k.Sign(nil, d[:], crypto.SHA256); return err }},
 		{"signer", func() error { _, err := s.Signer("root"); return err }},
 		{"generate", func() error { _, err := s.GenerateSigner("other"); return err }},
+		{"delete", func() error { return s.DeleteKey("root", k.Public()) }},
 		{"ping", s.Ping},
 		{"reopen", s.Reopen},
 	}
@@ -74,5 +75,27 @@ func TestKeyURIAndValidation(t *testing.T) {
 	}
 	if _, ok := k.(*ecdsa.PrivateKey); ok {
 		t.Error("signer exposes the private key type")
+	}
+}
+
+func TestDeletedKeyNoLongerSigns(t *testing.T) {
+	s := New()
+	old, err := s.GenerateSigner("k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteKey("k", old.Public()); err != nil {
+		t.Fatal(err)
+	}
+	d := sha256.Sum256([]byte("x"))
+	if _, err := old.Sign(nil, d[:], crypto.SHA256); !errors.Is(err, ErrKeyNotFound) {
+		t.Fatalf("Sign with a deleted key: %v, want ErrKeyNotFound", err)
+	}
+	// A new key under the same label does not revive the old signer.
+	if _, err := s.GenerateSigner("k"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := old.Sign(nil, d[:], crypto.SHA256); !errors.Is(err, ErrKeyNotFound) {
+		t.Fatalf("Sign with a deleted key after its label was reused: %v, want ErrKeyNotFound", err)
 	}
 }
