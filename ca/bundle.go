@@ -1,9 +1,12 @@
 package ca
 
 import (
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/binary"
 	"encoding/pem"
 	"fmt"
+	"sort"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
@@ -14,7 +17,8 @@ const BundleRefreshHint = 5 * time.Minute
 
 // Bundle returns the trust bundle: the root as the X.509 authority and the
 // JWT keys of every live generation (the next one included, so it is
-// published before it signs anything).
+// published before it signs anything). Its sequence number is kept in the
+// store and changes exactly when these contents do.
 func (c *CA) Bundle() *spiffebundle.Bundle {
 	b := spiffebundle.New(c.td)
 	b.AddX509Authority(c.root)
@@ -27,6 +31,28 @@ func (c *CA) Bundle() *spiffebundle.Bundle {
 	b.SetRefreshHint(BundleRefreshHint)
 	b.SetSequenceNumber(seq)
 	return b
+}
+
+// bundleDigest identifies the bundle's contents: the X.509 authority and
+// each JWT authority's key ID and key, in key ID order.
+func bundleDigest(root *x509.Certificate, live []*slot) ([]byte, error) {
+	h := sha256.New()
+	put := func(b []byte) {
+		h.Write(binary.BigEndian.AppendUint32(nil, uint32(len(b))))
+		h.Write(b)
+	}
+	put(root.Raw)
+	byKID := append([]*slot(nil), live...)
+	sort.Slice(byKID, func(i, j int) bool { return byKID[i].rec.KeyID < byKID[j].rec.KeyID })
+	for _, s := range byKID {
+		pub, err := x509.MarshalPKIXPublicKey(s.jwtSigner.Public())
+		if err != nil {
+			return nil, fmt.Errorf("ca: JWT key of %s: %w", s.rec.KeyID, err)
+		}
+		put([]byte(s.rec.KeyID))
+		put(pub)
+	}
+	return h.Sum(nil), nil
 }
 
 // BundleJSON returns the bundle in SPIFFE bundle (JWKS) format.

@@ -41,12 +41,14 @@ type KeyStore interface {
 
 // Store is the durable state the CA needs.
 type Store interface {
-	InitCA(store.CAMeta) error
+	InitCA(store.CAMeta, store.Intermediate) error
 	CAMeta() (store.CAMeta, error)
 	PutIntermediate(store.Intermediate) error
 	Intermediates() ([]store.Intermediate, error)
 	ActivateIntermediate(keyID string, at time.Time) error
 	RecordIssued(store.CertRecord) error
+	RecordCACerts() (int, error)
+	BundleSequence(contents []byte, first uint64) (uint64, error)
 }
 
 // Auditor appends durable audit records.
@@ -89,15 +91,20 @@ type CA struct {
 	root       *x509.Certificate
 	rootSigner crypto.Signer
 
+	rotMu sync.Mutex // serialises Rotate
+
 	mu       sync.RWMutex
 	active   *slot
 	next     *slot
 	live     []*slot // every non-expired generation, for the JWT bundle
-	bundleSq uint64
+	bundleSq uint64  // the store's number for the bundle of live
 }
 
 // Load opens an initialised CA: it reads the metadata and intermediates from
-// the store and finds their keys in the HSM.
+// the store and finds their keys in the HSM. When no live generation holds
+// the active slot (the appliance was off longer than an intermediate's
+// life), it rotates at once, as Rotate does, so the CA it returns can
+// issue; an expired root fails with ErrRootExpired.
 func Load(cfg Config, opts Options) (*CA, error) {
 	cfg.Defaults()
 	if err := cfg.Validate(); err != nil {
@@ -129,8 +136,17 @@ func Load(cfg Config, opts Options) (*CA, error) {
 	if !samePublicKey(c.rootSigner.Public(), c.root.PublicKey) {
 		return nil, fmt.Errorf("ca: HSM key %s does not match the stored root certificate", RootKeyLabel)
 	}
-	if err := c.reload(); err != nil {
+	// Stores from before the CA's own serials were recorded get them now.
+	if _, err := opts.Store.RecordCACerts(); err != nil {
+		return nil, fmt.Errorf("ca: record CA certificate serials: %w", err)
+	}
+	if err := c.reload(c.now()); err != nil {
 		return nil, err
+	}
+	if c.active == nil {
+		if _, err := c.Rotate(context.Background()); err != nil {
+			return nil, fmt.Errorf("ca: no live active intermediate: %w", err)
+		}
 	}
 	if c.active == nil {
 		return nil, ErrNoActiveIssuer
@@ -138,13 +154,13 @@ func Load(cfg Config, opts Options) (*CA, error) {
 	return c, nil
 }
 
-// reload rebuilds the in-memory slots from the store.
-func (c *CA) reload() error {
+// reload rebuilds the in-memory slots from the store, keeping the
+// generations live at now, and numbers the resulting bundle.
+func (c *CA) reload(now time.Time) error {
 	recs, err := c.opts.Store.Intermediates()
 	if err != nil {
 		return fmt.Errorf("ca: read intermediates: %w", err)
 	}
-	now := c.now()
 	var active, next *slot
 	var live []*slot
 	for _, r := range recs {
@@ -164,9 +180,19 @@ func (c *CA) reload() error {
 		}
 	}
 	sort.Slice(live, func(i, j int) bool { return live[i].cert.NotBefore.Before(live[j].cert.NotBefore) })
+	digest, err := bundleDigest(c.root, live)
+	if err != nil {
+		return err
+	}
+	// Earlier releases counted in memory from 1, at most two per generation
+	// made since they started: starting above that keeps the sequence
+	// increasing across the upgrade.
+	seq, err := c.opts.Store.BundleSequence(digest, 2*uint64(len(recs)))
+	if err != nil {
+		return fmt.Errorf("ca: bundle sequence number: %w", err)
+	}
 	c.mu.Lock()
-	c.active, c.next, c.live = active, next, live
-	c.bundleSq++
+	c.active, c.next, c.live, c.bundleSq = active, next, live, seq
 	c.mu.Unlock()
 	return nil
 }

@@ -36,7 +36,7 @@ var (
 	tokensErr error
 )
 
-const nTokens = 24
+const nTokens = 32
 
 func TestMain(m *testing.M) {
 	flag.Parse()
@@ -492,5 +492,56 @@ func TestCeremonyRefusesExtractableKeys(t *testing.T) {
 	}
 	if _, err := st.CAMeta(); !errors.Is(err, store.ErrNotInitialized) || opened {
 		t.Fatalf("refused ceremony initialised the store (%v) or opened the audit log (%v)", err, opened)
+	}
+}
+
+func TestCACertSerialsRecorded(t *testing.T) {
+	f := newFixture(t, func(c *ca.Config) { c.IntermediateTTL = 12 * time.Hour })
+	first, _ := f.ca.ActiveIssuer()
+	f.clock.Set(first.Cert.NotBefore.Add(7 * time.Hour))
+	ev, err := f.ca.Rotate(context.Background())
+	if err != nil || ev.Prepared == "" {
+		t.Fatalf("prepare: %+v %v", ev, err)
+	}
+	meta, _ := f.st.CAMeta()
+	auditCert, err := x509.ParseCertificate(meta.AuditCertDER)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rootKID := hexKID(f.root)
+	want := []struct {
+		name string
+		cert *x509.Certificate
+		kind string
+	}{
+		{"root", f.root, store.KindRoot},
+		{"audit", auditCert, store.KindAuditSigner},
+	}
+	for _, is := range f.ca.Issuers() {
+		want = append(want, struct {
+			name string
+			cert *x509.Certificate
+			kind string
+		}{"intermediate " + is.KeyID, is.Cert, store.KindIntermediate})
+	}
+	if len(want) != 4 {
+		t.Fatalf("%d certificates, want root, audit and two intermediates", len(want))
+	}
+	for _, w := range want {
+		if w.cert.SerialNumber.BitLen() != 129 {
+			t.Errorf("%s: serial of %d bits, want 128 random bits behind 0x01", w.name, w.cert.SerialNumber.BitLen())
+		}
+		r, err := f.st.Cert(w.cert.SerialNumber)
+		if err != nil {
+			t.Errorf("%s: serial not recorded: %v", w.name, err)
+			continue
+		}
+		if r.Kind != w.kind || r.IssuerKeyID != rootKID || !r.NotAfter.Equal(w.cert.NotAfter) {
+			t.Errorf("%s: record %+v", w.name, r)
+		}
+	}
+	st, err := f.st.Stats()
+	if err != nil || st.CACerts != 4 || st.Certs != 0 {
+		t.Fatalf("Stats = %+v, %v; want 4 CA certificates, 0 issued", st, err)
 	}
 }

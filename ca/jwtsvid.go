@@ -43,6 +43,9 @@ func (c *CA) SignJWTSVID(ctx context.Context, req JWTRequest) (*JWTSVID, error) 
 	if req.ID.TrustDomain() != c.td {
 		return nil, fmt.Errorf("%w: %s", ErrForeignTrustDomain, req.ID)
 	}
+	if req.ID.Path() == "" {
+		return nil, fmt.Errorf("%w: %s names the trust domain itself, not a workload", ErrInvalidSPIFFEID, req.ID)
+	}
 	if len(req.Audience) == 0 {
 		return nil, ErrBadAudience
 	}
@@ -65,6 +68,9 @@ func (c *CA) SignJWTSVID(ctx context.Context, req JWTRequest) (*JWTSVID, error) 
 	exp := now.Add(ttl)
 	if exp.After(s.cert.NotAfter) {
 		exp = s.cert.NotAfter
+	}
+	if !exp.After(now) {
+		return nil, fmt.Errorf("%w: active intermediate %s has expired", ErrNoActiveIssuer, s.rec.KeyID)
 	}
 	alg, hash, size, err := jwsAlg(s.jwtSigner.Public())
 	if err != nil {

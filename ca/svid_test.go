@@ -10,11 +10,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/palisade-id/palisade/ca"
+	"github.com/palisade-id/palisade/ca/store"
 	"github.com/palisade-id/palisade/test/testenv"
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
@@ -115,13 +117,18 @@ func TestJWTSVID(t *testing.T) {
 		{"foreign-domain", ca.JWTRequest{ID: spiffeid.RequireFromString("spiffe://evil.org/x"), Audience: []string{"a"}}, ca.ErrForeignTrustDomain},
 		{"ttl-over-cap", ca.JWTRequest{ID: id, Audience: []string{"a"}, TTL: 2 * time.Hour}, ca.ErrTTLTooLong},
 		{"zero-id", ca.JWTRequest{Audience: []string{"a"}}, ca.ErrInvalidSPIFFEID},
+		{"trust-domain-id", ca.JWTRequest{ID: spiffeid.RequireFromString("spiffe://" + td), Audience: []string{"a"}, Actor: "test"}, ca.ErrInvalidSPIFFEID},
 	}
+	seq, _ := f.log.Head()
 	for _, tt := range refusals {
 		t.Run(tt.name, func(t *testing.T) {
 			if _, err := f.ca.SignJWTSVID(context.Background(), tt.req); !errors.Is(err, tt.want) {
 				t.Fatalf("err = %v, want %v", err, tt.want)
 			}
 		})
+	}
+	if s, _ := f.log.Head(); s != seq {
+		t.Fatalf("refused requests were audited: %d → %d", seq, s)
 	}
 }
 
@@ -201,14 +208,28 @@ func TestRotation(t *testing.T) {
 	if is, _ := f.load(t).ActiveIssuer(); is.KeyID != ev.Prepared {
 		t.Fatalf("reloaded CA active %s, want %s", is.KeyID, ev.Prepared)
 	}
+	seqBefore := seq()
 	f.clock.Set(first.Cert.NotAfter.Add(time.Minute))
-	if _, err := f.ca.Rotate(ctx); err != nil {
-		t.Fatal(err)
+	ev3, err := f.ca.Rotate(ctx)
+	if err != nil || len(ev3.Expired) != 1 || ev3.Expired[0] != first.KeyID || !ev3.Changed() {
+		t.Fatalf("after expiry: %+v %v", ev3, err)
 	}
-	f2 := f.load(t)
-	for _, is := range f2.Issuers() {
-		if is.KeyID == first.KeyID {
-			t.Fatal("expired generation still live")
+	// The running CA drops the expired generation at once, not on reload.
+	for name, c := range map[string]*ca.CA{"running": f.ca, "reloaded": f.load(t)} {
+		for _, is := range c.Issuers() {
+			if is.KeyID == first.KeyID {
+				t.Fatalf("%s CA: expired generation still an issuer", name)
+			}
+		}
+		if n := len(c.Issuers()); n != 1 {
+			t.Fatalf("%s CA: %d issuers, want 1", name, n)
+		}
+		b := c.Bundle()
+		if _, ok := b.FindJWTAuthority(first.KeyID); ok || len(b.JWTAuthorities()) != 1 {
+			t.Fatalf("%s CA: bundle still has the expired JWT key (%d keys)", name, len(b.JWTAuthorities()))
+		}
+		if s, _ := b.SequenceNumber(); s <= seqBefore {
+			t.Fatalf("%s CA: bundle sequence %d after dropping a key, was %d", name, s, seqBefore)
 		}
 	}
 	f.verifyAudit(t)
@@ -222,12 +243,245 @@ func TestRotationAfterDowntime(t *testing.T) {
 	if _, err := f.issue(t, "spiffe://example.org/x", 0); !errors.Is(err, ca.ErrNoActiveIssuer) {
 		t.Fatalf("issued with an expired intermediate: %v", err)
 	}
+	jwtReq := ca.JWTRequest{ID: spiffeid.RequireFromString("spiffe://example.org/x"), Audience: []string{"a"}, Actor: "test"}
+	if _, err := f.ca.SignJWTSVID(context.Background(), jwtReq); !errors.Is(err, ca.ErrNoActiveIssuer) {
+		t.Fatalf("JWT-SVID with an expired intermediate: %v", err)
+	}
 	ev, err := f.ca.Rotate(context.Background())
 	if err != nil || ev.Prepared == "" || ev.Activated != ev.Prepared {
 		t.Fatalf("rotation after downtime: %+v %v", ev, err)
 	}
 	if _, err := f.issue(t, "spiffe://example.org/x", 0); err != nil {
 		t.Fatalf("issue after recovery: %v", err)
+	}
+	if _, err := f.ca.SignJWTSVID(context.Background(), jwtReq); err != nil {
+		t.Fatalf("JWT-SVID after recovery: %v", err)
+	}
+}
+
+// assertIssues checks c has a live active generation, chained to the root,
+// that signs X509- and JWT-SVIDs, and that no expired one is listed.
+func (f *fixture) assertIssues(t *testing.T, c *ca.CA) ca.Issuer {
+	t.Helper()
+	now := f.clock.Now()
+	is, err := c.ActiveIssuer()
+	if err != nil {
+		t.Fatalf("no active issuer: %v", err)
+	}
+	if !now.Before(is.Cert.NotAfter) || now.Before(is.Cert.NotBefore) {
+		t.Fatalf("active issuer %s not valid now (%s – %s, now %s)", is.KeyID, is.Cert.NotBefore, is.Cert.NotAfter, now)
+	}
+	if err := is.Cert.CheckSignatureFrom(f.root); err != nil {
+		t.Fatalf("active issuer not signed by the root: %v", err)
+	}
+	for _, i := range c.Issuers() {
+		if !now.Before(i.Cert.NotAfter) {
+			t.Fatalf("expired generation %s listed", i.KeyID)
+		}
+	}
+	f.ca = c
+	svid, err := f.issue(t, "spiffe://example.org/after-downtime", 0)
+	if err != nil {
+		t.Fatalf("issue: %v", err)
+	}
+	if _, _, err := x509svid.Verify(svid.Certificates, f.parsedBundle(t), x509svid.WithTime(now)); err != nil {
+		t.Fatalf("issued SVID does not verify: %v", err)
+	}
+	if _, err := c.SignJWTSVID(context.Background(), ca.JWTRequest{ID: spiffeid.RequireFromString("spiffe://example.org/j"), Audience: []string{"a"}, Actor: "test"}); err != nil {
+		t.Fatalf("JWT-SVID: %v", err)
+	}
+	return is
+}
+
+// auditKinds returns the kinds of the audit records, in order.
+func (f *fixture) auditKinds(t *testing.T) []string {
+	t.Helper()
+	f.verifyAudit(t)
+	raw, err := os.ReadFile(f.auditPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kinds []string
+	for _, line := range strings.Split(string(raw), "\n") {
+		var r struct {
+			Kind string `json:"kind"`
+		}
+		if json.Unmarshal([]byte(line), &r) == nil && r.Kind != "" {
+			kinds = append(kinds, r.Kind)
+		}
+	}
+	return kinds
+}
+
+func TestLoadAfterDowntime(t *testing.T) {
+	cfg := func(c *ca.Config) { c.IntermediateTTL = 12 * time.Hour }
+	t.Run("active expired", func(t *testing.T) {
+		f := newFixture(t, cfg)
+		first, _ := f.ca.ActiveIssuer()
+		f.clock.Set(first.Cert.NotAfter.Add(time.Hour))
+		c, err := ca.Load(f.cfg, ca.Options{Keys: f.keys, Store: f.st, Audit: sink{f.log}, Now: f.clock.Now})
+		if err != nil {
+			t.Fatalf("Load after downtime: %v", err)
+		}
+		is := f.assertIssues(t, c)
+		if is.KeyID == first.KeyID {
+			t.Fatal("expired generation still active")
+		}
+		kinds := f.auditKinds(t)
+		if !slices.Contains(kinds, "intermediate.prepared") || !slices.Contains(kinds, "intermediate.activated") {
+			t.Fatalf("recovery not audited: %v", kinds)
+		}
+		recs, _ := f.st.Intermediates()
+		for _, r := range recs {
+			if r.KeyID == first.KeyID && r.Slot != store.SlotRetired {
+				t.Fatalf("expired generation left in slot %s", r.Slot)
+			}
+		}
+	})
+	t.Run("next still live", func(t *testing.T) {
+		f := newFixture(t, cfg)
+		first, _ := f.ca.ActiveIssuer()
+		f.clock.Set(first.Cert.NotBefore.Add(7 * time.Hour))
+		ev, err := f.ca.Rotate(context.Background())
+		if err != nil || ev.Prepared == "" {
+			t.Fatalf("prepare: %+v %v", ev, err)
+		}
+		f.clock.Set(first.Cert.NotAfter.Add(time.Hour))
+		is := f.assertIssues(t, f.load(t))
+		if is.KeyID != ev.Prepared {
+			t.Fatalf("active %s, want the live next generation %s", is.KeyID, ev.Prepared)
+		}
+		if n := len(f.ca.Issuers()); n != 1 {
+			t.Fatalf("%d issuers, want 1", n)
+		}
+	})
+	t.Run("active and next expired", func(t *testing.T) {
+		f := newFixture(t, cfg)
+		first, _ := f.ca.ActiveIssuer()
+		f.clock.Set(first.Cert.NotBefore.Add(7 * time.Hour))
+		ev, err := f.ca.Rotate(context.Background())
+		if err != nil || ev.Prepared == "" {
+			t.Fatalf("prepare: %+v %v", ev, err)
+		}
+		f.clock.Set(first.Cert.NotAfter.Add(24 * time.Hour))
+		is := f.assertIssues(t, f.load(t))
+		if is.KeyID == first.KeyID || is.KeyID == ev.Prepared {
+			t.Fatal("an expired generation is active")
+		}
+		if kinds := f.auditKinds(t); !slices.Contains(kinds, "intermediate.expired") {
+			t.Fatalf("retiring the expired next generation not audited: %v", kinds)
+		}
+	})
+	t.Run("root expired", func(t *testing.T) {
+		f := newFixture(t, func(c *ca.Config) {
+			c.RootTTL = 4 * time.Hour
+			c.IntermediateTTL = time.Hour
+			c.X509SVIDTTL = 10 * time.Minute
+		})
+		f.clock.Set(f.root.NotAfter.Add(time.Hour))
+		seq, _ := f.log.Head()
+		_, err := ca.Load(f.cfg, ca.Options{Keys: f.keys, Store: f.st, Audit: sink{f.log}, Now: f.clock.Now})
+		if !errors.Is(err, ca.ErrRootExpired) || !strings.Contains(err.Error(), f.root.Subject.CommonName) {
+			t.Fatalf("Load with an expired root: %v, want ErrRootExpired naming %q", err, f.root.Subject.CommonName)
+		}
+		if s, _ := f.log.Head(); s != seq {
+			t.Fatalf("failed recovery audited %d records", s-seq)
+		}
+	})
+}
+
+func TestRotateBothExpired(t *testing.T) {
+	f := newFixture(t, func(c *ca.Config) { c.IntermediateTTL = 12 * time.Hour })
+	ctx := context.Background()
+	first, _ := f.ca.ActiveIssuer()
+	f.clock.Set(first.Cert.NotBefore.Add(7 * time.Hour))
+	prep, err := f.ca.Rotate(ctx)
+	if err != nil || prep.Prepared == "" {
+		t.Fatalf("prepare: %+v %v", prep, err)
+	}
+	// Both generations expire while the running CA is suspended.
+	f.clock.Set(first.Cert.NotAfter.Add(24 * time.Hour))
+	ev, err := f.ca.Rotate(ctx)
+	if err != nil {
+		t.Fatalf("rotate: %v", err)
+	}
+	if ev.Activated == "" || ev.Activated == prep.Prepared || ev.Activated != ev.Prepared {
+		t.Fatalf("rotate activated %q (expired next %q): %+v", ev.Activated, prep.Prepared, ev)
+	}
+	if !slices.Contains(ev.Expired, first.KeyID) || !slices.Contains(ev.Expired, prep.Prepared) {
+		t.Fatalf("Expired = %v, want both generations", ev.Expired)
+	}
+	if is := f.assertIssues(t, f.ca); is.KeyID != ev.Activated {
+		t.Fatalf("active %s, want %s", is.KeyID, ev.Activated)
+	}
+	f.assertIssues(t, f.load(t))
+	if kinds := f.auditKinds(t); !slices.Contains(kinds, "intermediate.expired") {
+		t.Fatalf("retiring the expired next generation not audited: %v", kinds)
+	}
+	recs, _ := f.st.Intermediates()
+	for _, r := range recs {
+		if r.KeyID == prep.Prepared && (r.Slot != store.SlotRetired || !r.ActivatedAt.IsZero()) {
+			t.Fatalf("expired next generation: slot %s, activated %s", r.Slot, r.ActivatedAt)
+		}
+	}
+}
+
+func TestBundleSequencePersists(t *testing.T) {
+	f := newFixture(t, func(c *ca.Config) { c.IntermediateTTL = 12 * time.Hour; c.X509SVIDTTL = time.Hour })
+	ctx := context.Background()
+	first, _ := f.ca.ActiveIssuer()
+	life := first.Cert.NotAfter.Sub(first.Cert.NotBefore)
+	at := func(frac float64) time.Time { return first.Cert.NotBefore.Add(time.Duration(float64(life) * frac)) }
+	type view struct {
+		seq  uint64
+		keys int
+	}
+	look := func(c *ca.CA) view {
+		b := c.Bundle()
+		s, ok := b.SequenceNumber()
+		if !ok || s == 0 {
+			t.Fatal("bundle has no sequence number")
+		}
+		return view{s, len(b.JWTAuthorities())}
+	}
+	// A restart with unchanged contents keeps the number.
+	v0 := look(f.ca)
+	if got := look(f.load(t)); got != v0 {
+		t.Fatalf("after restart %+v, before %+v", got, v0)
+	}
+	f.clock.Set(at(0.55))
+	if _, err := f.ca.Rotate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	v1 := look(f.ca)
+	if v1.keys != 2 || v1.seq <= v0.seq {
+		t.Fatalf("after prepare %+v, before %+v", v1, v0)
+	}
+	if got := look(f.load(t)); got != v1 {
+		t.Fatalf("after prepare and restart %+v, want %+v", got, v1)
+	}
+	// Activation publishes no new key: same contents, same number.
+	f.clock.Set(at(0.84))
+	if ev, err := f.ca.Rotate(ctx); err != nil || ev.Activated == "" {
+		t.Fatalf("activate: %+v %v", ev, err)
+	}
+	if got := look(f.ca); got != v1 {
+		t.Fatalf("after activation %+v, want %+v", got, v1)
+	}
+	// Expiry drops a key, also for a CA loaded after the expiry.
+	f.clock.Set(first.Cert.NotAfter.Add(time.Minute))
+	v2 := look(f.load(t))
+	if v2.keys != 1 || v2.seq <= v1.seq {
+		t.Fatalf("after expiry %+v, before %+v", v2, v1)
+	}
+	if _, err := f.ca.Rotate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := look(f.ca); got != v2 {
+		t.Fatalf("running CA after expiry %+v, want %+v", got, v2)
+	}
+	if got := look(f.load(t)); got != v2 {
+		t.Fatalf("after expiry and restart %+v, want %+v", got, v2)
 	}
 }
 

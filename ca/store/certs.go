@@ -36,7 +36,21 @@ const (
 	KindServerSVID   = "server-svid" // the appliance's own service identities
 	KindIntermediate = "intermediate"
 	KindOCSPSigner   = "ocsp-signer"
+	KindRoot         = "root"
+	KindAuditSigner  = "audit-signer" // certifies the audit log's checkpoint key
 )
+
+// IsCAKind reports whether kind is one of the CA's own certificates (root,
+// intermediates, audit and OCSP signers) rather than an SVID. They are
+// recorded so their serials stay unique, but are not revoked through the
+// store: no CRL covers them.
+func IsCAKind(kind string) bool {
+	switch kind {
+	case KindRoot, KindIntermediate, KindAuditSigner, KindOCSPSigner:
+		return true
+	}
+	return false
+}
 
 // CertRecord is one issued certificate.
 type CertRecord struct {
@@ -74,7 +88,7 @@ func checkRecord(r *CertRecord) ([]byte, error) {
 		if err := checkSPIFFEID("SPIFFE ID", r.SPIFFEID); err != nil {
 			return nil, fmt.Errorf("serial %x: %w", r.Serial, err)
 		}
-	case KindIntermediate, KindOCSPSigner:
+	case KindRoot, KindIntermediate, KindAuditSigner, KindOCSPSigner:
 		if r.SPIFFEID != "" {
 			if err := checkID("SPIFFE ID", r.SPIFFEID); err != nil {
 				return nil, fmt.Errorf("serial %x: %w", r.Serial, err)
@@ -147,6 +161,11 @@ func insertCert(tx *bolt.Tx, key, val []byte, rec *CertRecord) (bool, error) {
 		return false, err
 	}
 	meta := tx.Bucket(bucketMeta)
+	if IsCAKind(rec.Kind) {
+		if err := putU64(meta, keyNCACerts, u64(meta.Get(keyNCACerts))+1); err != nil {
+			return false, err
+		}
+	}
 	return true, putU64(meta, keyNCerts, u64(meta.Get(keyNCerts))+1)
 }
 
@@ -161,9 +180,10 @@ func expiryKey(notAfter time.Time, serial []byte) []byte {
 }
 
 // ForEachUnexpired calls fn for every certificate whose NotAfter is after
-// at, revoked or not, in NotAfter order, from the expiry index: the cost
-// follows the number of live certificates, not every serial ever issued.
-// fn runs inside a read transaction; its error stops the walk.
+// at, revoked or not, the CA's own included (IsCAKind), in NotAfter order,
+// from the expiry index: the cost follows the number of live certificates,
+// not every serial ever issued. fn runs inside a read transaction; its
+// error stops the walk.
 func (s *Store) ForEachUnexpired(at time.Time, fn func(CertRecord) error) error {
 	if fn == nil {
 		return fmt.Errorf("%w: nil callback", ErrInvalid)
@@ -264,7 +284,8 @@ func checkRevoke(reason int, at time.Time) error {
 }
 
 // Revoke marks serial revoked at at with an RFC 5280 reason and appends it
-// to the revocation log. ErrCertNotFound, ErrAlreadyRevoked.
+// to the revocation log. ErrCertNotFound, ErrAlreadyRevoked; ErrInvalid for
+// the CA's own certificates (IsCAKind), which no CRL would list.
 func (s *Store) Revoke(serial *big.Int, reason int, at time.Time) (CertRecord, error) {
 	key, err := serialKey(serial)
 	if err != nil {
@@ -283,6 +304,9 @@ func (s *Store) Revoke(serial *big.Int, reason int, at time.Time) (CertRecord, e
 		}
 		if r.Status == CertRevoked {
 			return fmt.Errorf("%w: %x (seq %d)", ErrAlreadyRevoked, serial, r.RevokeSeq)
+		}
+		if IsCAKind(r.Kind) {
+			return fmt.Errorf("%w: serial %x is the CA's own %s certificate, which CRLs do not cover", ErrInvalid, serial, r.Kind)
 		}
 		return s.revoke(tx, key, &r, reason, at)
 	})
@@ -326,7 +350,7 @@ func (s *Store) RevokeNode(nodeID string, reason int, at time.Time) ([]CertRecor
 			if err != nil {
 				return err
 			}
-			if r.Status != CertValid || !at.Before(r.NotAfter) || (r.NodeID != nodeID && r.SPIFFEID != nodeID) {
+			if r.Status != CertValid || !at.Before(r.NotAfter) || (r.NodeID != nodeID && r.SPIFFEID != nodeID) || IsCAKind(r.Kind) {
 				continue
 			}
 			if err := s.revoke(tx, key, &r, reason, at); err != nil {
@@ -362,8 +386,9 @@ func (s *Store) ForEachRevoked(issuerKeyID string, fn func(CertRecord) error) er
 	})
 }
 
-// ForEachCert calls fn for every recorded certificate in serial order. fn
-// runs inside a read transaction; its error stops the walk and is returned.
+// ForEachCert calls fn for every recorded certificate in serial order, the
+// CA's own included (IsCAKind). fn runs inside a read transaction; its
+// error stops the walk and is returned.
 func (s *Store) ForEachCert(fn func(CertRecord) error) error {
 	if fn == nil {
 		return fmt.Errorf("%w: nil callback", ErrInvalid)

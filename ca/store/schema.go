@@ -22,7 +22,11 @@ import (
 //	  ca          → JSON CAMeta (written once, by InitCA)
 //	  rev_seq     → uint64 last RevokeSeq handed out
 //	  n_certs     → uint64 number of records in certs/
+//	  n_ca_certs  → uint64 how many of those are the CA's own (IsCAKind; absent: 0)
 //	  n_revoked   → uint64 number of revoked records
+//	  bundle      → uint64 trust bundle sequence number, then the digest of the
+//	                bundle contents it numbers (BundleSequence; absent until
+//	                the CA first loads)
 //	kv/
 //	  <key>       → opaque bytes (GetMeta/PutMeta/UpdateMeta: other components' counters)
 //	intermediates/
@@ -36,7 +40,11 @@ import (
 //	entries_by_key/
 //	  sha256(spiffe id, parent id, sorted selectors) → <entry id>   (uniqueness)
 //	certs/
-//	  <serial>    → cert record, binary v1 (below); never deleted, so a serial is never reused
+//	  <serial>    → cert record, binary v1 (below); never deleted, so a serial is never reused.
+//	                Besides the SVIDs: the root and audit certificates (written by
+//	                InitCA), each intermediate (PutIntermediate), in the same
+//	                transaction as their metadata (RecordCACerts adds them to older
+//	                stores); these have no subject index entries and are never revoked
 //	certs_by_expiry/
 //	  <uint64 NotAfter unix seconds ^ 2^63> <uint32 nanos> <serial> → empty   (ForEachUnexpired)
 //	certs_by_subject/
@@ -100,6 +108,8 @@ var (
 	keyRevSeq   = []byte("rev_seq")
 	keyNCerts   = []byte("n_certs")
 	keyNRevoked = []byte("n_revoked")
+	keyNCACerts = []byte("n_ca_certs")
+	keyBundle   = []byte("bundle")
 )
 
 const serialLen = 20

@@ -209,13 +209,16 @@ func walk(tx *bolt.Tx) error {
 // verifyCounters recounts certs/ and revoked/ against the meta counters.
 func (s *Store) verifyCounters(tx *bolt.Tx) error {
 	meta := tx.Bucket(bucketMeta)
-	var certs, revoked uint64
+	var certs, caCerts, revoked uint64
 	if err := tx.Bucket(bucketCerts).ForEach(func(k, v []byte) error {
 		r, err := decodeCert(k, v)
 		if err != nil {
 			return err
 		}
 		certs++
+		if IsCAKind(r.Kind) {
+			caCerts++
+		}
 		if r.Status == CertRevoked {
 			revoked++
 		}
@@ -225,6 +228,9 @@ func (s *Store) verifyCounters(tx *bolt.Tx) error {
 	}
 	if c := u64(meta.Get(keyNCerts)); c != certs {
 		return fmt.Errorf("%w: %s: counter says %d certificates, found %d", ErrCorrupt, s.path, c, certs)
+	}
+	if c := u64(meta.Get(keyNCACerts)); c != caCerts {
+		return fmt.Errorf("%w: %s: counter says %d CA certificates, found %d", ErrCorrupt, s.path, c, caCerts)
 	}
 	if c := u64(meta.Get(keyNRevoked)); c != revoked {
 		return fmt.Errorf("%w: %s: counter says %d revoked, found %d", ErrCorrupt, s.path, c, revoked)
@@ -265,8 +271,11 @@ func (s *Store) Close() error {
 // Stats are record counts, plus RecordIssued's group-commit counters since
 // Open (GroupRecords/GroupCommits is the mean batch size).
 type Stats struct {
-	Entries       int
+	Entries int
+	// Certs counts the issued certificates (SVIDs); CACerts the CA's own
+	// (IsCAKind: root, audit, intermediates, OCSP responders).
 	Certs         uint64
+	CACerts       uint64
 	Revoked       uint64
 	Intermediates int
 	GroupCommits  uint64
@@ -282,7 +291,9 @@ func (s *Store) Stats() (Stats, error) {
 	var st Stats
 	err := s.view("stats", func(tx *bolt.Tx) error {
 		meta := tx.Bucket(bucketMeta)
-		st.Certs = u64(meta.Get(keyNCerts))
+		n := u64(meta.Get(keyNCerts))
+		st.CACerts = min(u64(meta.Get(keyNCACerts)), n)
+		st.Certs = n - st.CACerts
 		st.Revoked = u64(meta.Get(keyNRevoked))
 		st.Entries = tx.Bucket(bucketEntries).Stats().KeyN
 		st.Intermediates = tx.Bucket(bucketIntermediates).Stats().KeyN
