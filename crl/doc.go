@@ -6,7 +6,9 @@
 // The package owns no certificate records. It reads them through Source and
 // writes revocations through Store (both implemented by the CA's bbolt
 // store), signs through crypto.Signer (the HSM), and keeps only one durable
-// file of its own: the CRL numbers, in Config.DataDir.
+// file of its own: the CRL numbers, in Config.DataDir. The delegated OCSP
+// responder certificates it has the issuers sign are recorded through
+// Store and audited before they are used, as the CA's own issuances are.
 //
 // Entry points for the server:
 //

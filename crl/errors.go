@@ -14,4 +14,7 @@ var (
 	ErrNoCRL            = errors.New("crl: no verified CRL for this issuer")
 	ErrBadCRL           = errors.New("crl: CRL rejected")
 	ErrStaleCRL         = errors.New("crl: CRL past its nextUpdate")
+	// ErrSerialExists: a CertRecorder refused a serial it had recorded
+	// before; the certificate was never used.
+	ErrSerialExists = errors.New("crl: certificate serial already recorded")
 )

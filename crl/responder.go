@@ -77,13 +77,15 @@ type hsmSigner struct {
 func (h hsmSigner) Sign(tbs []byte) ([]byte, error) { return h.sp.sign(h.s, tbs) }
 
 type responder struct {
-	cfg  Config
-	keys KeyStore
-	src  Source
-	log  *slog.Logger
-	now  func() time.Time
-	sem  chan struct{}
-	m    *Metrics
+	cfg   Config
+	keys  KeyStore
+	src   Source
+	certs CertRecorder
+	audit Auditor
+	log   *slog.Logger
+	now   func() time.Time
+	sem   chan struct{}
+	m     *Metrics
 
 	mu      sync.RWMutex
 	issuers map[string]*ocspIssuer // by key ID
@@ -102,9 +104,10 @@ type flightCall struct {
 	err  error
 }
 
-func newResponder(cfg Config, keys KeyStore, src Source, log *slog.Logger, now func() time.Time, m *Metrics) *responder {
+func newResponder(cfg Config, keys KeyStore, src Source, certs CertRecorder, audit Auditor,
+	log *slog.Logger, now func() time.Time, m *Metrics) *responder {
 	return &responder{
-		cfg: cfg, keys: keys, src: src, log: log, now: now, m: m,
+		cfg: cfg, keys: keys, src: src, certs: certs, audit: audit, log: log, now: now, m: m,
 		sem:     make(chan struct{}, cfg.SignConcurrency),
 		issuers: map[string]*ocspIssuer{},
 		byKey:   map[string]*ocspIssuer{},
@@ -119,7 +122,7 @@ func ResponderKeyLabel(issuerKeyID string) string { return "palisade-ocsp-" + is
 
 // setIssuers brings the issuer set up to date, creating or renewing
 // delegated responder certificates. It returns the first failure.
-func (r *responder) setIssuers(list []Issuer) error {
+func (r *responder) setIssuers(ctx context.Context, list []Issuer) error {
 	var firstErr error
 	seen := map[string]bool{}
 	for _, iss := range list {
@@ -137,7 +140,7 @@ func (r *responder) setIssuers(list []Issuer) error {
 				oi.hashes[h.hash] = ih
 			}
 		}
-		if err := r.ensureResponderCert(oi); err != nil {
+		if err := r.ensureResponderCert(ctx, oi); err != nil {
 			r.m.RefreshFailures.Add(1)
 			r.log.Error("OCSP responder certificate unavailable", "issuer", iss.KeyID, "err", err)
 			if firstErr == nil {
@@ -168,9 +171,26 @@ func (r *responder) setIssuers(list []Issuer) error {
 	return firstErr
 }
 
+// maxSerialAttempts bounds retries on a serial collision, which with 128
+// random bits only a broken RNG can cause.
+const maxSerialAttempts = 3
+
+// newSerial returns a serial of 128 random bits. A leading 0x01 keeps all
+// of them and a positive, fixed-length (17-byte) DER integer, as the CA's.
+func newSerial() (*big.Int, error) {
+	b := make([]byte, 17)
+	if _, err := rand.Read(b[1:]); err != nil {
+		return nil, fmt.Errorf("crl: serial: %w", err)
+	}
+	b[0] = 0x01
+	return new(big.Int).SetBytes(b), nil
+}
+
 // ensureResponderCert issues (or renews at two thirds of its life) the
-// delegated OCSP signing certificate, its key kept in the HSM.
-func (r *responder) ensureResponderCert(oi *ocspIssuer) error {
+// delegated OCSP signing certificate, its key kept in the HSM. Like
+// everything the CA's keys sign, it is used only once its serial is
+// recorded (which refuses a serial seen before) and its issuance audited.
+func (r *responder) ensureResponderCert(ctx context.Context, oi *ocspIssuer) error {
 	now := r.now()
 	if c := oi.respCert.Load(); c != nil {
 		life := c.NotAfter.Sub(c.NotBefore)
@@ -178,8 +198,8 @@ func (r *responder) ensureResponderCert(oi *ocspIssuer) error {
 			return nil
 		}
 	}
+	label := ResponderKeyLabel(oi.iss.KeyID)
 	if oi.keySigner == nil {
-		label := ResponderKeyLabel(oi.iss.KeyID)
 		s, err := r.keys.Signer(label)
 		if err != nil || s == nil {
 			s, err = r.keys.GenerateSigner(label)
@@ -210,13 +230,7 @@ func (r *responder) ensureResponderCert(oi *ocspIssuer) error {
 	if oi.iss.Cert.NotAfter.Before(notAfter) {
 		notAfter = oi.iss.Cert.NotAfter
 	}
-	serial := make([]byte, 16)
-	if _, err := rand.Read(serial); err != nil {
-		return err
-	}
-	serial[0] = serial[0]&0x7f | 0x40
 	tmpl := &x509.Certificate{
-		SerialNumber: new(big.Int).SetBytes(serial),
 		Subject: pkix.Name{
 			Organization: oi.iss.Cert.Subject.Organization,
 			CommonName:   "Palisade OCSP responder " + oi.iss.KeyID[:min(16, len(oi.iss.KeyID))],
@@ -228,13 +242,38 @@ func (r *responder) ensureResponderCert(oi *ocspIssuer) error {
 		SubjectKeyId:    ski[:20],
 		ExtraExtensions: []pkix.Extension{{Id: oidOCSPNoCheck, Value: []byte{0x05, 0x00}}},
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, oi.iss.Cert, oi.keySigner.Public(), oi.iss.Signer)
-	if err != nil {
-		return fmt.Errorf("crl: sign OCSP responder certificate for %s: %w", oi.iss.KeyID, err)
+	var der []byte
+	var cert *x509.Certificate
+	for attempt := 0; ; attempt++ {
+		if tmpl.SerialNumber, err = newSerial(); err != nil {
+			return err
+		}
+		der, err = x509.CreateCertificate(rand.Reader, tmpl, oi.iss.Cert, oi.keySigner.Public(), oi.iss.Signer)
+		if err != nil {
+			return fmt.Errorf("crl: sign OCSP responder certificate for %s: %w", oi.iss.KeyID, err)
+		}
+		if cert, err = x509.ParseCertificate(der); err != nil {
+			return err
+		}
+		err = r.certs.RecordResponderCert(ResponderCert{
+			Serial: cert.SerialNumber, IssuerKeyID: oi.iss.KeyID, NotBefore: cert.NotBefore, NotAfter: cert.NotAfter,
+		})
+		if errors.Is(err, ErrSerialExists) && attempt+1 < maxSerialAttempts {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("crl: record OCSP responder certificate %x for %s: %w", cert.SerialNumber, oi.iss.KeyID, err)
+		}
+		break
 	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		return err
+	if err := r.audit.Append(ctx, "ocsp-signer.issued", "system", map[string]any{
+		"serial":         cert.SerialNumber.Text(16),
+		"issuer":         oi.iss.KeyID,
+		"not_after":      cert.NotAfter,
+		"key_label":      label,
+		"subject_key_id": hex.EncodeToString(cert.SubjectKeyId),
+	}); err != nil {
+		return fmt.Errorf("crl: audit OCSP responder certificate %x for %s: %w", cert.SerialNumber, oi.iss.KeyID, err)
 	}
 	oi.respCert.Store(cert)
 	oi.rs.Store(&responseSigner{
@@ -243,7 +282,7 @@ func (r *responder) ensureResponderCert(oi *ocspIssuer) error {
 		responderID: tlv(nil, 0xa2, tlv(nil, tagOctetString, keyHash[:])),
 		certs:       tlv(nil, 0xa0, tlv(nil, tagSequence, der)),
 	})
-	r.log.Info("OCSP responder certificate issued", "issuer", oi.iss.KeyID, "not_after", notAfter)
+	r.log.Info("OCSP responder certificate issued", "issuer", oi.iss.KeyID, "serial", cert.SerialNumber.Text(16), "not_after", cert.NotAfter)
 	return nil
 }
 

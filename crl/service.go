@@ -15,7 +15,7 @@ import (
 // Options are the Service's collaborators.
 type Options struct {
 	Store   Store    // durable certificate records (the CA's store)
-	Audit   Auditor  // every revocation is audited
+	Audit   Auditor  // every revocation and responder certificate is audited
 	Keys    KeyStore // HSM holding the delegated OCSP keys
 	Issuers Issuers  // live intermediates
 	// BaseURL is the appliance's HTTP base, used for the Freshest CRL
@@ -70,7 +70,7 @@ func New(cfg Config, opts Options) (*Service, error) {
 	s.feed = newFeed(cfg.LongPollTimeout)
 	s.pub = &publisher{cfg: cfg, src: opts.Store, state: st, feed: s.feed, log: opts.Logger, now: opts.Now,
 		baseURL: opts.BaseURL, m: m, issuers: map[string]*crlIssuer{}}
-	s.ocsp = newResponder(cfg, opts.Keys, opts.Store, opts.Logger, opts.Now, m)
+	s.ocsp = newResponder(cfg, opts.Keys, opts.Store, opts.Store, opts.Audit, opts.Logger, opts.Now, m)
 	s.mux = http.NewServeMux()
 	s.mux.Handle("/crl/", s.pub)
 	s.mux.Handle("/revocations", s.feed)
@@ -116,7 +116,7 @@ func (s *Service) Run(ctx context.Context) error {
 func (s *Service) syncIssuers(ctx context.Context) {
 	list := s.opts.Issuers.Issuers()
 	s.pub.setIssuers(ctx, list)
-	if err := s.ocsp.setIssuers(list); err != nil {
+	if err := s.ocsp.setIssuers(ctx, list); err != nil {
 		s.log.Error("OCSP issuer setup incomplete", "err", err)
 	}
 }

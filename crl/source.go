@@ -37,10 +37,27 @@ type Source interface {
 	ForEachUnexpired(at time.Time, fn func(CertInfo) error) error
 }
 
+// ResponderCert is a delegated OCSP responder certificate an issuer signed.
+type ResponderCert struct {
+	Serial      *big.Int
+	IssuerKeyID string // hex SubjectKeyId of the issuing intermediate
+	NotBefore   time.Time
+	NotAfter    time.Time
+}
+
+// CertRecorder durably records the certificates this package has an issuer
+// sign (delegated OCSP responder certificates) before they are used, as
+// the CA records what it issues. A serial recorded before, of any
+// certificate, is refused with an error wrapping ErrSerialExists.
+type CertRecorder interface {
+	RecordResponderCert(ResponderCert) error
+}
+
 // Store does the durable revocation writes, each in one transaction,
-// acknowledged only once on disk.
+// acknowledged only once on disk, and records responder certificates.
 type Store interface {
 	Source
+	CertRecorder
 	// Revoke marks serial revoked at at with reason and returns the
 	// updated record and true. A certificate already revoked is returned
 	// unchanged (its original time and reason) with false and no error. An

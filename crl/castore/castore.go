@@ -2,6 +2,7 @@ package castore
 
 import (
 	"errors"
+	"fmt"
 	"math/big"
 	"time"
 
@@ -88,6 +89,20 @@ func (s *Store) RevokeNode(nodeID string, reason int, at time.Time) ([]crl.CertI
 		out[i] = info(r)
 	}
 	return out, nil
+}
+
+// RecordResponderCert implements crl.CertRecorder: the certificate goes in
+// the store's issuance records (store.KindOCSPSigner), whose serials are
+// unique across everything the CA signed.
+func (s *Store) RecordResponderCert(rc crl.ResponderCert) error {
+	err := s.st.RecordIssued(store.CertRecord{
+		Serial: rc.Serial, IssuerKeyID: rc.IssuerKeyID, Kind: store.KindOCSPSigner,
+		NotBefore: rc.NotBefore, NotAfter: rc.NotAfter, Status: store.CertValid,
+	})
+	if errors.Is(err, store.ErrSerialExists) {
+		return fmt.Errorf("%w: %w", crl.ErrSerialExists, err)
+	}
+	return err
 }
 
 // OnIssued returns a hook for ca.Options.OnIssued that has svc pre-sign

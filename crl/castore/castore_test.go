@@ -63,3 +63,42 @@ func TestAdapter(t *testing.T) {
 		t.Fatalf("unexpired: %v", live)
 	}
 }
+
+func TestRecordResponderCert(t *testing.T) {
+	st, err := store.Open(filepath.Join(t.TempDir(), "ca.db"), store.Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	now := time.Now().UTC().Truncate(time.Second)
+	s := New(st)
+	rc := crl.ResponderCert{Serial: big.NewInt(7), IssuerKeyID: "abcd", NotBefore: now, NotAfter: now.Add(72 * time.Hour)}
+	if err := s.RecordResponderCert(rc); err != nil {
+		t.Fatal(err)
+	}
+	r, err := st.Cert(rc.Serial)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Kind != store.KindOCSPSigner || r.IssuerKeyID != "abcd" || !r.NotAfter.Equal(rc.NotAfter) || r.Status != store.CertValid {
+		t.Fatalf("recorded %+v", r)
+	}
+	// Serials are unique across everything the CA signed.
+	if err := st.RecordIssued(store.CertRecord{Serial: big.NewInt(8), SPIFFEID: "spiffe://example.org/w", IssuerKeyID: "abcd",
+		Kind: store.KindX509SVID, NotBefore: now, NotAfter: now.Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []int64{7, 8} {
+		rc.Serial = big.NewInt(n)
+		if err := s.RecordResponderCert(rc); !errors.Is(err, crl.ErrSerialExists) || !errors.Is(err, store.ErrSerialExists) {
+			t.Fatalf("serial %d recorded again: %v, want crl.ErrSerialExists", n, err)
+		}
+	}
+	// Not an SVID: never pre-signed for OCSP.
+	s.ForEachUnexpired(now, func(c crl.CertInfo) error {
+		if c.Serial.Int64() == 7 {
+			t.Error("responder certificate listed for pre-signing")
+		}
+		return nil
+	})
+}

@@ -15,12 +15,15 @@ var ErrNotFound = errors.New("memsource: no such certificate")
 
 // Store holds certificate records in a map.
 type Store struct {
-	mu    sync.RWMutex
-	certs map[string]*crl.CertInfo
+	mu        sync.RWMutex
+	certs     map[string]*crl.CertInfo
+	responder map[string]crl.ResponderCert
 }
 
 // New returns an empty Store.
-func New() *Store { return &Store{certs: map[string]*crl.CertInfo{}} }
+func New() *Store {
+	return &Store{certs: map[string]*crl.CertInfo{}, responder: map[string]crl.ResponderCert{}}
+}
 
 // Add records an issued certificate (as the CA's RecordIssued would).
 func (s *Store) Add(ci crl.CertInfo) {
@@ -111,6 +114,38 @@ func (s *Store) RevokeNode(nodeID string, reason int, at time.Time) ([]crl.CertI
 		}
 	}
 	return out, nil
+}
+
+// RecordResponderCert implements crl.CertRecorder: a serial already added
+// or recorded is refused with crl.ErrSerialExists. Responder certificates
+// are kept apart from Add's records (Status and the walks do not see them),
+// as the CA's store keeps them out of OCSP pre-signing.
+func (s *Store) RecordResponderCert(rc crl.ResponderCert) error {
+	if rc.Serial == nil || rc.Serial.Sign() <= 0 {
+		return fmt.Errorf("%w: responder certificate serial %v", crl.ErrBadSerial, rc.Serial)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	k := string(rc.Serial.Bytes())
+	if _, ok := s.certs[k]; ok {
+		return fmt.Errorf("%w: %x", crl.ErrSerialExists, rc.Serial)
+	}
+	if _, ok := s.responder[k]; ok {
+		return fmt.Errorf("%w: %x", crl.ErrSerialExists, rc.Serial)
+	}
+	s.responder[k] = rc
+	return nil
+}
+
+// ResponderCerts returns the recorded responder certificates.
+func (s *Store) ResponderCerts() []crl.ResponderCert {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]crl.ResponderCert, 0, len(s.responder))
+	for _, rc := range s.responder {
+		out = append(out, rc)
+	}
+	return out
 }
 
 var _ crl.Store = (*Store)(nil)

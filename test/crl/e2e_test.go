@@ -520,4 +520,44 @@ func TestRevocationEndToEnd(t *testing.T) {
 			t.Fatalf("audit log:\n%s", b)
 		}
 	})
+	// Each start issued a responder certificate: audited, and recorded in
+	// the CA's store (durably: the server is killed, not stopped).
+	t.Run("responder certificates recorded", func(t *testing.T) {
+		log, err := os.ReadFile(sc.AuditPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var serials []string
+		for _, line := range bytes.Split(log, []byte("\n")) {
+			var rec struct {
+				Kind string `json:"kind"`
+				Data struct {
+					Serial string `json:"serial"`
+					Issuer string `json:"issuer"`
+				} `json:"data"`
+			}
+			if json.Unmarshal(line, &rec) == nil && rec.Kind == "ocsp-signer.issued" {
+				if rec.Data.Issuer != p.keyID() {
+					t.Fatalf("responder certificate %s audited for issuer %s, want %s", rec.Data.Serial, rec.Data.Issuer, p.keyID())
+				}
+				serials = append(serials, rec.Data.Serial)
+			}
+		}
+		if len(serials) < 3 {
+			t.Fatalf("%d ocsp-signer.issued records after 3 starts", len(serials))
+		}
+		s.kill9()
+		st, err := store.Open(storePath, store.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Close()
+		for _, hexSerial := range serials {
+			n, _ := new(big.Int).SetString(hexSerial, 16)
+			r, err := st.Cert(n)
+			if err != nil || r.Kind != store.KindOCSPSigner || r.IssuerKeyID != p.keyID() {
+				t.Fatalf("responder certificate %s in the store: %+v %v", hexSerial, r, err)
+			}
+		}
+	})
 }

@@ -1,0 +1,95 @@
+package cawire_test
+
+import (
+	"context"
+	"crypto"
+	"crypto/x509"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/palisade-id/palisade/ca"
+	"github.com/palisade-id/palisade/ca/keystore/memkeys"
+	"github.com/palisade-id/palisade/ca/store"
+	"github.com/palisade-id/palisade/crl"
+	"github.com/palisade-id/palisade/crl/castore"
+	"github.com/palisade-id/palisade/crl/cawire"
+)
+
+type kindAudit struct {
+	mu   sync.Mutex
+	recs map[string][]map[string]any
+}
+
+func (a *kindAudit) Append(_ context.Context, kind, _ string, data any) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	m, _ := data.(map[string]any)
+	a.recs[kind] = append(a.recs[kind], m)
+	return nil
+}
+
+func (a *kindAudit) get(kind string) []map[string]any {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.recs[kind]
+}
+
+// TestResponderCertInCAStore: wired as palisade-server does, the delegated
+// OCSP responder certificate the intermediate signs is in the CA's store
+// (KindOCSPSigner, so its serial can never be issued again) and in the
+// audit log, before the responder is ready.
+func TestResponderCertInCAStore(t *testing.T) {
+	dir := t.TempDir()
+	st, err := store.Open(filepath.Join(dir, "ca.db"), store.Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	keys := memkeys.New()
+	cfg := ca.Config{TrustDomain: "example.org"}
+	if _, err := ca.Ceremony(context.Background(), cfg, keys, st, "test",
+		func(crypto.Signer, *x509.Certificate) (ca.Auditor, error) { return nopAudit{}, nil }, nil); err != nil {
+		t.Fatal(err)
+	}
+	c, err := ca.Load(cfg, ca.Options{Keys: keys, Store: st, Audit: nopAudit{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	audit := &kindAudit{recs: map[string][]map[string]any{}}
+	svc, err := crl.New(crl.Config{DataDir: filepath.Join(dir, "crl")},
+		crl.Options{Store: castore.New(st), Audit: audit, Keys: keys, Issuers: cawire.Issuers(c)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { svc.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	for deadline := time.Now().Add(5 * time.Second); svc.Ready() != nil; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal(svc.Ready())
+		}
+	}
+	active, _ := c.ActiveIssuer()
+	recs := audit.get("ocsp-signer.issued")
+	if len(recs) != 1 {
+		t.Fatalf("%d ocsp-signer.issued audit records, want 1", len(recs))
+	}
+	serial, ok := recs[0]["serial"].(string)
+	if !ok || recs[0]["issuer"] != active.KeyID {
+		t.Fatalf("audit record %v", recs[0])
+	}
+	var found []store.CertRecord
+	st.ForEachCert(func(r store.CertRecord) error {
+		if r.Kind == store.KindOCSPSigner {
+			found = append(found, r)
+		}
+		return nil
+	})
+	if len(found) != 1 || found[0].Serial.Text(16) != serial || found[0].IssuerKeyID != active.KeyID ||
+		!found[0].NotAfter.Equal(recs[0]["not_after"].(time.Time)) {
+		t.Fatalf("store holds responder certificates %+v, want serial %s of issuer %s", found, serial, active.KeyID)
+	}
+}
