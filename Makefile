@@ -68,8 +68,9 @@ demo: deps build
 bench: deps build
 	@echo "== CA: durable SVID issuance vs raw HSM signing"
 	$(GO) run ./test/bench/issuance
-	@echo "== HSM: raw SoftHSM2 signing"
+	@echo "== HSM: raw SoftHSM2 signing; the audit anchor update"
 	$(GO) test -run '^$$' -bench '^BenchmarkSign' -cpu 1,2 -benchtime 2s ./ca/pkcs11/
+	$(GO) test -run '^$$' -bench 'SetData|AuditCheckpoint' ./ca/pkcs11/
 	@echo "== store and audit: durable records per second"
 	$(GO) test -run '^$$' -bench '^BenchmarkRecordIssued$$' -cpu 1,2,8 -benchtime 2s ./ca/store/
 	$(GO) test -run '^$$' -bench '^BenchmarkAppend$$' -cpu 1,2,8 -benchtime 2s ./ca/audit/
