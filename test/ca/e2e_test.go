@@ -3,6 +3,7 @@
 package ca
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -12,6 +13,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"io"
+	"io/fs"
 	"math/big"
 	"net/http"
 	"net/url"
@@ -475,12 +477,26 @@ func TestStartupFailuresAreClear(t *testing.T) {
 				os.WriteFile(dbPath, dbOrig, 0o600)
 			}()
 			c.break_(t)
+			// What the refused start finds on disk is what it must leave:
+			// no repair, truncation or record of its own.
+			before := dataFiles(t, a.DataDir())
 			err := a.StartErr()
 			if err == nil {
 				t.Fatal("server started")
 			}
 			if !strings.Contains(err.Error(), c.want) {
 				t.Fatalf("failure does not name the problem (%q):\n%v", c.want, err)
+			}
+			after := dataFiles(t, a.DataDir())
+			for name, b := range before {
+				if !bytes.Equal(after[name], b) {
+					t.Errorf("refused start changed %s", name)
+				}
+			}
+			for name := range after {
+				if _, ok := before[name]; !ok {
+					t.Errorf("refused start created %s", name)
+				}
 			}
 		})
 	}
@@ -500,4 +516,26 @@ func spiffeBundle(t *testing.T, a *harness.Appliance) *spiffebundle.Bundle {
 		t.Fatalf("bundle: %v\n%s", err, out)
 	}
 	return b
+}
+
+// dataFiles reads every regular file under dir, by path relative to it.
+func dataFiles(t *testing.T, dir string) map[string][]byte {
+	t.Helper()
+	out := map[string][]byte{}
+	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return err
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, path)
+		out[rel] = b
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
 }
