@@ -3,7 +3,6 @@ package cawire_test
 import (
 	"bytes"
 	"context"
-	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -20,47 +19,30 @@ import (
 	"golang.org/x/crypto/ocsp"
 
 	"github.com/palisade-id/palisade/ca"
-	"github.com/palisade-id/palisade/ca/keystore/memkeys"
 	"github.com/palisade-id/palisade/ca/store"
 	"github.com/palisade-id/palisade/crl"
 	"github.com/palisade-id/palisade/crl/castore"
 	"github.com/palisade-id/palisade/crl/cawire"
+	"github.com/palisade-id/palisade/test/memca"
 )
-
-type nopAudit struct{}
-
-func (nopAudit) Append(context.Context, string, string, any) error { return nil }
 
 // TestRealCA issues SVIDs with the real CA (in-memory keys, bbolt store),
 // wired to the revocation service as palisade-server does, and checks the
 // CDP/AIA URLs, pre-signed OCSP and revocation through both.
 func TestRealCA(t *testing.T) {
-	dir := t.TempDir()
-	st, err := store.Open(filepath.Join(dir, "ca.db"), store.Options{NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	keys := memkeys.New()
-	cfg := ca.Config{TrustDomain: "example.org"}
-	if _, err := ca.Ceremony(context.Background(), cfg, keys, st, "test",
-		func(crypto.Signer, *x509.Certificate) (ca.Auditor, error) { return nopAudit{}, nil }, nil); err != nil {
-		t.Fatal(err)
-	}
 	var svc *crl.Service
 	mux := http.NewServeMux()
 	srv := httptest.NewServer(mux)
 	defer srv.Close()
-	c, err := ca.Load(cfg, ca.Options{Keys: keys, Store: st, Audit: nopAudit{},
-		CRLURL:   func(kid string) string { return crl.CRLURL(srv.URL, kid) },
-		OCSPURL:  crl.OCSPURL(srv.URL),
-		OnIssued: func(r store.CertRecord) { castore.OnIssued(svc)(r) },
+	f := memca.New(t, "example.org", memca.Discard{}, func(o *ca.Options) {
+		o.CRLURL = func(kid string) string { return crl.CRLURL(srv.URL, kid) }
+		o.OCSPURL = crl.OCSPURL(srv.URL)
+		o.OnIssued = func(r store.CertRecord) { castore.OnIssued(svc)(r) }
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, st, keys, dir := f.CA, f.Store, f.Keys, t.TempDir()
+	var err error
 	svc, err = crl.New(crl.Config{DataDir: filepath.Join(dir, "crl"), FullCRLMinInterval: 10 * time.Millisecond},
-		crl.Options{Store: castore.New(st), Audit: nopAudit{}, Keys: keys, Issuers: cawire.Issuers(c), BaseURL: srv.URL})
+		crl.Options{Store: castore.New(st), Audit: memca.Discard{}, Keys: keys, Issuers: cawire.Issuers(c), BaseURL: srv.URL})
 	if err != nil {
 		t.Fatal(err)
 	}

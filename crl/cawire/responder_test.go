@@ -2,19 +2,16 @@ package cawire_test
 
 import (
 	"context"
-	"crypto"
-	"crypto/x509"
 	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/palisade-id/palisade/ca"
-	"github.com/palisade-id/palisade/ca/keystore/memkeys"
 	"github.com/palisade-id/palisade/ca/store"
 	"github.com/palisade-id/palisade/crl"
 	"github.com/palisade-id/palisade/crl/castore"
 	"github.com/palisade-id/palisade/crl/cawire"
+	"github.com/palisade-id/palisade/test/memca"
 )
 
 type kindAudit struct {
@@ -41,22 +38,8 @@ func (a *kindAudit) get(kind string) []map[string]any {
 // (KindOCSPSigner, so its serial can never be issued again) and in the
 // audit log, before the responder is ready.
 func TestResponderCertInCAStore(t *testing.T) {
-	dir := t.TempDir()
-	st, err := store.Open(filepath.Join(dir, "ca.db"), store.Options{NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	keys := memkeys.New()
-	cfg := ca.Config{TrustDomain: "example.org"}
-	if _, err := ca.Ceremony(context.Background(), cfg, keys, st, "test",
-		func(crypto.Signer, *x509.Certificate) (ca.Auditor, error) { return nopAudit{}, nil }, nil); err != nil {
-		t.Fatal(err)
-	}
-	c, err := ca.Load(cfg, ca.Options{Keys: keys, Store: st, Audit: nopAudit{}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	f := memca.New(t, "example.org", memca.Discard{}, nil)
+	c, st, keys, dir := f.CA, f.Store, f.Keys, t.TempDir()
 	audit := &kindAudit{recs: map[string][]map[string]any{}}
 	svc, err := crl.New(crl.Config{DataDir: filepath.Join(dir, "crl")},
 		crl.Options{Store: castore.New(st), Audit: audit, Keys: keys, Issuers: cawire.Issuers(c)})
