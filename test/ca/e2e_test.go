@@ -116,6 +116,18 @@ func TestApplianceEndToEnd(t *testing.T) {
 		}
 	})
 
+	t.Run("healthcheck-covers-every-dependency", func(t *testing.T) {
+		h := stats(t, a)
+		for _, name := range []string{"hsm", "store", "issuer", "crl", "audit"} {
+			if h.Checks[name] != "ok" {
+				t.Errorf("check %q = %q, want ok (checks: %v)", name, h.Checks[name], h.Checks)
+			}
+		}
+		if h.Status != "ok" {
+			t.Errorf("status %q", h.Status)
+		}
+	})
+
 	t.Run("bad-input-refused-and-nothing-lost", func(t *testing.T) {
 		before := stats(t, a)
 		auditBefore, _ := os.ReadFile(filepath.Join(a.DataDir(), "audit.log"))
