@@ -43,11 +43,14 @@ var (
 	ErrKeysLeftBehind = errors.New("ca: failed ceremony left a key in the HSM")
 )
 
-// ceremonyKeys remembers the keys a ceremony generates, so that a failure
-// destroys exactly those, and checks that each is sealed as soon as it
-// exists.
-type ceremonyKeys struct {
-	CeremonyKeys
+// keyTracker remembers the keys a ceremony or a rotation generates, so that
+// a failure destroys exactly those, and checks that each is sealed as soon
+// as it exists.
+type keyTracker struct {
+	KeyStore
+	deleter interface {
+		DeleteKey(label string, pub crypto.PublicKey) error
+	} // nil when the key store cannot destroy keys
 	sealer Sealer // nil when the key store cannot tell
 	made   []madeKey
 }
@@ -57,8 +60,17 @@ type madeKey struct {
 	pub   crypto.PublicKey
 }
 
-func (k *ceremonyKeys) GenerateSigner(label string) (crypto.Signer, error) {
-	s, err := k.CeremonyKeys.GenerateSigner(label)
+func trackKeys(keys KeyStore) *keyTracker {
+	k := &keyTracker{KeyStore: keys}
+	k.sealer, _ = keys.(Sealer)
+	if d, ok := keys.(CeremonyKeys); ok {
+		k.deleter = d
+	}
+	return k
+}
+
+func (k *keyTracker) GenerateSigner(label string) (crypto.Signer, error) {
+	s, err := k.KeyStore.GenerateSigner(label)
 	if err != nil {
 		return nil, err
 	}
@@ -76,11 +88,15 @@ func (k *ceremonyKeys) GenerateSigner(label string) (crypto.Signer, error) {
 }
 
 // undo destroys the generated keys, newest first.
-func (k *ceremonyKeys) undo() error {
+func (k *keyTracker) undo() error {
 	var errs []error
 	for i := len(k.made) - 1; i >= 0; i-- {
 		m := k.made[i]
-		if err := k.CeremonyKeys.DeleteKey(m.label, m.pub); err != nil {
+		if k.deleter == nil {
+			errs = append(errs, fmt.Errorf("%w: %s: the key store cannot destroy keys", ErrKeysLeftBehind, m.label))
+			continue
+		}
+		if err := k.deleter.DeleteKey(m.label, m.pub); err != nil {
 			errs = append(errs, fmt.Errorf("%w: %s: %w", ErrKeysLeftBehind, m.label, err))
 		}
 	}
@@ -122,8 +138,7 @@ func Ceremony(ctx context.Context, cfg Config, keys CeremonyKeys, st Store, acto
 	if _, err := keys.Signer(RootKeyLabel); err == nil {
 		return nil, fmt.Errorf("%w: the HSM already holds key %q (an interrupted ceremony?); use a fresh token", ErrAlreadyInitialized, RootKeyLabel)
 	}
-	gen := &ceremonyKeys{CeremonyKeys: keys}
-	gen.sealer, _ = keys.(Sealer)
+	gen := trackKeys(keys)
 	committed := false
 	defer func() {
 		if err == nil || committed {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -329,5 +330,41 @@ func TestCeremonyCommitFailureLeavesStoreAsFound(t *testing.T) {
 	}
 	if _, err := ca.Load(ca.Config{TrustDomain: td}, ca.Options{Keys: keys, Store: st, Audit: &kindsAudit{}}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Rotation checks new keys as the ceremony does, and a generation it
+// cannot finish leaves no key behind.
+func TestRotationRefusesUnsealedKeys(t *testing.T) {
+	mem := memkeys.New()
+	keys := &sealProbe{Store: mem, unsealed: never}
+	st := openCeremonyStore(t)
+	cfg := ca.Config{TrustDomain: td, IntermediateTTL: 12 * time.Hour}
+	at := time.Now()
+	now := func() time.Time { return at }
+	if _, err := ca.Ceremony(context.Background(), cfg, keys, st, "test", auditTo(&kindsAudit{}), now); err != nil {
+		t.Fatal(err)
+	}
+	c, err := ca.Load(cfg, ca.Options{Keys: keys, Store: st, Audit: &kindsAudit{}, Now: now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := mem.Labels()
+	slices.Sort(before)
+	at = at.Add(7 * time.Hour) // past half-life: the next generation is due
+	keys.unsealed = func(l string) bool { return strings.HasPrefix(l, "palisade-jwt-") }
+	if _, err := c.Rotate(context.Background()); !errors.Is(err, ca.ErrKeyNotSealed) {
+		t.Fatalf("Rotate: %v, want ErrKeyNotSealed", err)
+	}
+	if got := mem.Labels(); !slices.Equal(slices.Sorted(slices.Values(got)), before) {
+		t.Fatalf("keys after the refused rotation: %v, want %v", got, before)
+	}
+	if inters, _ := st.Intermediates(); len(inters) != 1 {
+		t.Fatalf("refused rotation stored %d intermediates", len(inters))
+	}
+	keys.unsealed = never
+	ev, err := c.Rotate(context.Background())
+	if err != nil || ev.Prepared == "" {
+		t.Fatalf("Rotate after the fault was removed: %+v %v", ev, err)
 	}
 }

@@ -66,13 +66,18 @@ func (c *CA) Rotate(ctx context.Context) (RotationEvent, error) {
 			return ev, fmt.Errorf("%w: %q expired at %s; run a new ceremony", ErrRootExpired,
 				c.root.Subject.CommonName, c.root.NotAfter.UTC().Format(time.RFC3339))
 		}
-		rec, err := newIntermediate(c.cfg, c.opts.Keys, c.root, c.rootSigner, now)
-		if err != nil {
-			return ev, err
+		// Keys are checked as the ceremony checks them, and a generation
+		// the store never records leaves nothing behind in the HSM.
+		gen := trackKeys(c.opts.Keys)
+		rec, err := newIntermediate(c.cfg, gen, c.root, c.rootSigner, now)
+		if err == nil {
+			rec.Slot = store.SlotNext
+			if err = c.opts.Store.PutIntermediate(rec); err != nil {
+				err = fmt.Errorf("ca: record next intermediate: %w", err)
+			}
 		}
-		rec.Slot = store.SlotNext
-		if err := c.opts.Store.PutIntermediate(rec); err != nil {
-			return ev, fmt.Errorf("ca: record next intermediate: %w", err)
+		if err != nil {
+			return ev, errors.Join(err, gen.undo())
 		}
 		if err := c.opts.Audit.Append(ctx, "intermediate.prepared", "system", map[string]any{
 			"key_id": rec.KeyID, "key_uri": rec.KeyURI, "not_after": rec.NotAfter,
