@@ -11,8 +11,8 @@ import (
 // back to an earlier checkpoint (what is left still verifies); an anchor
 // kept where whoever can write the log cannot roll it back can.
 type Anchor struct {
-	Seq  uint64
-	Hash string
+	Seq  uint64 `json:"seq"`
+	Hash string `json:"hash"`
 }
 
 // AnchorStore keeps the anchor out of the log's directory: in the HSM, as

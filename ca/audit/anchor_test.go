@@ -103,7 +103,7 @@ func TestAnchorFailure(t *testing.T) {
 	if _, err := l.Checkpoint(ctx); err != nil {
 		t.Fatal(err)
 	}
-	m.fail = errors.New("CKR_DEVICE_REMOVED")
+	m.setFail(errors.New("CKR_DEVICE_REMOVED"))
 	appendN(t, l, 2)
 	rec, err := l.Checkpoint(ctx)
 	if !errors.Is(err, ErrAnchor) || rec.Seq != 6 {
@@ -118,7 +118,7 @@ func TestAnchorFailure(t *testing.T) {
 	if a := m.get(t); a.Seq != 3 {
 		t.Fatalf("anchor moved to %d despite failures", a.Seq)
 	}
-	m.fail = nil
+	m.setFail(nil)
 	l = mustOpen(t, path, key, Options{Anchor: m})
 	if a := m.get(t); a.Seq != 6 || l.CheckpointErr() != nil {
 		t.Fatalf("Open did not catch the anchor up: %+v, %v", a, l.CheckpointErr())
@@ -137,14 +137,14 @@ func TestAnchorAcrossSegments(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "audit.log")
 	l := mustOpen(t, path, key, Options{CheckpointEvery: 2, Anchor: m})
 	appendN(t, l, 4) // 1 2 cp3 4 5 cp6
-	m.fail = errors.New("HSM away")
+	m.setFail(errors.New("HSM away"))
 	appendN(t, l, 1) // 7
 	if _, err := l.Rotate(context.Background()); err != nil {
 		t.Fatal(err) // seals with cp8, unanchored
 	}
 	appendN(t, l, 1) // continued 9, 10
 	l.Close()
-	m.fail = nil
+	m.setFail(nil)
 	if a := m.get(t); a.Seq != 6 {
 		t.Fatalf("anchor %+v, want checkpoint 6 in the archived segment", a)
 	}

@@ -43,6 +43,12 @@
 // checkpoints nor the anchor stop someone who can use the HSM's keys (holds
 // its PIN).
 //
+// Restoring the log from a backup leaves the anchor ahead of it, which Open
+// refuses for good. Reanchor is the audited way back: it accepts that one
+// failure only, appends an "audit.reanchored" record naming the old anchor,
+// the log's head, the operator and the reason, and anchors a checkpoint
+// after it; Verify lists such records in Report.Reanchors.
+//
 // Durability: Append returns only after its record is fsynced. Concurrent
 // appends are group-committed (one write and one fdatasync per batch). A line
 // torn by a crash was never acknowledged; Open moves it to a sidecar file,

@@ -15,6 +15,9 @@ var (
 	// written. A checkpoint whose anchor update failed is durable in the
 	// log; the anchor still names an earlier one.
 	ErrAnchor = errors.New("audit: anchor")
+	// ErrNothingToReanchor is Reanchor's refusal of a log that reaches its
+	// anchor (or has none stored): Open takes it as it is.
+	ErrNothingToReanchor = errors.New("audit: nothing to reanchor")
 	// ErrInvalid rejects an Append argument (reserved or oversized kind,
 	// invalid UTF-8, data that is not JSON or exceeds MaxDataBytes).
 	ErrInvalid = errors.New("audit: invalid record")

@@ -46,8 +46,9 @@ type Options struct {
 	// here. Without it only the signer's own checkpoints are accepted.
 	Roots *x509.CertPool
 	// Anchor, if set, keeps the latest checkpoint outside the log (see
-	// Anchor): Open refuses a log that does not reach the stored one, and
-	// every durable checkpoint replaces it.
+	// Anchor): Open refuses a log that does not reach the stored one (see
+	// Reanchor for a restored backup), and every durable checkpoint
+	// replaces it.
 	Anchor AnchorStore
 }
 
@@ -121,6 +122,12 @@ type request struct {
 // moved to "<path>.torn-<offset>" and an "audit.recovered" record notes its
 // offset, length and SHA-256.
 func Open(path string, signer crypto.Signer, opts Options) (*Log, error) {
+	return open(path, signer, opts, nil)
+}
+
+// open is Open, or with re Reanchor: the file must exist, and load fills
+// in re and appends its record instead of starting the committer.
+func open(path string, signer crypto.Signer, opts Options, re *Reanchoring) (*Log, error) {
 	cp, err := newCPSigner(signer, opts.SignerCert)
 	if err != nil {
 		return nil, err
@@ -138,19 +145,32 @@ func Open(path string, signer crypto.Signer, opts Options) (*Log, error) {
 		opts.Now = time.Now
 	}
 	_, statErr := os.Stat(path)
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
+	flags := os.O_RDWR | os.O_CREATE | os.O_APPEND
+	if re != nil {
+		flags &^= os.O_CREATE // a missing log is not a log to vouch for
+	}
+	f, err := os.OpenFile(path, flags, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("audit: open: %w", err)
 	}
 	l := &Log{path: path, f: f, fd: int(f.Fd()), cp: cp, opts: opts, kick: make(chan struct{}, 1)}
-	if err := l.load(errors.Is(statErr, os.ErrNotExist)); err != nil {
+	if err := l.load(errors.Is(statErr, os.ErrNotExist), re); err != nil {
 		f.Close()
 		return nil, err
+	}
+	if re != nil {
+		if err := f.Close(); err != nil {
+			return nil, fmt.Errorf("audit: close: %w", err)
+		}
 	}
 	return l, nil
 }
 
-func (l *Log) load(created bool) error {
+func (l *Log) load(created bool, re *Reanchoring) error {
+	verb := "open"
+	if re != nil {
+		verb = "reanchor"
+	}
 	if err := unix.Flock(l.fd, unix.LOCK_EX|unix.LOCK_NB); err != nil {
 		return fmt.Errorf("audit: %s is in use by another process: %w", l.path, err)
 	}
@@ -177,15 +197,18 @@ func (l *Log) load(created bool) error {
 	var anchor *Anchor
 	if l.opts.Anchor != nil {
 		if anchor, err = LoadAnchor(l.opts.Anchor); err != nil {
-			return fmt.Errorf("audit: refusing to open %s: %w", l.path, err)
+			return fmt.Errorf("audit: refusing to %s %s: %w", verb, l.path, err)
 		}
+	}
+	if re != nil && anchor == nil {
+		return fmt.Errorf("%w: no anchor is stored", ErrNothingToReanchor)
 	}
 	v := l.openVerifier(VerifyOptions{}, anchor)
 	if err := v.run(io.NewSectionReader(l.f, 0, end)); err != nil {
 		return err
 	}
 	if err := v.result(); err != nil {
-		return fmt.Errorf("audit: refusing to open %s: %w", l.path, err)
+		return fmt.Errorf("audit: refusing to %s %s: %w", verb, l.path, err)
 	}
 	l.seq, l.prev = v.rep.HeadSeq, v.rep.HeadHash
 	if l.seq == 0 {
@@ -200,10 +223,19 @@ func (l *Log) load(created bool) error {
 		}
 	}
 	if anchor != nil {
-		if err := l.checkAnchor(anchor, v); err != nil {
-			return fmt.Errorf("audit: refusing to open %s: %w", l.path, err)
+		p, err := l.anchorProblem(anchor, v)
+		switch {
+		case err != nil:
+			return fmt.Errorf("audit: refusing to %s %s: %w", verb, l.path, err)
+		case p != nil && (re == nil || p.Kind != ProblemTruncated && p.Kind != ProblemEdited):
+			return fmt.Errorf("audit: refusing to %s %s: %w: %s", verb, l.path, ErrTampered, p)
+		case p == nil && re != nil:
+			return fmt.Errorf("%w: %s reaches checkpoint %d anchored in the HSM", ErrNothingToReanchor, l.path, anchor.Seq)
+		case p != nil:
+			re.Previous, re.Problem = *anchor, p.Detail
+		default:
+			l.anchored = anchor.Seq
 		}
-		l.anchored = anchor.Seq
 	}
 	if cont == nil {
 		l.headSeq, l.headHash = l.seq, v.rep.HeadHash
@@ -212,10 +244,19 @@ func (l *Log) load(created bool) error {
 	} else {
 		l.newestCP = Anchor{Seq: l.seq, Hash: l.prev} // the archived segment's sealing checkpoint
 	}
+	if re != nil {
+		re.Head, re.LastCheckpoint = Anchor{Seq: l.seq, Hash: l.prev}, l.newestCP.Seq
+		if re.LastCheckpoint == 0 && v.rep.FirstSeq > 1 {
+			re.LastCheckpoint = v.rep.FirstSeq - 1 // sealed the segment this file continues
+		}
+	}
 	// A log from before anchoring, or a crash between a checkpoint's fsync
 	// and its anchor update, leaves the anchor behind: catch up now. A
-	// failure is reported by CheckpointErr; the log itself is sound.
-	_ = l.anchor()
+	// failure is reported by CheckpointErr; the log itself is sound. Never
+	// when reanchoring: the anchor moves only past the reanchored record.
+	if re == nil {
+		_ = l.anchor()
+	}
 	l.lastCP = time.Now()
 	l.size = end
 	l.rotateAt = l.opts.SegmentBytes
@@ -225,6 +266,9 @@ func (l *Log) load(created bool) error {
 		if recovered, err = l.cutTorn(end, torn); err != nil {
 			return err
 		}
+	}
+	if re != nil {
+		return l.reanchor(re, cont, recovered)
 	}
 	l.reqs = make(chan *request, maxBatchRecords)
 	l.done = make(chan struct{})
@@ -257,10 +301,12 @@ func (l *Log) openVerifier(opts VerifyOptions, anchor *Anchor) *verifier {
 	return v
 }
 
-// checkAnchor checks that the log, whose current segment v verified and
-// whose head is l.seq, reaches the anchored checkpoint. An anchor older
-// than the current segment is looked up in the archived one holding it.
-func (l *Log) checkAnchor(a *Anchor, v *verifier) error {
+// anchorProblem says how the log, whose current segment v verified and
+// whose head is l.seq, fails to reach the anchored checkpoint, or nil. An
+// anchor older than the current segment is looked up in the archived one
+// holding it; an error means that segment, or the anchored record, is
+// not there to look at.
+func (l *Log) anchorProblem(a *Anchor, v *verifier) (*Problem, error) {
 	w, rep := v.watch, v.rep
 	if a.Seq == l.seq && rep.Records == 0 {
 		// Empty current file continuing archived segments: the head is
@@ -269,17 +315,17 @@ func (l *Log) checkAnchor(a *Anchor, v *verifier) error {
 	}
 	if !w.seen && a.Seq < l.seq && (rep.Records == 0 || a.Seq+1 < rep.FirstSeq) {
 		if err := l.watchArchived(w); err != nil {
-			return err
+			return nil, err
 		}
 		rep = Report{} // the archived segment settles it
 	}
 	if p := w.problem(rep.FirstSeq, rep.FirstPrev, l.seq, rep.Lines, filepath.Base(l.path)); p != nil {
-		return fmt.Errorf("%w: %s", ErrTampered, p)
+		return p, nil
 	}
 	if !w.seen && (rep.FirstSeq == 0 || a.Seq+1 != rep.FirstSeq) {
-		return fmt.Errorf("%w: checkpoint %d anchored in the HSM is not in the log", ErrTampered, a.Seq)
+		return nil, fmt.Errorf("%w: checkpoint %d anchored in the HSM is not in the log", ErrTampered, a.Seq)
 	}
-	return nil
+	return nil, nil
 }
 
 // watchArchived verifies the archived segment that should hold w's record.

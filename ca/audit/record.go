@@ -36,6 +36,9 @@ const (
 	// KindContinued opens a segment: its Prev is the head of the previous
 	// segment, so the chain runs across files.
 	KindContinued = "audit.continued"
+	// KindReanchored records that the anchor was moved to a log that no
+	// longer reached it (see Reanchor); its actor is the operator.
+	KindReanchored = "audit.reanchored"
 )
 
 // GenesisPrev is the Prev of record 1.

@@ -239,6 +239,8 @@ func VerifyChain(paths []string, opts VerifyOptions) (Report, error) {
 		}
 		total.ProblemsOmitted += rep.ProblemsOmitted
 		total.addProblems(rep.Problems...)
+		total.ReanchorsOmitted += rep.ReanchorsOmitted
+		total.addReanchors(rep.Reanchors...)
 	}
 	if watch != nil {
 		if p := watch.problem(total.FirstSeq, total.FirstPrev, total.HeadSeq, lastLines, name); p != nil {
@@ -261,6 +263,16 @@ func (r *Report) addProblems(ps ...Problem) {
 			continue
 		}
 		r.Problems = append(r.Problems, pr)
+	}
+}
+
+func (r *Report) addReanchors(rs ...Reanchoring) {
+	for _, x := range rs {
+		if len(r.Reanchors) >= maxProblems {
+			r.ReanchorsOmitted++
+			continue
+		}
+		r.Reanchors = append(r.Reanchors, x)
 	}
 }
 

@@ -41,6 +41,14 @@ func (m *memAnchor) StoreAnchor(v []byte) error {
 	return nil
 }
 
+// setFail makes later updates fail with err (nil: succeed); the log's
+// writer goroutine reads it concurrently.
+func (m *memAnchor) setFail(err error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.fail = err
+}
+
 func (m *memAnchor) get(t *testing.T) *Anchor {
 	t.Helper()
 	a, err := LoadAnchor(m)

@@ -79,6 +79,11 @@ type Report struct {
 	// GenesisPrev for the first segment, the continuation point otherwise.
 	FirstSeq  uint64
 	FirstPrev string
+	// Reanchors are the audit.reanchored records (the first 1000;
+	// ReanchorsOmitted counts the rest): where the log was rolled back
+	// behind its anchor, by whom and why.
+	Reanchors        []Reanchoring
+	ReanchorsOmitted int
 }
 
 const (
@@ -358,6 +363,9 @@ func (v *verifier) accept(it *item) {
 		v.problem(w.Seq, it.line, ProblemEdited, "record %d content does not match its hash", w.Seq)
 	}
 	v.checkCP(w, l)
+	if w.Kind == KindReanchored {
+		v.rep.addReanchors(parseReanchoring(w))
+	}
 	v.watch.note(w, it.line)
 	v.known[w.Seq] = l
 	v.link(w.Seq)

@@ -1,7 +1,7 @@
 // Command palisade is the operator CLI. Its verbs mirror spire-server's where
 // they exist (entry, bundle, x509 mint, jwt mint, healthcheck); they talk to
-// palisade-server over its admin socket. ceremony and audit verify work on
-// the appliance's HSM and files directly.
+// palisade-server over its admin socket. ceremony, audit verify and audit
+// reanchor work on the appliance's HSM and files directly.
 package main
 
 import (

@@ -107,6 +107,7 @@ func auditVerify(_ context.Context, e *env, args []string) error {
 	if rep.ProblemsOmitted > 0 {
 		fmt.Fprintf(e.stdout, "(%d more problems not shown)\n", rep.ProblemsOmitted)
 	}
+	printReanchors(e.stdout, rep)
 	fmt.Fprintln(e.stdout, trust)
 	if err != nil {
 		if errors.Is(err, audit.ErrTampered) {
@@ -116,6 +117,9 @@ func auditVerify(_ context.Context, e *env, args []string) error {
 	}
 	fmt.Fprintf(e.stdout, "audit log %s verified (%d file(s)): %d records, %d signed checkpoints, last checkpoint at seq %d, head seq %d hash %s\n",
 		*logPath, len(segs), rep.Records, rep.Checkpoints, rep.LastCheckpointSeq, rep.HeadSeq, rep.HeadHash)
+	if n := len(rep.Reanchors) + rep.ReanchorsOmitted; n > 0 {
+		fmt.Fprintf(e.stdout, "history was rolled back behind the anchor %d time(s): see REANCHORED above\n", n)
+	}
 	return nil
 }
 

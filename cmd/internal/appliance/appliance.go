@@ -1,6 +1,7 @@
 // Package appliance opens the appliance's durable parts from configuration:
 // the HSM token, the store, the audit log and the CA. palisade-server and
-// the operator CLI's offline verbs (ceremony, audit verify) share it.
+// the operator CLI's offline verbs (ceremony, audit verify, audit reanchor)
+// share it.
 package appliance
 
 import (
@@ -159,36 +160,12 @@ func Open(cfg *config.Server, caOpts ca.Options) (*Appliance, error) {
 		a.Close()
 		return nil, err
 	}
-	meta, err := a.Store.CAMeta()
-	if errors.Is(err, store.ErrNotInitialized) {
-		a.Close()
-		return nil, ca.ErrNotInitialized
-	}
+	signer, opts, err := openAuditOptions(cfg, a.Token, a.Store)
 	if err != nil {
 		a.Close()
 		return nil, err
 	}
-	auditCert, err := x509.ParseCertificate(meta.AuditCertDER)
-	if err != nil {
-		a.Close()
-		return nil, fmt.Errorf("stored audit certificate: %w", err)
-	}
-	signer, err := a.Token.Signer(ca.AuditKeyLabel)
-	if err != nil {
-		a.Close()
-		return nil, fmt.Errorf("audit key: %w", err)
-	}
-	rootCert, err := x509.ParseCertificate(meta.RootCertDER)
-	if err != nil {
-		a.Close()
-		return nil, fmt.Errorf("stored root certificate: %w", err)
-	}
-	_, roots, err := AuditTrust(a.Token, []*x509.Certificate{rootCert})
-	if err != nil {
-		a.Close()
-		return nil, err
-	}
-	if a.Audit, err = audit.Open(cfg.Audit.Path, signer, auditOptions(cfg, auditCert, a.Token, roots)); err != nil {
+	if a.Audit, err = audit.Open(cfg.Audit.Path, signer, opts); err != nil {
 		a.Close()
 		return nil, err
 	}
@@ -198,6 +175,56 @@ func Open(cfg *config.Server, caOpts ca.Options) (*Appliance, error) {
 		return nil, err
 	}
 	return a, nil
+}
+
+// openAuditOptions returns the HSM audit key and the options the
+// initialised appliance's log is opened with.
+func openAuditOptions(cfg *config.Server, tok *pkcs11.Token, st *store.Store) (crypto.Signer, audit.Options, error) {
+	meta, err := st.CAMeta()
+	if errors.Is(err, store.ErrNotInitialized) {
+		return nil, audit.Options{}, ca.ErrNotInitialized
+	}
+	if err != nil {
+		return nil, audit.Options{}, err
+	}
+	auditCert, err := x509.ParseCertificate(meta.AuditCertDER)
+	if err != nil {
+		return nil, audit.Options{}, fmt.Errorf("stored audit certificate: %w", err)
+	}
+	signer, err := tok.Signer(ca.AuditKeyLabel)
+	if err != nil {
+		return nil, audit.Options{}, fmt.Errorf("audit key: %w", err)
+	}
+	rootCert, err := x509.ParseCertificate(meta.RootCertDER)
+	if err != nil {
+		return nil, audit.Options{}, fmt.Errorf("stored root certificate: %w", err)
+	}
+	_, roots, err := AuditTrust(tok, []*x509.Certificate{rootCert})
+	if err != nil {
+		return nil, audit.Options{}, err
+	}
+	return signer, auditOptions(cfg, auditCert, tok, roots), nil
+}
+
+// ReanchorAudit runs audit.Reanchor on the configured log with the trust
+// palisade-server opens it with. The server must be stopped: it holds the
+// store's and the log's locks.
+func ReanchorAudit(cfg *config.Server, actor, reason string) (audit.Reanchoring, error) {
+	tok, err := OpenHSM(cfg)
+	if err != nil {
+		return audit.Reanchoring{}, err
+	}
+	defer tok.Close()
+	st, err := OpenStore(cfg)
+	if err != nil {
+		return audit.Reanchoring{}, err
+	}
+	defer st.Close()
+	signer, opts, err := openAuditOptions(cfg, tok, st)
+	if err != nil {
+		return audit.Reanchoring{}, err
+	}
+	return audit.Reanchor(cfg.Audit.Path, signer, opts, actor, reason)
 }
 
 // Close releases everything in reverse order of opening. Closing the audit
