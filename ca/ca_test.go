@@ -3,14 +3,10 @@ package ca_test
 import (
 	"context"
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -25,6 +21,7 @@ import (
 	"github.com/palisade-id/palisade/ca/pkcs11"
 	"github.com/palisade-id/palisade/ca/store"
 	"github.com/palisade-id/palisade/test/softhsm"
+	"github.com/palisade-id/palisade/test/testca"
 	"github.com/palisade-id/palisade/test/testenv"
 )
 
@@ -171,35 +168,9 @@ func (f *fixture) load(t testing.TB) *ca.CA {
 	return c
 }
 
-func newCSR(t testing.TB, uris ...string) ([]byte, crypto.Signer) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return csrFor(t, key, uris...), key
-}
-
-func csrFor(t testing.TB, key crypto.Signer, uris ...string) []byte {
-	t.Helper()
-	tmpl := &x509.CertificateRequest{}
-	for _, s := range uris {
-		u, err := url.Parse(s)
-		if err != nil {
-			t.Fatal(err)
-		}
-		tmpl.URIs = append(tmpl.URIs, u)
-	}
-	der, err := x509.CreateCertificateRequest(rand.Reader, tmpl, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return der
-}
-
 func (f *fixture) issue(t testing.TB, id string, ttl time.Duration) (*ca.X509SVID, error) {
 	t.Helper()
-	der, _ := newCSR(t, id)
+	der, _ := testca.CSR(t, id)
 	csr, err := ca.ParseCSR(der, f.ca.TrustDomain())
 	if err != nil {
 		t.Fatalf("ParseCSR: %v", err)
@@ -405,12 +376,12 @@ func TestSerialsUniqueUnderConcurrency(t *testing.T) {
 
 func TestSignX509SVIDRefusals(t *testing.T) {
 	f := newFixture(t, nil)
-	der, _ := newCSR(t, "spiffe://example.org/web")
+	der, _ := testca.CSR(t, "spiffe://example.org/web")
 	csr, err := ca.ParseCSR(der, f.ca.TrustDomain())
 	if err != nil {
 		t.Fatal(err)
 	}
-	other, _ := ca.ParseCSR(func() []byte { d, _ := newCSR(t, "spiffe://example.org/db"); return d }(), f.ca.TrustDomain())
+	other, _ := ca.ParseCSR(func() []byte { d, _ := testca.CSR(t, "spiffe://example.org/db"); return d }(), f.ca.TrustDomain())
 	statsBefore, _ := f.st.Stats()
 	seqBefore, _ := f.log.Head()
 	tests := []struct {

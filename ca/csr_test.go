@@ -11,12 +11,13 @@ import (
 	"testing"
 
 	"github.com/palisade-id/palisade/ca"
+	"github.com/palisade-id/palisade/test/testca"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 func TestParseCSR(t *testing.T) {
 	tdom := spiffeid.RequireTrustDomainFromString(td)
-	good, _ := newCSR(t, "spiffe://example.org/web")
+	good, _ := testca.CSR(t, "spiffe://example.org/web")
 	p224, err := ecdsa.GenerateKey(elliptic.P224(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -40,14 +41,14 @@ func TestParseCSR(t *testing.T) {
 		{"oversized", make([]byte, ca.MaxCSRSize+1), ca.ErrCSRTooLarge},
 		{"truncated", good[:len(good)/2], ca.ErrMalformedCSR},
 		{"bad-signature", tampered, ca.ErrCSRSignature},
-		{"zero-uri-sans", func() []byte { d, _ := newCSR(t); return d }(), ca.ErrURISANCount},
-		{"two-uri-sans", func() []byte { d, _ := newCSR(t, "spiffe://example.org/a", "spiffe://example.org/b"); return d }(), ca.ErrURISANCount},
-		{"foreign-trust-domain", func() []byte { d, _ := newCSR(t, "spiffe://evil.org/web"); return d }(), ca.ErrForeignTrustDomain},
-		{"not-spiffe-scheme", func() []byte { d, _ := newCSR(t, "https://example.org/web"); return d }(), ca.ErrInvalidSPIFFEID},
-		{"trust-domain-only", func() []byte { d, _ := newCSR(t, "spiffe://example.org"); return d }(), ca.ErrInvalidSPIFFEID},
-		{"uppercase-path-bad-chars", func() []byte { d, _ := newCSR(t, "spiffe://example.org/a%20b"); return d }(), ca.ErrInvalidSPIFFEID},
-		{"weak-curve", csrFor(t, p224, "spiffe://example.org/web"), ca.ErrCSRKey},
-		{"weak-rsa", csrFor(t, rsa1024, "spiffe://example.org/web"), ca.ErrCSRKey},
+		{"zero-uri-sans", func() []byte { d, _ := testca.CSR(t); return d }(), ca.ErrURISANCount},
+		{"two-uri-sans", func() []byte { d, _ := testca.CSR(t, "spiffe://example.org/a", "spiffe://example.org/b"); return d }(), ca.ErrURISANCount},
+		{"foreign-trust-domain", func() []byte { d, _ := testca.CSR(t, "spiffe://evil.org/web"); return d }(), ca.ErrForeignTrustDomain},
+		{"not-spiffe-scheme", func() []byte { d, _ := testca.CSR(t, "https://example.org/web"); return d }(), ca.ErrInvalidSPIFFEID},
+		{"trust-domain-only", func() []byte { d, _ := testca.CSR(t, "spiffe://example.org"); return d }(), ca.ErrInvalidSPIFFEID},
+		{"uppercase-path-bad-chars", func() []byte { d, _ := testca.CSR(t, "spiffe://example.org/a%20b"); return d }(), ca.ErrInvalidSPIFFEID},
+		{"weak-curve", testca.CSRFor(t, p224, "spiffe://example.org/web"), ca.ErrCSRKey},
+		{"weak-rsa", testca.CSRFor(t, rsa1024, "spiffe://example.org/web"), ca.ErrCSRKey},
 		{"pem-wrong-type", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: good}), ca.ErrMalformedCSR},
 		{"pem-trailing-data", append(bytes.Clone(pemGood), "junk"...), ca.ErrMalformedCSR},
 	}
@@ -73,8 +74,8 @@ func TestParseCSR(t *testing.T) {
 // FuzzParseCSR: arbitrary bytes must give a CSR or a classified error,
 // never a panic or an unclassified failure.
 func FuzzParseCSR(f *testing.F) {
-	good, _ := newCSR(f, "spiffe://example.org/web")
-	two, _ := newCSR(f, "spiffe://example.org/a", "spiffe://example.org/b")
+	good, _ := testca.CSR(f, "spiffe://example.org/web")
+	two, _ := testca.CSR(f, "spiffe://example.org/a", "spiffe://example.org/b")
 	f.Add(good)
 	f.Add(two)
 	f.Add(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: good}))

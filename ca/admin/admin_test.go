@@ -3,10 +3,6 @@ package admin
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,7 +11,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -25,6 +20,7 @@ import (
 	"github.com/palisade-id/palisade/ca"
 	"github.com/palisade-id/palisade/ca/store"
 	"github.com/palisade-id/palisade/test/memca"
+	"github.com/palisade-id/palisade/test/testca"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
@@ -204,18 +200,7 @@ func TestListenSocket(t *testing.T) {
 
 func csrPEM(t *testing.T, id string) string {
 	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u, err := url.Parse(id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{u}}, k)
-	if err != nil {
-		t.Fatal(err)
-	}
+	der, _ := testca.CSR(t, id)
 	return DecodePEMCSR(der)
 }
 

@@ -2,14 +2,10 @@ package nodeapi
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"net"
-	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -18,6 +14,7 @@ import (
 	"github.com/palisade-id/palisade/ca/nodeapi/nodev1"
 	"github.com/palisade-id/palisade/ca/store"
 	"github.com/palisade-id/palisade/test/memca"
+	"github.com/palisade-id/palisade/test/testca"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
@@ -34,15 +31,7 @@ func newCA(t *testing.T, td string) (*ca.CA, *store.Store) {
 
 func csr(t *testing.T, id string) []byte {
 	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u, _ := url.Parse(id)
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{u}}, k)
-	if err != nil {
-		t.Fatal(err)
-	}
+	der, _ := testca.CSR(t, id)
 	return der
 }
 

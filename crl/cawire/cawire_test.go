@@ -3,19 +3,14 @@ package cawire_test
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"net/url"
 	"path/filepath"
 	"testing"
 	"time"
 
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/crypto/ocsp"
 
 	"github.com/palisade-id/palisade/ca"
@@ -24,6 +19,7 @@ import (
 	"github.com/palisade-id/palisade/crl/castore"
 	"github.com/palisade-id/palisade/crl/cawire"
 	"github.com/palisade-id/palisade/test/memca"
+	"github.com/palisade-id/palisade/test/testca"
 )
 
 // TestRealCA issues SVIDs with the real CA (in-memory keys, bbolt store),
@@ -57,9 +53,7 @@ func TestRealCA(t *testing.T) {
 		}
 	}
 
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	id := spiffeid.RequireFromString("spiffe://example.org/w")
-	csrDER, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{id.URL()}}, key)
+	csrDER, _ := testca.CSR(t, "spiffe://example.org/w")
 	csr, err := ca.ParseCSR(csrDER, c.TrustDomain())
 	if err != nil {
 		t.Fatal(err)

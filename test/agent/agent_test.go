@@ -6,13 +6,10 @@ import (
 	"bytes"
 	"context"
 	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -30,6 +27,7 @@ import (
 	"github.com/palisade-id/palisade/test/attestor/attestortest"
 	"github.com/palisade-id/palisade/test/attestor/swtpm"
 	"github.com/palisade-id/palisade/test/harness"
+	"github.com/palisade-id/palisade/test/testca"
 	"github.com/palisade-id/palisade/test/testenv"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -201,23 +199,9 @@ func nodeClient(t *testing.T, a *harness.Appliance, svid *x509svid.SVID) nodev1.
 	return nodev1.NewNodeClient(cc)
 }
 
-func workloadCSR(t *testing.T, id string) ([]byte, *ecdsa.PrivateKey) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u, _ := url.Parse(id)
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{u}}, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return der, key
-}
-
 func signWorkload(t *testing.T, c nodev1.NodeClient, id string) (*nodev1.SignX509SVIDResponse, error) {
 	t.Helper()
-	csr, _ := workloadCSR(t, id)
+	csr, _ := testca.CSR(t, id)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	return c.SignX509SVID(ctx, &nodev1.SignX509SVIDRequest{Csr: csr})

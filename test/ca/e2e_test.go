@@ -30,6 +30,7 @@ import (
 	"github.com/palisade-id/palisade/ca/nodeapi/nodev1"
 	"github.com/palisade-id/palisade/ca/store"
 	"github.com/palisade-id/palisade/test/harness"
+	"github.com/palisade-id/palisade/test/testca"
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -41,19 +42,7 @@ import (
 
 func writeCSR(t *testing.T, dir, name string, uris ...string) (csrPath string, key *ecdsa.PrivateKey) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.CertificateRequest{}
-	for _, s := range uris {
-		u, _ := url.Parse(s)
-		tmpl.URIs = append(tmpl.URIs, u)
-	}
-	der, err := x509.CreateCertificateRequest(rand.Reader, tmpl, key)
-	if err != nil {
-		t.Fatal(err)
-	}
+	der, key := testca.CSR(t, uris...)
 	csrPath = filepath.Join(dir, name)
 	if err := os.WriteFile(csrPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}), 0o600); err != nil {
 		t.Fatal(err)
