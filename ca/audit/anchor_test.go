@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // anchoredLog writes 9 records with a checkpoint every 4 (checkpoints 5, 10
@@ -137,6 +138,12 @@ func TestAnchorAcrossSegments(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "audit.log")
 	l := mustOpen(t, path, key, Options{CheckpointEvery: 2, Anchor: m})
 	appendN(t, l, 4) // 1 2 cp3 4 5 cp6
+	// Appenders do not wait for the anchor update: let cp6's land first.
+	for deadline := time.Now().Add(5 * time.Second); m.get(t) == nil || m.get(t).Seq != 6; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("anchor %+v never reached checkpoint 6", m.get(t))
+		}
+	}
 	m.setFail(errors.New("HSM away"))
 	appendN(t, l, 1) // 7
 	if _, err := l.Rotate(context.Background()); err != nil {
