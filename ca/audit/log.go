@@ -144,18 +144,27 @@ func open(path string, signer crypto.Signer, opts Options, re *Reanchoring) (*Lo
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	_, statErr := os.Stat(path)
-	flags := os.O_RDWR | os.O_CREATE | os.O_APPEND
-	if re != nil {
-		flags &^= os.O_CREATE // a missing log is not a log to vouch for
+	// A missing log is not a log to vouch for when reanchoring; otherwise
+	// it is created exclusively, so that a refused open (an anchor the new
+	// file cannot reach) removes only what it made and leaves the
+	// directory as it found it.
+	created := false
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_APPEND, 0o600)
+	if errors.Is(err, os.ErrNotExist) && re == nil {
+		f, err = os.OpenFile(path, os.O_RDWR|os.O_APPEND|os.O_CREATE|os.O_EXCL, 0o600)
+		created = err == nil
 	}
-	f, err := os.OpenFile(path, flags, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("audit: open: %w", err)
 	}
 	l := &Log{path: path, f: f, fd: int(f.Fd()), cp: cp, opts: opts, kick: make(chan struct{}, 1)}
-	if err := l.load(errors.Is(statErr, os.ErrNotExist), re); err != nil {
+	if err := l.load(created, re); err != nil {
 		f.Close()
+		if created {
+			if rerr := os.Remove(path); rerr == nil {
+				_ = syncDir(filepath.Dir(path))
+			}
+		}
 		return nil, err
 	}
 	if re != nil {
@@ -231,6 +240,10 @@ func (l *Log) load(created bool, re *Reanchoring) error {
 			return fmt.Errorf("audit: refusing to %s %s: %w: %s", verb, l.path, ErrTampered, p)
 		case p == nil && re != nil:
 			return fmt.Errorf("%w: %s reaches checkpoint %d anchored in the HSM", ErrNothingToReanchor, l.path, anchor.Seq)
+		case p != nil && l.seq == 0 && cont == nil:
+			// A restored backup holds at least the ceremony's records; an
+			// empty log with nothing before it is deleted history.
+			return fmt.Errorf("audit: refusing to %s %s: %w: it holds no records and continues no archived segment", verb, l.path, ErrTampered)
 		case p != nil:
 			re.Previous, re.Problem = *anchor, p.Detail
 		default:

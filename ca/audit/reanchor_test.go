@@ -310,3 +310,32 @@ func TestReanchorAcrossSegments(t *testing.T) {
 	}
 	mustOpen(t, path, key, Options{Anchor: m}).Close()
 }
+
+// TestMissingLogWithAnchor: a deleted log is refused without creating a
+// file in its place (a refused start leaves data_dir as it found it, and an
+// empty file must not pass for a log that reanchor could vouch for), and
+// reanchor refuses a log that holds no records at all.
+func TestMissingLogWithAnchor(t *testing.T) {
+	_, key, m := anchoredLog(t)
+	old := *m.get(t)
+	dir := t.TempDir()
+	p := filepath.Join(dir, "audit.log")
+	am := &memAnchor{val: old.encode()}
+	if _, err := Open(p, key, Options{Anchor: am}); !errors.Is(err, ErrTampered) {
+		t.Fatalf("Open of a deleted log: %v, want ErrTampered", err)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+		t.Fatalf("refused Open left %d files, e.g. %s", len(ents), ents[0].Name())
+	}
+	if _, err := Reanchor(p, key, Options{Anchor: am}, testOperator, "restored"); err == nil {
+		t.Fatal("Reanchor of a missing log succeeded")
+	}
+	if err := os.WriteFile(p, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	before, was := snapshot(t, p, am)
+	if _, err := Reanchor(p, key, Options{Anchor: am}, testOperator, "restored"); !errors.Is(err, ErrTampered) {
+		t.Fatalf("Reanchor of an empty log: %v, want ErrTampered", err)
+	}
+	unchanged(t, p, before, am, was)
+}

@@ -460,6 +460,14 @@ func TestStartupFailuresAreClear(t *testing.T) {
 			}
 			os.WriteFile(p, b, 0o600)
 		}, "corrupt"},
+		{"deleted-audit-log", func(t *testing.T) {
+			p := filepath.Join(a.DataDir(), "audit.log")
+			aside := filepath.Join(t.TempDir(), "audit.log")
+			if err := os.Rename(p, aside); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { os.Rename(aside, p) })
+		}, "missing"},
 		{"unknown-config-key", func(t *testing.T) {
 			f, _ := os.OpenFile(a.ConfigPath, os.O_APPEND|os.O_WRONLY, 0)
 			f.WriteString("bogus_key: 1\n")
