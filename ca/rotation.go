@@ -79,13 +79,17 @@ func (c *CA) Rotate(ctx context.Context) (RotationEvent, error) {
 		if err != nil {
 			return ev, errors.Join(err, gen.undo())
 		}
-		if err := c.opts.Audit.Append(ctx, "intermediate.prepared", "system", map[string]any{
+		// The store holds the generation now: memory follows it even when
+		// the audit append fails, or every later Rotate would make another
+		// generation for an occupied slot.
+		auditErr := c.opts.Audit.Append(ctx, "intermediate.prepared", "system", map[string]any{
 			"key_id": rec.KeyID, "key_uri": rec.KeyURI, "not_after": rec.NotAfter,
-		}); err != nil {
-			return ev, fmt.Errorf("ca: audit next intermediate: %w", err)
-		}
+		})
 		if err := c.reload(now); err != nil {
-			return ev, err
+			return ev, errors.Join(err, auditErr)
+		}
+		if auditErr != nil {
+			return ev, fmt.Errorf("ca: audit next intermediate: %w", auditErr)
 		}
 		ev.Prepared = rec.KeyID
 		c.mu.RLock()
@@ -99,13 +103,14 @@ func (c *CA) Rotate(ctx context.Context) (RotationEvent, error) {
 		if err := c.opts.Store.ActivateIntermediate(next.rec.KeyID, now); err != nil {
 			return ev, fmt.Errorf("ca: activate intermediate %s: %w", next.rec.KeyID, err)
 		}
-		if err := c.opts.Audit.Append(ctx, "intermediate.activated", "system", map[string]any{
+		auditErr := c.opts.Audit.Append(ctx, "intermediate.activated", "system", map[string]any{
 			"key_id": next.rec.KeyID, "previous": keyIDOf(active),
-		}); err != nil {
-			return ev, fmt.Errorf("ca: audit activation: %w", err)
-		}
+		})
 		if err := c.reload(now); err != nil {
-			return ev, err
+			return ev, errors.Join(err, auditErr)
+		}
+		if auditErr != nil {
+			return ev, fmt.Errorf("ca: audit activation: %w", auditErr)
 		}
 		ev.Activated = next.rec.KeyID
 	}
@@ -125,14 +130,16 @@ func (c *CA) dropExpired(ctx context.Context, now time.Time, ev *RotationEvent) 
 		if r.Slot != store.SlotNext || now.Before(r.NotAfter) {
 			continue
 		}
-		r.Slot = store.SlotRetired
-		if err := c.opts.Store.PutIntermediate(r); err != nil {
-			return fmt.Errorf("ca: retire expired intermediate %s: %w", r.KeyID, err)
-		}
+		// Audited before the store retires it: the expiry is a fact either
+		// way, and a record written twice after a failure beats one lost.
 		if err := c.opts.Audit.Append(ctx, "intermediate.expired", "system", map[string]any{
 			"key_id": r.KeyID, "slot": store.SlotNext, "not_after": r.NotAfter,
 		}); err != nil {
 			return fmt.Errorf("ca: audit expiry of %s: %w", r.KeyID, err)
+		}
+		r.Slot = store.SlotRetired
+		if err := c.opts.Store.PutIntermediate(r); err != nil {
+			return fmt.Errorf("ca: retire expired intermediate %s: %w", r.KeyID, err)
 		}
 		ev.Expired = append(ev.Expired, r.KeyID)
 	}
