@@ -163,11 +163,16 @@ func VerifyEKCert(cert *x509.Certificate, ek *EK, intermediates, roots *x509.Cer
 	if roots == nil {
 		return nil, fmt.Errorf("%w: no manufacturer roots in the manifest", ErrEKCert)
 	}
+	// A manifest CA may also sign certificates for keys outside any TPM:
+	// only an EK certificate proves the key is an EK.
+	if err := checkEKProfile(cert); err != nil {
+		return nil, err
+	}
 	chains, err := cert.Verify(x509.VerifyOptions{
 		Roots:         roots,
 		Intermediates: intermediates,
 		CurrentTime:   now,
-		// EK certificates carry the TCG EK EKU or none at all.
+		// The leaf's EKU is checked above; intermediates may carry any.
 		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
 	})
 	if err != nil {
@@ -176,4 +181,34 @@ func VerifyEKCert(cert *x509.Certificate, ek *EK, intermediates, roots *x509.Cer
 	// Prefer the shortest chain: it ends at the most specific manifest anchor.
 	slices.SortFunc(chains, func(a, b []*x509.Certificate) int { return len(a) - len(b) })
 	return chains[0], nil
+}
+
+// oidTCGKpEKCertificate is tcg-kp-EKCertificate, the EKU of EK certificates.
+var oidTCGKpEKCertificate = asn1.ObjectIdentifier{2, 23, 133, 8, 1}
+
+// checkEKProfile applies the TCG EK Credential Profile to the leaf: not a
+// CA; key usage keyEncipherment for an RSA EK, keyAgreement for an ECC EK;
+// an extended key usage, if present, must include tcg-kp-EKCertificate.
+func checkEKProfile(cert *x509.Certificate) error {
+	if cert.IsCA || cert.KeyUsage&x509.KeyUsageCertSign != 0 {
+		return fmt.Errorf("%w: a CA certificate, not an EK certificate", ErrEKCert)
+	}
+	switch cert.PublicKey.(type) {
+	case *rsa.PublicKey:
+		if cert.KeyUsage&x509.KeyUsageKeyEncipherment == 0 {
+			return fmt.Errorf("%w: RSA EK certificate without keyEncipherment key usage", ErrEKCert)
+		}
+	case *ecdsa.PublicKey:
+		if cert.KeyUsage&x509.KeyUsageKeyAgreement == 0 {
+			return fmt.Errorf("%w: ECC EK certificate without keyAgreement key usage", ErrEKCert)
+		}
+	default:
+		return fmt.Errorf("%w: %T key", ErrEKCert, cert.PublicKey)
+	}
+	if len(cert.ExtKeyUsage) > 0 || len(cert.UnknownExtKeyUsage) > 0 {
+		if !slices.ContainsFunc(cert.UnknownExtKeyUsage, oidTCGKpEKCertificate.Equal) {
+			return fmt.Errorf("%w: extended key usage lacks tcg-kp-EKCertificate (2.23.133.8.1)", ErrEKCert)
+		}
+	}
+	return nil
 }
