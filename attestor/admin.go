@@ -2,6 +2,7 @@ package attestor
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -154,8 +155,13 @@ func (s *Service) BanNode(ctx context.Context, actor, ref, reason string, crlRea
 	if strings.TrimSpace(reason) == "" || len(reason) > 512 {
 		return 0, fmt.Errorf("%w: ban reason must be 1..512 bytes", ErrInvalidArgument)
 	}
-	if crlReason < 0 || crlReason > 10 || crlReason == 7 {
-		return 0, fmt.Errorf("%w: CRL reason %d", ErrInvalidArgument, crlReason)
+	// The reasons a permanent revocation may carry (crl.ValidReason):
+	// certificateHold (6) is reversible and removeFromCRL (8) only undoes a
+	// hold, so neither fits a ban, and the revocation service refuses both.
+	switch crlReason {
+	case 0, 1, 2, 3, 4, 5, 9, 10:
+	default:
+		return 0, fmt.Errorf("%w: CRL reason %d cannot revoke for a ban", ErrInvalidArgument, crlReason)
 	}
 	if err := s.audit(ctx, AuditNodeBan, actor, map[string]any{"node_id": id, "reason": reason, "crl_reason": crlReason}); err != nil {
 		return 0, err
@@ -167,7 +173,7 @@ func (s *Service) BanNode(ctx context.Context, actor, ref, reason string, crlRea
 			rec.EKHash = ekHash
 		}
 		if !rec.Banned {
-			rec.Banned, rec.BannedAt, rec.BannedBy, rec.BanReason = true, now, actor, reason
+			rec.Banned, rec.BannedAt, rec.BannedBy, rec.BanReason, rec.BanCRLReason = true, now, actor, reason, crlReason
 		}
 		return nil
 	})
@@ -177,6 +183,9 @@ func (s *Service) BanNode(ctx context.Context, actor, ref, reason string, crlRea
 	if s.deps.Revoker == nil {
 		return 0, nil
 	}
+	// The flag is durable before the revocation reads the CA store: an
+	// issuance recorded too late for this revocation sees the flag when it
+	// re-checks (Service.afterIssue) and revokes its own certificate.
 	n, err := s.deps.Revoker.RevokeNode(ctx, id, crlReason)
 	if err != nil {
 		return n, fmt.Errorf("attestor: node banned but revocation failed (retry the ban): %w", err)
@@ -212,7 +221,7 @@ func (s *Service) UnbanNode(ctx context.Context, actor, ref, reason string) (Nod
 		if !exists {
 			return fmt.Errorf("%w: node %s", ErrNotFound, id)
 		}
-		r.Banned, r.BannedAt, r.BannedBy, r.BanReason = false, time.Time{}, "", ""
+		r.Banned, r.BannedAt, r.BannedBy, r.BanReason, r.BanCRLReason = false, time.Time{}, "", "", 0
 		rec = *r
 		return nil
 	})
@@ -220,4 +229,41 @@ func (s *Service) UnbanNode(ctx context.Context, actor, ref, reason string) (Nod
 		return NodeRecord{}, fmt.Errorf("attestor: unban: %w", err)
 	}
 	return rec, nil
+}
+
+// afterIssue runs once the node SVID leafDER is durably recorded by the CA
+// (the Issuer returns only then) and before the node sees it. It re-reads
+// the ban and, if the node is banned or the ban cannot be ruled out,
+// revokes that certificate and refuses. A ban sets its flag, then revokes
+// what the CA holds; an issuance records, then reads the flag. Whichever
+// second step comes last sees the other's first, so the certificate is
+// revoked by the ban or here.
+func (s *Service) afterIssue(ctx context.Context, nodeID string, leafDER []byte) error {
+	var refusal error
+	reason := 0 // unspecified: the store could not say why
+	switch rec, err := s.deps.Store.Node(ctx, nodeID); {
+	case err != nil:
+		refusal = fmt.Errorf("attestor: re-check ban after issuance: %w", err)
+	case rec.Banned:
+		refusal, reason = fmt.Errorf("%w: %s", ErrBanned, rec.BanReason), rec.BanCRLReason
+	default:
+		return nil
+	}
+	if s.deps.Revoker == nil {
+		return refusal // never delivered; bans revoke nothing without a Revoker
+	}
+	leaf, err := x509.ParseCertificate(leafDER)
+	if err != nil {
+		return errors.Join(refusal, fmt.Errorf("%w: issued certificate unparsable, not revoked: %w", ErrIssue, err))
+	}
+	// The revocation must complete even if the node hangs up.
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if err := s.deps.Revoker.Revoke(rctx, leaf.SerialNumber, reason); err != nil {
+		s.log.Error("node SVID issued despite a ban could not be revoked", "node", nodeID,
+			"serial", fmt.Sprintf("%x", leaf.SerialNumber), "err", err)
+		return errors.Join(refusal, fmt.Errorf("attestor: revoke SVID %x issued during a ban: %w", leaf.SerialNumber, err))
+	}
+	s.log.Warn("revoked node SVID whose issuance raced a ban", "node", nodeID, "serial", fmt.Sprintf("%x", leaf.SerialNumber))
+	return refusal
 }

@@ -12,6 +12,9 @@ type Config struct {
 	NonceTTL time.Duration `yaml:"nonce_ttl"`
 	// SessionTimeout bounds one whole Attest stream (default 60s).
 	SessionTimeout time.Duration `yaml:"session_timeout"`
+	// HelloTimeout bounds the wait for a stream's first message (default
+	// 5s), so that idle streams cannot hold session slots.
+	HelloTimeout time.Duration `yaml:"hello_timeout"`
 	// MaxMessageBytes caps every protocol message (default 256 KiB: a
 	// quote may carry a firmware event log).
 	MaxMessageBytes int `yaml:"max_message_bytes"`
@@ -26,6 +29,7 @@ type Config struct {
 const (
 	DefaultNonceTTL         = 30 * time.Second
 	DefaultSessionTimeout   = 60 * time.Second
+	DefaultHelloTimeout     = 5 * time.Second
 	DefaultMaxMessageBytes  = 256 << 10
 	DefaultMaxPendingNonces = 1 << 16
 	DefaultMaxSessions      = 512
@@ -35,6 +39,7 @@ const (
 func (c Config) WithDefaults() Config {
 	c.NonceTTL = cmp.Or(c.NonceTTL, DefaultNonceTTL)
 	c.SessionTimeout = cmp.Or(c.SessionTimeout, DefaultSessionTimeout)
+	c.HelloTimeout = cmp.Or(c.HelloTimeout, min(DefaultHelloTimeout, c.SessionTimeout))
 	c.MaxMessageBytes = cmp.Or(c.MaxMessageBytes, DefaultMaxMessageBytes)
 	c.MaxPendingNonces = cmp.Or(c.MaxPendingNonces, DefaultMaxPendingNonces)
 	c.MaxSessions = cmp.Or(c.MaxSessions, DefaultMaxSessions)
@@ -48,6 +53,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("attestor: nonce_ttl %v outside [1s, 5m]", c.NonceTTL)
 	case c.SessionTimeout < time.Second || c.SessionTimeout > 10*time.Minute:
 		return fmt.Errorf("attestor: session_timeout %v outside [1s, 10m]", c.SessionTimeout)
+	case c.HelloTimeout < 100*time.Millisecond || c.HelloTimeout > c.SessionTimeout:
+		return fmt.Errorf("attestor: hello_timeout %v outside [100ms, session_timeout %v]", c.HelloTimeout, c.SessionTimeout)
 	case c.MaxMessageBytes < 4<<10 || c.MaxMessageBytes > 1<<20:
 		return fmt.Errorf("attestor: max_message_bytes %d outside [4 KiB, 1 MiB]", c.MaxMessageBytes)
 	case c.MaxPendingNonces < 1 || c.MaxPendingNonces > 1<<22:

@@ -16,6 +16,7 @@ var (
 	ErrNonceSession    = errors.New("attestor: quote nonce was issued to another session")
 	ErrTooManyNonces   = errors.New("attestor: too many outstanding nonces")
 	ErrBusy            = errors.New("attestor: too many concurrent attestations")
+	ErrHelloTimeout    = errors.New("attestor: no hello in time")
 	ErrIssue           = errors.New("attestor: node SVID issuance failed")
 	ErrNotFound        = errors.New("attestor: not found")
 	ErrPolicyVersion   = errors.New("attestor: PCR policy version must increase")

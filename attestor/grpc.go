@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
+	"sync/atomic"
 	"time"
 
 	"github.com/palisade-id/palisade/attestor/attestorpb"
@@ -52,11 +54,22 @@ func (s *Service) Attest(stream grpc.BidiStreamingServer[attestorpb.NodeMessage,
 	default:
 		return s.finish(ctx, ss, ErrBusy)
 	}
+	// The first message has a deadline of its own: an idle stream must not
+	// hold a slot for the whole session.
+	helloCtx, cancelHello := context.WithTimeout(ctx, s.cfg.HelloTimeout)
+	defer cancelHello()
 	for ss.state != done {
-		msg, err := recvCtx(ctx, stream)
+		rctx := ctx
+		if ss.state == wantHello {
+			rctx = helloCtx
+		}
+		msg, err := recvCtx(rctx, stream)
 		if err != nil {
-			if errors.Is(err, io.EOF) || status.Code(err) == codes.Canceled {
+			switch {
+			case errors.Is(err, io.EOF) || status.Code(err) == codes.Canceled:
 				err = errors.Join(ErrBadMessage, errors.New("node closed the stream before the end"))
+			case ss.state == wantHello && errors.Is(err, context.DeadlineExceeded):
+				err = fmt.Errorf("%w: waited %v", ErrHelloTimeout, s.cfg.HelloTimeout)
 			}
 			return s.finish(ctx, ss, err)
 		}
@@ -93,8 +106,17 @@ func recvCtx(ctx context.Context, stream grpc.BidiStreamingServer[attestorpb.Nod
 	}
 }
 
-// finish audits a refusal and maps it to a gRPC status.
+// finish audits a refusal and maps it to a gRPC status. Refusals before
+// the EK is known name no node and cost the peer nothing: they are counted
+// and logged in aggregate (Service.Refusals), not audited one by one, so
+// that a flood of empty streams cannot flood the audit log.
 func (s *Service) finish(ctx context.Context, ss *session, err error) error {
+	if ss.ek == nil {
+		s.refusals.count(err)
+		s.log.Debug("attestation refused before the EK was known", "peer", ss.peer, "reason", err)
+		s.logRefusals()
+		return status.Error(Code(err), err.Error())
+	}
 	// Audit on a context that survives the session deadline.
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
@@ -106,7 +128,7 @@ func (s *Service) finish(ctx context.Context, ss *session, err error) error {
 // Code maps an attestation error to its gRPC status code.
 func Code(err error) codes.Code {
 	switch {
-	case errors.Is(err, context.DeadlineExceeded):
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, ErrHelloTimeout):
 		return codes.DeadlineExceeded
 	case errors.Is(err, ErrTooManyNonces), errors.Is(err, ErrBusy):
 		return codes.ResourceExhausted
@@ -117,4 +139,41 @@ func Code(err error) codes.Code {
 	default:
 		return codes.Internal
 	}
+}
+
+// Refusals counts attestations refused before the node's EK was known.
+type Refusals struct {
+	Busy         atomic.Uint64 // no free session slot (ErrBusy)
+	HelloTimeout atomic.Uint64 // no first message in time (ErrHelloTimeout)
+	Other        atomic.Uint64 // stream closed early, malformed hello or EK
+}
+
+func (r *Refusals) count(err error) {
+	switch {
+	case errors.Is(err, ErrBusy):
+		r.Busy.Add(1)
+	case errors.Is(err, ErrHelloTimeout):
+		r.HelloTimeout.Add(1)
+	default:
+		r.Other.Add(1)
+	}
+}
+
+// Refusals returns the live counters of refusals made before the EK was
+// known, for metrics.
+func (s *Service) Refusals() *Refusals { return &s.refusals }
+
+// refusalLogInterval spaces the aggregated warnings about refusals made
+// before the EK was known.
+const refusalLogInterval = time.Minute
+
+// logRefusals warns with the running totals at most once per interval.
+func (s *Service) logRefusals() {
+	now := s.deps.Now().UnixNano()
+	last := s.refusalLogged.Load()
+	if last != 0 && now-last < int64(refusalLogInterval) || !s.refusalLogged.CompareAndSwap(last, now) {
+		return
+	}
+	s.log.Warn("attestations refused before the EK was known (totals)", "busy", s.refusals.Busy.Load(),
+		"hello_timeout", s.refusals.HelloTimeout.Load(), "other", s.refusals.Other.Load())
 }

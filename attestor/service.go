@@ -43,6 +43,9 @@ type Service struct {
 	sessions atomic.Uint64
 	slots    chan struct{} // one per concurrent Attest stream
 
+	refusals      Refusals
+	refusalLogged atomic.Int64 // unix nanoseconds of the last aggregated warning
+
 	mu       sync.Mutex // serialises admin mutations and cache reloads
 	manifest atomic.Pointer[manifestIndex]
 	policy   atomic.Pointer[verify.Policy]

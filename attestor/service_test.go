@@ -101,7 +101,7 @@ func ekHash(t testing.TB, n *verifytest.Node) string {
 
 func TestAttestAccepted(t *testing.T) {
 	e := newEnv(t)
-	res, err := agent.Attest(context.Background(), e.client, e.tpm(), attestortest.CSR(t))
+	res, err := agent.Attest(context.Background(), e.client, e.tpm(), attestortest.CSR(t, td, e.tpm()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,7 +120,7 @@ func TestAttestAccepted(t *testing.T) {
 		t.Fatalf("accept not audited: %+v", r)
 	}
 	// Renewal is a fresh attestation.
-	if _, err := agent.Attest(context.Background(), e.client, e.tpm(), attestortest.CSR(t)); err != nil {
+	if _, err := agent.Attest(context.Background(), e.client, e.tpm(), attestortest.CSR(t, td, e.tpm())); err != nil {
 		t.Fatal(err)
 	}
 	if rec, _ := e.svc.Node(context.Background(), want); rec.Attestations != 2 {
@@ -138,13 +138,13 @@ func TestAttestRefused(t *testing.T) {
 	}{
 		{"EK not in manifest", func(t *testing.T, e *env) error {
 			n := softNode(t, 1)
-			_, err := agent.Attest(context.Background(), e.client, attestortest.SoftTPM{Node: n}, attestortest.CSR(t))
+			_, err := agent.Attest(context.Background(), e.client, attestortest.SoftTPM{Node: n}, attestortest.CSR(t, td, attestortest.SoftTPM{Node: n}))
 			return err
 		}, codes.PermissionDenied, attestor.ErrNotInManifest, false},
 		{"AK not bound to EK", func(t *testing.T, e *env) error {
 			d := attestortest.NewDriver(t, e.client)
 			foreign := softNode(t, 1) // an AK that lives in another TPM
-			m, err := d.Send(attestortest.Hello(e.tpm(), foreign.AKPublic, attestortest.CSR(t)))
+			m, err := d.Send(attestortest.Hello(e.tpm(), foreign.AKPublic, attestortest.CSR(t, td, e.tpm())))
 			if err != nil {
 				return err
 			}
@@ -157,19 +157,19 @@ func TestAttestRefused(t *testing.T) {
 		}, codes.PermissionDenied, attestor.ErrActivation, false},
 		{"replayed nonce", func(t *testing.T, e *env) error {
 			d := attestortest.NewDriver(t, e.client)
-			qr := d.UpToQuote(e.tpm())
+			qr := d.UpToQuote(td, e.tpm())
 			quoted, sig, values, _ := e.node.Quote(qr.GetNonce(), qr.GetPcrs())
 			if _, err := d.Send(attestortest.QuoteResponse(quoted, sig, values)); err != nil {
 				t.Fatalf("honest session: %v", err)
 			}
 			d2 := attestortest.NewDriver(t, e.client)
-			d2.UpToQuote(e.tpm())
+			d2.UpToQuote(td, e.tpm())
 			_, err := d2.Send(attestortest.QuoteResponse(quoted, sig, values))
 			return err
 		}, codes.PermissionDenied, attestor.ErrNonceReplayed, true},
 		{"stale nonce", func(t *testing.T, e *env) error {
 			d := attestortest.NewDriver(t, e.client)
-			qr := d.UpToQuote(e.tpm())
+			qr := d.UpToQuote(td, e.tpm())
 			e.clock.Advance(31 * time.Second)
 			quoted, sig, values, _ := e.node.Quote(qr.GetNonce(), qr.GetPcrs())
 			_, err := d.Send(attestortest.QuoteResponse(quoted, sig, values))
@@ -177,18 +177,18 @@ func TestAttestRefused(t *testing.T) {
 		}, codes.PermissionDenied, attestor.ErrNonceStale, false},
 		{"extended PCR", func(t *testing.T, e *env) error {
 			e.node.Extend(7, []byte("unsigned bootloader"))
-			_, err := agent.Attest(context.Background(), e.client, e.tpm(), attestortest.CSR(t))
+			_, err := agent.Attest(context.Background(), e.client, e.tpm(), attestortest.CSR(t, td, e.tpm()))
 			return err
 		}, codes.PermissionDenied, verify.ErrPCRMismatch, false},
 		{"event log does not replay", func(t *testing.T, e *env) error {
 			// The log claims a measurement into PCR 0 the TPM never saw.
 			e.node.Log = []verifytest.LogEvent{{PCR: 0, Type: 8, Data: []byte("trusted firmware")}}
-			_, err := agent.Attest(context.Background(), e.client, e.tpm(), attestortest.CSR(t))
+			_, err := agent.Attest(context.Background(), e.client, e.tpm(), attestortest.CSR(t, td, e.tpm()))
 			return err
 		}, codes.PermissionDenied, verify.ErrEventLog, false},
 		{"forged quote signature", func(t *testing.T, e *env) error {
 			d := attestortest.NewDriver(t, e.client)
-			qr := d.UpToQuote(e.tpm())
+			qr := d.UpToQuote(td, e.tpm())
 			quoted, _, values, _ := e.node.Quote(qr.GetNonce(), qr.GetPcrs())
 			k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 			sig, _ := verifytest.SignWith(k, quoted)
@@ -197,7 +197,7 @@ func TestAttestRefused(t *testing.T) {
 		}, codes.PermissionDenied, verify.ErrQuoteSignature, false},
 		{"lying PCR values", func(t *testing.T, e *env) error {
 			d := attestortest.NewDriver(t, e.client)
-			qr := d.UpToQuote(e.tpm())
+			qr := d.UpToQuote(td, e.tpm())
 			quoted, sig, values, _ := e.node.Quote(qr.GetNonce(), qr.GetPcrs())
 			values[0] = bytes.Repeat([]byte{9}, 32)
 			_, err := d.Send(attestortest.QuoteResponse(quoted, sig, values))
@@ -208,22 +208,38 @@ func TestAttestRefused(t *testing.T) {
 			if err != nil || n != 2 || len(e.rev.Calls) != 1 {
 				t.Fatalf("ban: revoked %d, calls %v, err %v", n, e.rev.Calls, err)
 			}
-			_, err = agent.Attest(context.Background(), e.client, e.tpm(), attestortest.CSR(t))
+			_, err = agent.Attest(context.Background(), e.client, e.tpm(), attestortest.CSR(t, td, e.tpm()))
 			return err
 		}, codes.PermissionDenied, attestor.ErrBanned, true},
 		{"truncated EK", func(t *testing.T, e *env) error {
 			d := attestortest.NewDriver(t, e.client)
-			m := attestortest.Hello(e.tpm(), e.node.AKPublic, attestortest.CSR(t))
+			m := attestortest.Hello(e.tpm(), e.node.AKPublic, attestortest.CSR(t, td, e.tpm()))
 			m.GetHello().EkPublic = e.node.EKPublic[:40]
 			_, err := d.Send(m)
 			return err
 		}, codes.InvalidArgument, verify.ErrMalformed, false},
 		{"EK as AK (wrong algorithm)", func(t *testing.T, e *env) error {
-			_, err := attestortest.NewDriver(t, e.client).Send(attestortest.Hello(e.tpm(), e.node.EKPublic, attestortest.CSR(t)))
+			_, err := attestortest.NewDriver(t, e.client).Send(attestortest.Hello(e.tpm(), e.node.EKPublic, attestortest.CSR(t, td, e.tpm())))
 			return err
 		}, codes.InvalidArgument, verify.ErrAKAttributes, false},
 		{"bad CSR", func(t *testing.T, e *env) error {
 			_, err := attestortest.NewDriver(t, e.client).Send(attestortest.Hello(e.tpm(), e.node.AKPublic, []byte("not a CSR")))
+			return err
+		}, codes.InvalidArgument, attestor.ErrBadMessage, false},
+		{"CSR naming another node", func(t *testing.T, e *env) error {
+			other := attestortest.SoftTPM{Node: softNode(t, 1)}
+			_, err := agent.Attest(context.Background(), e.client, e.tpm(), attestortest.CSR(t, td, other))
+			return err
+		}, codes.InvalidArgument, attestor.ErrBadMessage, false},
+		{"CSR without URI SAN", func(t *testing.T, e *env) error {
+			csr, _ := testca.CSR(t)
+			_, err := agent.Attest(context.Background(), e.client, e.tpm(), csr)
+			return err
+		}, codes.InvalidArgument, attestor.ErrBadMessage, false},
+		{"CSR with two URI SANs", func(t *testing.T, e *env) error {
+			id := "spiffe://" + td + "/palisade/node/" + ekHash(t, e.node)
+			csr, _ := testca.CSR(t, id, id)
+			_, err := agent.Attest(context.Background(), e.client, e.tpm(), csr)
 			return err
 		}, codes.InvalidArgument, attestor.ErrBadMessage, false},
 		{"quote before hello", func(t *testing.T, e *env) error {
@@ -235,6 +251,8 @@ func TestAttestRefused(t *testing.T) {
 			return err
 		}, codes.ResourceExhausted, nil, false},
 	}
+	// Refused before the EK is known: counted, not audited.
+	unidentified := map[string]bool{"truncated EK": true, "quote before hello": true}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t)
@@ -248,7 +266,11 @@ func TestAttestRefused(t *testing.T) {
 				if !strings.Contains(st.Message(), tc.reason.Error()) {
 					t.Fatalf("message %q does not name %q", st.Message(), tc.reason)
 				}
-				if r := e.aud.Reason(); !strings.Contains(r, tc.reason.Error()) {
+				r := e.aud.Reason()
+				switch {
+				case unidentified[tc.name] && (r != "" || e.svc.Refusals().Other.Load() != 1):
+					t.Fatalf("refusal before the EK: audit %q, counted %d, want only counted", r, e.svc.Refusals().Other.Load())
+				case !unidentified[tc.name] && !strings.Contains(r, tc.reason.Error()):
 					t.Fatalf("audit %q does not name %q", r, tc.reason)
 				}
 			}
@@ -281,7 +303,7 @@ func TestAttestWithEventLog(t *testing.T) {
 	if _, err := e.svc.SetPCRPolicy(ctx, "op", policyFor(2, e.node)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := agent.Attest(ctx, e.client, e.tpm(), attestortest.CSR(t)); err != nil {
+	if _, err := agent.Attest(ctx, e.client, e.tpm(), attestortest.CSR(t, td, e.tpm())); err != nil {
 		t.Fatalf("consistent event log refused: %v", err)
 	}
 }
@@ -289,11 +311,11 @@ func TestAttestWithEventLog(t *testing.T) {
 func TestConcurrentSessionCap(t *testing.T) {
 	e := newEnv(t, attestor.Config{MaxSessions: 1})
 	d := attestortest.NewDriver(t, e.client)
-	if _, err := d.Send(attestortest.Hello(e.tpm(), e.node.AKPublic, attestortest.CSR(t))); err != nil {
+	if _, err := d.Send(attestortest.Hello(e.tpm(), e.node.AKPublic, attestortest.CSR(t, td, e.tpm()))); err != nil {
 		t.Fatal(err)
 	}
 	// The first session holds the only slot.
-	_, err := attestortest.NewDriver(t, e.client).Send(attestortest.Hello(e.tpm(), e.node.AKPublic, attestortest.CSR(t)))
+	_, err := attestortest.NewDriver(t, e.client).Send(attestortest.Hello(e.tpm(), e.node.AKPublic, attestortest.CSR(t, td, e.tpm())))
 	if status.Code(err) != codes.ResourceExhausted {
 		t.Fatalf("second session: %v", err)
 	}
@@ -331,13 +353,20 @@ func TestAdmin(t *testing.T) {
 		t.Fatalf("second remove: err = %v", err)
 	}
 	// Removal takes effect immediately.
-	_, err = agent.Attest(ctx, e.client, e.tpm(), attestortest.CSR(t))
+	_, err = agent.Attest(ctx, e.client, e.tpm(), attestortest.CSR(t, td, e.tpm()))
 	if status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("removed EK attested: %v", err)
 	}
 	for _, ref := range []string{"spiffe://other.org/palisade/node/" + ekHash(t, e.node), "spiffe://" + td + "/x", "abc"} {
 		if _, err := e.svc.BanNode(ctx, "op", ref, "r", 1); !errors.Is(err, attestor.ErrInvalidArgument) {
 			t.Fatalf("ban %q: err = %v", ref, err)
+		}
+	}
+	// Only reasons the revocation service accepts: a ban it could not
+	// carry out would leave the node's certificates valid.
+	for _, reason := range []int{-1, 6, 7, 8, 11} {
+		if _, err := e.svc.BanNode(ctx, "op", ekHash(t, e.node), "r", reason); !errors.Is(err, attestor.ErrInvalidArgument) {
+			t.Fatalf("ban with CRL reason %d: err = %v", reason, err)
 		}
 	}
 	for _, kind := range []string{attestor.AuditManifestAdd, attestor.AuditManifestRemove, attestor.AuditPolicySet} {
@@ -354,7 +383,7 @@ func TestUnbanNode(t *testing.T) {
 	e := newEnv(t)
 	ref := ekHash(t, e.node)
 	attest := func() error {
-		_, err := agent.Attest(ctx, e.client, e.tpm(), attestortest.CSR(t))
+		_, err := agent.Attest(ctx, e.client, e.tpm(), attestortest.CSR(t, td, e.tpm()))
 		return err
 	}
 	if err := attest(); err != nil {
@@ -398,5 +427,67 @@ func TestUnbanNode(t *testing.T) {
 	}
 	if err := attest(); err != nil {
 		t.Fatalf("unbanned node refused: %v", err)
+	}
+}
+
+func TestHelloTimeout(t *testing.T) {
+	e := newEnv(t, attestor.Config{NonceTTL: 30 * time.Second, MaxSessions: 1, HelloTimeout: 200 * time.Millisecond})
+	ctx := context.Background()
+	idle, err := e.client.Attest(ctx) // holds the only slot, says nothing
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if _, err := idle.Recv(); status.Code(err) != codes.DeadlineExceeded || time.Since(start) > 5*time.Second {
+		t.Fatalf("idle stream ended after %v with %v, want DeadlineExceeded after the hello timeout", time.Since(start), err)
+	}
+	if _, err := agent.Attest(ctx, e.client, e.tpm(), attestortest.CSR(t, td, e.tpm())); err != nil {
+		t.Fatalf("honest node after the idle stream timed out: %v", err)
+	}
+	if n := e.svc.Refusals().HelloTimeout.Load(); n != 1 {
+		t.Fatalf("%d hello timeouts counted, want 1", n)
+	}
+	// Only the hello has the short deadline.
+	d := attestortest.NewDriver(t, e.client)
+	qr := d.UpToQuote(td, e.tpm())
+	time.Sleep(300 * time.Millisecond)
+	quoted, sig, values, _ := e.node.Quote(qr.GetNonce(), qr.GetPcrs())
+	if _, err := d.Send(attestortest.QuoteResponse(quoted, sig, values)); err != nil {
+		t.Fatalf("quote sent after the hello timeout: %v", err)
+	}
+}
+
+// TestRefusalsBeforeEKNotAudited floods the endpoint with streams refused
+// before they name an EK: none reaches the audit log, all are counted.
+// (Refusals of a known EK stay audited: TestAttestRefused.)
+func TestRefusalsBeforeEKNotAudited(t *testing.T) {
+	e := newEnv(t, attestor.Config{NonceTTL: 30 * time.Second, MaxSessions: 1})
+	ctx := context.Background()
+	const flood = 50
+	for range flood { // empty streams
+		s, err := e.client.Attest(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = s.CloseSend()
+		if _, err := s.Recv(); status.Code(err) != codes.InvalidArgument {
+			t.Fatalf("empty stream: %v", err)
+		}
+	}
+	// One session past its hello holds the only slot: the rest are busy.
+	if _, err := attestortest.NewDriver(t, e.client).Send(attestortest.Hello(e.tpm(), e.node.AKPublic, attestortest.CSR(t, td, e.tpm()))); err != nil {
+		t.Fatal(err)
+	}
+	for range flood {
+		_, err := attestortest.NewDriver(t, e.client).Send(attestortest.Hello(e.tpm(), e.node.AKPublic, attestortest.CSR(t, td, e.tpm())))
+		if status.Code(err) != codes.ResourceExhausted {
+			t.Fatalf("over the session cap: %v", err)
+		}
+	}
+	if r, ok := e.aud.Last(attestor.AuditAttestRefuse); ok {
+		t.Fatalf("refusal before the EK was known audited: %+v", r)
+	}
+	if got := e.svc.Refusals(); got.Other.Load() != flood || got.Busy.Load() != flood {
+		t.Fatalf("counted %d other and %d busy refusals, want %d each", got.Other.Load(), got.Busy.Load(), flood)
 	}
 }

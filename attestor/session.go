@@ -130,7 +130,7 @@ func (ss *session) hello(ctx context.Context, h *attestorpb.Hello) (*attestorpb.
 	if ss.ak, err = verify.ParseAKPublic(h.GetAkPublic()); err != nil {
 		return nil, fmt.Errorf("%w: AK: %w", ErrBadMessage, err)
 	}
-	if err := checkCSR(h.GetCsr()); err != nil {
+	if err := checkCSR(h.GetCsr(), ss.nodeID); err != nil {
 		return nil, err
 	}
 	ss.csr = h.GetCsr()
@@ -155,7 +155,9 @@ func (ss *session) hello(ctx context.Context, h *attestorpb.Hello) (*attestorpb.
 	}}}, nil
 }
 
-func checkCSR(der []byte) error {
+// checkCSR refuses, before any TPM round or record, a CSR the CA would
+// refuse: it must name the node's ID as its one URI SAN.
+func checkCSR(der []byte, nodeID spiffeid.ID) error {
 	if len(der) == 0 || len(der) > MaxCSRSize {
 		return fmt.Errorf("%w: CSR is %d bytes (want 1..%d)", ErrBadMessage, len(der), MaxCSRSize)
 	}
@@ -165,6 +167,12 @@ func checkCSR(der []byte) error {
 	}
 	if err := csr.CheckSignature(); err != nil {
 		return fmt.Errorf("%w: CSR signature: %v", ErrBadMessage, err)
+	}
+	if len(csr.URIs) != 1 {
+		return fmt.Errorf("%w: CSR has %d URI SANs, want exactly %s", ErrBadMessage, len(csr.URIs), nodeID)
+	}
+	if id, err := spiffeid.FromURI(csr.URIs[0]); err != nil || id != nodeID {
+		return fmt.Errorf("%w: CSR names %q, want %s", ErrBadMessage, csr.URIs[0].String(), nodeID)
 	}
 	return nil
 }
@@ -235,6 +243,13 @@ func (ss *session) quote(ctx context.Context, q *attestorpb.QuoteResponse) (*att
 	chain, err := ss.s.deps.Issuer.IssueNodeSVID(ctx, ss.nodeID, ss.csr)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrIssue, err)
+	}
+	if len(chain) == 0 {
+		return nil, fmt.Errorf("%w: empty chain", ErrIssue)
+	}
+	// A ban may have landed between the record above and the issuance.
+	if err := ss.s.afterIssue(ctx, ss.nodeID.String(), chain[0]); err != nil {
+		return nil, err
 	}
 	ss.state = done
 	return &attestorpb.ServerMessage{Msg: &attestorpb.ServerMessage_Result{Result: &attestorpb.Result{

@@ -7,17 +7,25 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
+	"net/url"
 	"testing"
 
 	"github.com/palisade-id/palisade/attestor/attestorpb"
 	"github.com/palisade-id/palisade/attestor/verify"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
 )
 
+// testCSR is sharedNode's CSR in example.org.
 func testCSR(tb testing.TB) []byte {
+	h, _ := verify.HashPublicKey(&sharedNode().EKKey.PublicKey)
+	id, err := verify.NodeID(spiffeid.RequireTrustDomainFromString("example.org"), h)
+	if err != nil {
+		tb.Fatal(err)
+	}
 	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, k)
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{id.URL()}}, k)
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -2,6 +2,7 @@ package attestor
 
 import (
 	"context"
+	"math/big"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -44,6 +45,9 @@ type NodeRecord struct {
 	BannedAt      time.Time `json:"banned_at,omitzero"`
 	BannedBy      string    `json:"banned_by,omitempty"`
 	BanReason     string    `json:"ban_reason,omitempty"`
+	// BanCRLReason is the RFC 5280 reason the ban revoked with, reused for
+	// SVIDs whose issuance raced the ban.
+	BanCRLReason int `json:"ban_crl_reason,omitempty"`
 }
 
 // Store persists attestor state. Implementations must make each call atomic
@@ -79,15 +83,22 @@ type Auditor interface {
 	Append(ctx context.Context, kind string, actor string, data any) error
 }
 
-// Revoker revokes every certificate held by a node and returns how many
-// were revoked. reason is an RFC 5280 CRLReason code.
+// Revoker revokes durably and audits each revocation. reason is an
+// RFC 5280 CRLReason code.
 type Revoker interface {
+	// RevokeNode revokes every certificate held by a node and returns how
+	// many were revoked.
 	RevokeNode(ctx context.Context, nodeID string, reason int) (int, error)
+	// Revoke revokes one certificate; revoking a revoked one is not an
+	// error.
+	Revoke(ctx context.Context, serial *big.Int, reason int) error
 }
 
 // Audit record kinds.
 const (
-	AuditAttestAccept   = "attestor.attest.accept"
+	AuditAttestAccept = "attestor.attest.accept"
+	// AuditAttestRefuse records a refusal once the node's EK is known;
+	// refusals before that are only counted (Service.Refusals).
 	AuditAttestRefuse   = "attestor.attest.refuse"
 	AuditNodeBan        = "attestor.node.ban"
 	AuditNodeUnban      = "attestor.node.unban"

@@ -6,8 +6,6 @@ package agent
 
 import (
 	"context"
-	"crypto"
-	"crypto/rand"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -141,10 +139,4 @@ func PCRValues(values map[uint32][]byte) []*attestorpb.PCRValue {
 	}
 	slices.SortFunc(out, func(a, b *attestorpb.PCRValue) int { return int(a.Index) - int(b.Index) })
 	return out
-}
-
-// NewCSR builds the node SVID request for key. The CA sets the SPIFFE ID;
-// the request only carries the key.
-func NewCSR(key crypto.Signer) ([]byte, error) {
-	return x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
 }

@@ -47,9 +47,13 @@ type Options struct {
 	CA      *ca.CA
 	Entries Entries
 	Certs   Certs
-	// Gate, if set, may refuse a verified caller (e.g. a banned node).
+	// Gate, if set, may refuse a verified caller (e.g. a banned node). It
+	// runs before and again after each issuance.
 	Gate func(ctx context.Context, caller spiffeid.ID) error
-	Log  *slog.Logger
+	// Revoke, if set, durably revokes (and audits) serial, an X509-SVID
+	// issued through caller whom Gate refused once it was recorded.
+	Revoke func(ctx context.Context, caller spiffeid.ID, serial *big.Int) error
+	Log    *slog.Logger
 }
 
 // Service implements nodev1.NodeServer.
@@ -124,6 +128,35 @@ func (s *Service) authenticate(ctx context.Context) (spiffeid.ID, error) {
 	return id, nil
 }
 
+// afterIssue runs once the X509-SVID serial, issued through caller, is
+// durably recorded (SignX509SVID returns only then) and before it leaves.
+// It asks Gate again and, if caller is now refused, revokes serial and
+// refuses. A ban sets its flag, then revokes what the CA holds for the
+// node; an issuance records, then asks Gate. Whichever second step comes
+// last sees the other's first, so the SVID is revoked by the ban or here.
+func (s *Service) afterIssue(ctx context.Context, caller spiffeid.ID, serial *big.Int) error {
+	if s.o.Gate == nil {
+		return nil
+	}
+	gerr := s.o.Gate(ctx, caller)
+	if gerr == nil {
+		return nil
+	}
+	if s.o.Revoke != nil {
+		// The revocation must complete even if the caller hangs up.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		if err := s.o.Revoke(rctx, caller, serial); err != nil {
+			s.o.Log.Error("SVID issued to a refused caller could not be revoked", "caller", caller.String(),
+				"serial", fmt.Sprintf("%x", serial), "err", err)
+			return status.Errorf(codes.Unavailable, "%s: %v (revoking the SVID just issued failed: %v)", caller, gerr, err)
+		}
+		s.o.Log.Warn("revoked SVID whose issuance raced a refusal of its caller", "caller", caller.String(),
+			"serial", fmt.Sprintf("%x", serial), "reason", gerr)
+	}
+	return status.Errorf(codes.PermissionDenied, "%s: %v", caller, gerr)
+}
+
 // authorizedEntry finds the entry parented by caller for id.
 func (s *Service) authorizedEntry(caller, id spiffeid.ID) (store.Entry, error) {
 	if strings.HasPrefix(id.Path(), NodePathPrefix) || id.Path() == ServerPath {
@@ -177,6 +210,9 @@ func (s *Service) SignX509SVID(ctx context.Context, req *nodev1.SignX509SVIDRequ
 	if err != nil {
 		return nil, caStatus(err)
 	}
+	if err := s.afterIssue(ctx, caller, svid.Certificates[0].SerialNumber); err != nil {
+		return nil, err
+	}
 	resp := &nodev1.SignX509SVIDResponse{EntryId: entry.ID}
 	for _, c := range svid.Certificates {
 		resp.CertChain = append(resp.CertChain, c.Raw)
@@ -208,6 +244,12 @@ func (s *Service) MintJWTSVID(ctx context.Context, req *nodev1.MintJWTSVIDReques
 	tok, err := s.o.CA.SignJWTSVID(ctx, ca.JWTRequest{ID: id, Audience: req.GetAudience(), TTL: ttl, Actor: caller.String()})
 	if err != nil {
 		return nil, caStatus(err)
+	}
+	// A JWT-SVID cannot be revoked: withhold it if a ban landed meanwhile.
+	if s.o.Gate != nil {
+		if err := s.o.Gate(ctx, caller); err != nil {
+			return nil, status.Errorf(codes.PermissionDenied, "%s: %v", caller, err)
+		}
 	}
 	return &nodev1.MintJWTSVIDResponse{Token: tok.Token, ExpiresAt: tok.ExpiresAt.Unix()}, nil
 }

@@ -9,6 +9,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -102,6 +103,18 @@ func registerCRLMetrics(reg *prometheus.Registry, cm *crl.Metrics) {
 	}
 }
 
+// registerAttestorMetrics exports the attestation refusals that are
+// counted instead of audited (made before the node's EK was known).
+func registerAttestorMetrics(reg *prometheus.Registry, r *attestor.Refusals) {
+	for reason, v := range map[string]*atomic.Uint64{"busy": &r.Busy, "hello_timeout": &r.HelloTimeout, "other": &r.Other} {
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name:        "palisade_attest_refused_unidentified_total",
+			Help:        "Attestations refused before the node's EK was known (not audited one by one).",
+			ConstLabels: prometheus.Labels{"reason": reason},
+		}, func() float64 { return float64(v.Load()) }))
+	}
+}
+
 func run(ctx context.Context, cfg *config.Server, log *slog.Logger) error {
 	m := newMetrics()
 	// The revocation service needs the CA's issuers, the CA needs to tell
@@ -152,6 +165,7 @@ func run(ctx context.Context, cfg *config.Server, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	registerAttestorMetrics(m.reg, att.Refusals())
 	ident, err := nodeapi.NewIdentity(ctx, app.CA)
 	if err != nil {
 		return err
@@ -176,6 +190,10 @@ func run(ctx context.Context, cfg *config.Server, log *slog.Logger) error {
 	)
 	nodeapi.New(nodeapi.Options{CA: app.CA, Entries: app.Store, Certs: app.Store, Log: log,
 		Gate: func(ctx context.Context, caller spiffeid.ID) error { return notBanned(ctx, att, caller) },
+		Revoke: func(ctx context.Context, caller spiffeid.ID, serial *big.Int) error {
+			_, err := crlSvc.Revoke(ctx, "nodeapi", serial, banCRLReason(ctx, att, caller))
+			return err
+		},
 	}).Register(grpcSrv)
 	// Attestation shares the listener: a node has no SVID yet, so this
 	// service needs none (the listener only requests client certificates).
@@ -321,6 +339,19 @@ type nodeRevoker struct{ svc *crl.Service }
 
 func (r nodeRevoker) RevokeNode(ctx context.Context, nodeID string, reason int) (int, error) {
 	return r.svc.RevokeNode(ctx, "attestor", nodeID, reason)
+}
+
+func (r nodeRevoker) Revoke(ctx context.Context, serial *big.Int, reason int) error {
+	_, err := r.svc.Revoke(ctx, "attestor", serial, reason)
+	return err
+}
+
+// banCRLReason is the CRL reason of caller's ban, or unspecified.
+func banCRLReason(ctx context.Context, att *attestor.Service, caller spiffeid.ID) int {
+	if rec, err := att.Node(ctx, caller.String()); err == nil && rec.Banned && crl.ValidReason(rec.BanCRLReason) {
+		return rec.BanCRLReason
+	}
+	return 0
 }
 
 // notBanned refuses node-API callers that are banned nodes.

@@ -129,7 +129,7 @@ func (e *env) ekIssuer(t *testing.T) []byte {
 // attest runs the honest protocol, sending ekIssuer with the EK certificate.
 func (e *env) attest(t *testing.T) (*agent.Result, error) {
 	t.Helper()
-	return agent.Attest(context.Background(), e.client, e.tpm, attestortest.CSR(t), e.ekIssuer(t))
+	return agent.Attest(context.Background(), e.client, e.tpm, attestortest.CSR(t, td, e.tpm), e.ekIssuer(t))
 }
 
 func TestNodeAttestsAndGetsSVID(t *testing.T) {
@@ -185,7 +185,7 @@ func TestRefused(t *testing.T) {
 		{"AK not bound to EK", byEKCA, func(t *testing.T, e *env) error {
 			foreign := attestortest.SoftNode(t, 0) // an AK that is not in this TPM
 			d := attestortest.NewDriver(t, e.client)
-			m, err := d.Send(attestortest.Hello(e.tpm, foreign.AKPublic, attestortest.CSR(t), e.ekIssuer(t)))
+			m, err := d.Send(attestortest.Hello(e.tpm, foreign.AKPublic, attestortest.CSR(t, td, e.tpm), e.ekIssuer(t)))
 			if err != nil {
 				return err
 			}
@@ -197,7 +197,7 @@ func TestRefused(t *testing.T) {
 		}, attestor.ErrActivation, 0},
 		{"replayed nonce", byEKCA, func(t *testing.T, e *env) error {
 			d := attestortest.NewDriver(t, e.client)
-			qr := d.UpToQuote(e.tpm, e.ekIssuer(t))
+			qr := d.UpToQuote(td, e.tpm, e.ekIssuer(t))
 			quoted, sig, vals, err := e.tpm.Quote(qr.GetNonce(), qr.GetPcrs())
 			if err != nil {
 				t.Fatal(err)
@@ -206,13 +206,13 @@ func TestRefused(t *testing.T) {
 				t.Fatalf("honest session: %v", err)
 			}
 			d2 := attestortest.NewDriver(t, e.client)
-			d2.UpToQuote(e.tpm, e.ekIssuer(t))
+			d2.UpToQuote(td, e.tpm, e.ekIssuer(t))
 			_, err = d2.Send(attestortest.QuoteResponse(quoted, sig, vals))
 			return err
 		}, attestor.ErrNonceReplayed, 1},
 		{"stale nonce", byEKCA, func(t *testing.T, e *env) error {
 			d := attestortest.NewDriver(t, e.client)
-			qr := d.UpToQuote(e.tpm, e.ekIssuer(t))
+			qr := d.UpToQuote(td, e.tpm, e.ekIssuer(t))
 			e.clock.Advance(attestor.DefaultNonceTTL + time.Second)
 			quoted, sig, vals, err := e.tpm.Quote(qr.GetNonce(), qr.GetPcrs())
 			if err != nil {
@@ -223,7 +223,7 @@ func TestRefused(t *testing.T) {
 		}, attestor.ErrNonceStale, 0},
 		{"forged quote signature", byEKCA, func(t *testing.T, e *env) error {
 			d := attestortest.NewDriver(t, e.client)
-			qr := d.UpToQuote(e.tpm, e.ekIssuer(t))
+			qr := d.UpToQuote(td, e.tpm, e.ekIssuer(t))
 			quoted, _, vals, err := e.tpm.Quote(qr.GetNonce(), qr.GetPcrs())
 			if err != nil {
 				t.Fatal(err)
@@ -322,7 +322,7 @@ func BenchmarkRoundTripSwtpm(b *testing.B) {
 		b.Fatal(err)
 	}
 	client := attestortest.Serve(b, svc, ca)
-	csr := attestortest.CSR(b)
+	csr := attestortest.CSR(b, td, tpm)
 	b.ResetTimer()
 	for b.Loop() {
 		if _, err := agent.Attest(ctx, client, tpm, csr); err != nil {

@@ -1,7 +1,9 @@
 // Package attestortest holds test doubles and plumbing for attestor tests:
-// a NodeIssuer built on testca, recording Auditor and Revoker, software
-// nodes shared per test binary and their TPM adapter, golden PCR policies,
-// a loopback TLS gRPC server and a Driver for the protocol's node side.
+// a NodeIssuer built on testca, recording Auditor and Revoker, CAIssuer and
+// CRLRevoker (the real CA and revocation service, wired as palisade-server
+// wires them), software nodes shared per test binary and their TPM adapter,
+// golden PCR policies, a loopback TLS gRPC server and a Driver for the
+// protocol's node side.
 //
 // Package attestor's own (package attestor) tests cannot use it: it imports
 // attestor.
@@ -61,6 +63,10 @@ func (i *Issuer) IssueNodeSVID(_ context.Context, id spiffeid.ID, csrDER []byte)
 	if err := csr.CheckSignature(); err != nil {
 		return nil, err
 	}
+	// The CA's rule: exactly one URI SAN, the node's ID.
+	if len(csr.URIs) != 1 || csr.URIs[0].String() != id.String() {
+		return nil, fmt.Errorf("%w: CSR names %v, want exactly %s", ErrCSRIdentity, csr.URIs, id)
+	}
 	u, _ := url.Parse(id.String())
 	now := time.Now()
 	tmpl := &x509.Certificate{
@@ -110,6 +116,13 @@ func (a *Auditor) Append(_ context.Context, kind, actor string, data any) error 
 	return nil
 }
 
+// Snapshot returns a copy of the records so far.
+func (a *Auditor) Snapshot() []Record {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return append([]Record(nil), a.Records...)
+}
+
 // Last returns the latest record of kind.
 func (a *Auditor) Last(kind string) (Record, bool) {
 	a.mu.Lock()
@@ -134,8 +147,17 @@ func (a *Auditor) Reason() string {
 
 // Revoker records ban revocations.
 type Revoker struct {
-	mu    sync.Mutex
-	Calls []string
+	mu      sync.Mutex
+	Calls   []string
+	Serials []*big.Int // revoked one by one
+}
+
+// Revoke implements attestor.Revoker.
+func (r *Revoker) Revoke(_ context.Context, serial *big.Int, _ int) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.Serials = append(r.Serials, serial)
+	return nil
 }
 
 // RevokeNode implements attestor.Revoker.
@@ -217,14 +239,19 @@ func ServerCert(t testing.TB, ca *testca.CA) *tls.Certificate {
 	return &tls.Certificate{Certificate: [][]byte{der, ca.Intermediate().Raw}, PrivateKey: key}
 }
 
-// CSR returns a fresh node key's CSR.
-func CSR(t testing.TB) []byte {
+// CSR returns a fresh node key's CSR naming the node ID the appliance of
+// trust domain td gives tpm's EK, as the agent builds it.
+func CSR(t testing.TB, td string, tpm agent.TPM) []byte {
 	t.Helper()
+	id, err := agent.ExpectedNodeID(spiffeid.RequireTrustDomainFromString(td), tpm.EKPublic())
+	if err != nil {
+		t.Fatal(err)
+	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
-	csr, err := agent.NewCSR(key)
+	csr, err := agent.NewNodeCSR(key, id)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -254,5 +281,9 @@ func (c *Clock) Advance(d time.Duration) {
 	c.now = c.now.Add(d)
 }
 
-// ErrInjected is a generic injected failure.
-var ErrInjected = errors.New("attestortest: injected failure")
+var (
+	// ErrInjected is a generic injected failure.
+	ErrInjected = errors.New("attestortest: injected failure")
+	// ErrCSRIdentity: Issuer refused a CSR not naming exactly the node ID.
+	ErrCSRIdentity = errors.New("attestortest: CSR does not name the node ID")
+)

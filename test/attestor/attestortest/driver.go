@@ -37,12 +37,12 @@ func (d *Driver) Send(m *attestorpb.NodeMessage) (*attestorpb.ServerMessage, err
 	return d.stream.Recv()
 }
 
-// UpToQuote runs hello (with tpm's own AK and ekIntermediates) and
-// activation honestly and returns the quote request; it fails the test if
-// the server refuses either.
-func (d *Driver) UpToQuote(tpm agent.TPM, ekIntermediates ...[]byte) *attestorpb.QuoteRequest {
+// UpToQuote runs hello (with tpm's own AK, a CSR for its node ID in trust
+// domain td and ekIntermediates) and activation honestly and returns the
+// quote request; it fails the test if the server refuses either.
+func (d *Driver) UpToQuote(td string, tpm agent.TPM, ekIntermediates ...[]byte) *attestorpb.QuoteRequest {
 	d.t.Helper()
-	m, err := d.Send(Hello(tpm, tpm.AKPublic(), CSR(d.t), ekIntermediates...))
+	m, err := d.Send(Hello(tpm, tpm.AKPublic(), CSR(d.t, td, tpm), ekIntermediates...))
 	if err != nil {
 		d.t.Fatalf("hello: %v", err)
 	}
