@@ -6,7 +6,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"math/big"
-	"net"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -18,9 +17,7 @@ import (
 	"github.com/palisade-id/palisade/crl/cawire"
 	"github.com/palisade-id/palisade/test/memca"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 )
 
@@ -83,27 +80,16 @@ func TestBanRacesIssuance(t *testing.T) {
 				return nil
 			}
 
-			id, err := NewIdentity(ctx, c)
-			if err != nil {
-				t.Fatal(err)
-			}
-			g := grpc.NewServer(grpc.Creds(credentials.NewTLS(ServerTLS(id.GetCertificate))))
-			New(Options{CA: c, Entries: st, Certs: st, Gate: gate,
+			addr := serve(t, Options{CA: c, Entries: st, Certs: st, Gate: gate,
 				Revoke: func(ctx context.Context, _ spiffeid.ID, serial *big.Int) error {
 					_, err := rev.Revoke(ctx, "nodeapi", serial, 1)
 					return err
-				}}).Register(g)
-			ln, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			go g.Serve(ln)
-			t.Cleanup(g.Stop)
+				}})
 			node, err := IssueLocal(ctx, c, nodeID, store.KindNodeSVID, "test")
 			if err != nil {
 				t.Fatal(err)
 			}
-			conn, err := Dial(ln.Addr().String(), c.TrustDomain(), []*x509.Certificate{c.Root()}, func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			conn, err := Dial(addr, c.TrustDomain(), []*x509.Certificate{c.Root()}, func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 				return node, nil
 			})
 			if err != nil {

@@ -53,23 +53,12 @@ func TestSignX509SVIDAuthorization(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	id, err := NewIdentity(ctx, c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	g := grpc.NewServer(grpc.Creds(credentials.NewTLS(ServerTLS(id.GetCertificate))))
-	New(Options{CA: c, Entries: st, Certs: st, Gate: func(_ context.Context, caller spiffeid.ID) error {
+	addr := serve(t, Options{CA: c, Entries: st, Certs: st, Gate: func(_ context.Context, caller spiffeid.ID) error {
 		if caller == bannedID {
 			return errors.New("node is on the ban list")
 		}
 		return nil
-	}}).Register(g)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go g.Serve(ln)
-	t.Cleanup(g.Stop)
+	}})
 
 	issue := func(c *ca.CA, id spiffeid.ID) *tls.Certificate {
 		cert, err := IssueLocal(ctx, c, id, store.KindNodeSVID, "test")
@@ -87,7 +76,7 @@ func TestSignX509SVIDAuthorization(t *testing.T) {
 	foreign := issue(foreignCA, nodeID)
 
 	client := func(cert *tls.Certificate) nodev1.NodeClient {
-		conn, err := Dial(ln.Addr().String(), td, []*x509.Certificate{c.Root()}, func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+		conn, err := Dial(addr, td, []*x509.Certificate{c.Root()}, func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 			if cert == nil {
 				return &tls.Certificate{}, nil
 			}
@@ -162,4 +151,23 @@ func TestSignX509SVIDAuthorization(t *testing.T) {
 			}
 		})
 	}
+}
+
+// serve runs the node API with o on a loopback mTLS listener until the
+// test ends and returns its address.
+func serve(t *testing.T, o Options) string {
+	t.Helper()
+	id, err := NewIdentity(context.Background(), o.CA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := grpc.NewServer(grpc.Creds(credentials.NewTLS(ServerTLS(id.GetCertificate))))
+	New(o).Register(g)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go g.Serve(ln)
+	t.Cleanup(g.Stop)
+	return ln.Addr().String()
 }
