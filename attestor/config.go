@@ -23,6 +23,11 @@ type Config struct {
 	// MaxSessions caps concurrent Attest streams (default 512); more are
 	// refused with ResourceExhausted.
 	MaxSessions int `yaml:"max_sessions"`
+	// UnknownEKAuditPerMinute is the audit budget (token bucket, burst of
+	// one minute's worth) for refusals of EKs not in the manifest, which
+	// anyone on the network can mint (default 60). Over it they are only
+	// counted and summarised once a minute.
+	UnknownEKAuditPerMinute int `yaml:"unknown_ek_audit_per_minute"`
 }
 
 // Defaults.
@@ -33,6 +38,8 @@ const (
 	DefaultMaxMessageBytes  = 256 << 10
 	DefaultMaxPendingNonces = 1 << 16
 	DefaultMaxSessions      = 512
+
+	DefaultUnknownEKAuditPerMinute = 60
 )
 
 // WithDefaults returns c with zero fields set to their defaults.
@@ -43,6 +50,7 @@ func (c Config) WithDefaults() Config {
 	c.MaxMessageBytes = cmp.Or(c.MaxMessageBytes, DefaultMaxMessageBytes)
 	c.MaxPendingNonces = cmp.Or(c.MaxPendingNonces, DefaultMaxPendingNonces)
 	c.MaxSessions = cmp.Or(c.MaxSessions, DefaultMaxSessions)
+	c.UnknownEKAuditPerMinute = cmp.Or(c.UnknownEKAuditPerMinute, DefaultUnknownEKAuditPerMinute)
 	return c
 }
 
@@ -61,6 +69,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("attestor: max_pending_nonces %d outside [1, 4194304]", c.MaxPendingNonces)
 	case c.MaxSessions < 1 || c.MaxSessions > 1<<16:
 		return fmt.Errorf("attestor: max_sessions %d outside [1, 65536]", c.MaxSessions)
+	case c.UnknownEKAuditPerMinute < 1 || c.UnknownEKAuditPerMinute > 6000:
+		return fmt.Errorf("attestor: unknown_ek_audit_per_minute %d outside [1, 6000]", c.UnknownEKAuditPerMinute)
 	}
 	return nil
 }

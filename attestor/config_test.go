@@ -22,6 +22,10 @@ func TestConfigValidate(t *testing.T) {
 		{"huge messages", Config{MaxMessageBytes: 1 << 30}, false},
 		{"negative nonces", Config{MaxPendingNonces: -1}, false},
 		{"negative sessions", Config{MaxSessions: -1}, false},
+		{"unknown EK audit budget of one", Config{UnknownEKAuditPerMinute: 1}, true},
+		{"unknown EK audit budget at the cap", Config{UnknownEKAuditPerMinute: 6000}, true},
+		{"negative unknown EK audit budget", Config{UnknownEKAuditPerMinute: -1}, false},
+		{"unknown EK audit budget over the cap", Config{UnknownEKAuditPerMinute: 6001}, false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -29,6 +33,9 @@ func TestConfigValidate(t *testing.T) {
 				t.Fatalf("Validate() = %v, want ok=%v", err, tc.ok)
 			}
 		})
+	}
+	if got := (Config{}).WithDefaults().UnknownEKAuditPerMinute; got != DefaultUnknownEKAuditPerMinute {
+		t.Fatalf("default unknown_ek_audit_per_minute = %d, want %d", got, DefaultUnknownEKAuditPerMinute)
 	}
 }
 

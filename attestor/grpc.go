@@ -109,7 +109,8 @@ func recvCtx(ctx context.Context, stream grpc.BidiStreamingServer[attestorpb.Nod
 // finish audits a refusal and maps it to a gRPC status. Refusals before
 // the EK is known name no node and cost the peer nothing: they are counted
 // and logged in aggregate (Service.Refusals), not audited one by one, so
-// that a flood of empty streams cannot flood the audit log.
+// that a flood of empty streams cannot flood the audit log; refusals of EKs
+// not in the manifest are audited within a budget (unknownek.go).
 func (s *Service) finish(ctx context.Context, ss *session, err error) error {
 	if ss.ek == nil {
 		s.refusals.count(err)
@@ -120,6 +121,18 @@ func (s *Service) finish(ctx context.Context, ss *session, err error) error {
 	// Audit on a context that survives the session deadline.
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
+	// An EK not in the manifest (matched to no entry, not listed by hash)
+	// costs its sender nothing: its refusals are audited within a budget.
+	if ss.entry.ID == "" && !s.manifest.Load().hasEK(ss.ek.HashHex()) {
+		reason := unknownEKReason(err)
+		s.refusals.UnknownEK.ByReason()[reason].Add(1)
+		if !s.unknownEKs.allow(s.deps.Now(), reason, ss.ek.HashHex(), ss.peer) {
+			s.refusals.UnknownEK.Unaudited.Add(1)
+			s.log.Debug("attestation refused, over the unknown EK audit budget", "actor", ss.actor(), "peer", ss.peer, "reason", err)
+			_ = s.summarise(actx, false) // a due summary need not wait for Run
+			return status.Error(Code(err), err.Error())
+		}
+	}
 	_ = s.audit(actx, AuditAttestRefuse, ss.actor(), ss.decision(err))
 	s.log.Warn("attestation refused", "actor", ss.actor(), "peer", ss.peer, "reason", err)
 	return status.Error(Code(err), err.Error())
@@ -141,11 +154,15 @@ func Code(err error) codes.Code {
 	}
 }
 
-// Refusals counts attestations refused before the node's EK was known.
+// Refusals counts the refusals that are not always audited one by one:
+// those before the node's EK was known, and those of EKs not in the
+// manifest.
 type Refusals struct {
 	Busy         atomic.Uint64 // no free session slot (ErrBusy)
 	HelloTimeout atomic.Uint64 // no first message in time (ErrHelloTimeout)
 	Other        atomic.Uint64 // stream closed early, malformed hello or EK
+
+	UnknownEK UnknownEKRefusals
 }
 
 func (r *Refusals) count(err error) {
@@ -159,8 +176,7 @@ func (r *Refusals) count(err error) {
 	}
 }
 
-// Refusals returns the live counters of refusals made before the EK was
-// known, for metrics.
+// Refusals returns the live refusal counters, for metrics.
 func (s *Service) Refusals() *Refusals { return &s.refusals }
 
 // refusalLogInterval spaces the aggregated warnings about refusals made

@@ -83,6 +83,12 @@ func (ix *manifestIndex) admit(ek *verify.EK, cert *x509.Certificate, intermedia
 	return ManifestEntry{}, fmt.Errorf("%w: chain anchor not in manifest", ErrNotInManifest)
 }
 
+// hasEK reports whether an EK-hash entry lists the EK with hex hash h.
+func (ix *manifestIndex) hasEK(h string) bool {
+	_, ok := ix.byHash[h]
+	return ok
+}
+
 var hexHashRE = regexp.MustCompile(`^[0-9a-f]{64}$`)
 
 // ParseManifestInput turns operator input into a manifest entry for class:

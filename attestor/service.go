@@ -45,6 +45,8 @@ type Service struct {
 
 	refusals      Refusals
 	refusalLogged atomic.Int64 // unix nanoseconds of the last aggregated warning
+	unknownEKs    *auditBudget
+	summaryTick   time.Duration
 
 	mu       sync.Mutex // serialises admin mutations and cache reloads
 	manifest atomic.Pointer[manifestIndex]
@@ -80,7 +82,8 @@ func New(ctx context.Context, td spiffeid.TrustDomain, cfg Config, d Deps) (*Ser
 		d.Logger = slog.New(slog.DiscardHandler)
 	}
 	s := &Service{td: td, cfg: cfg, deps: d, log: d.Logger, nonces: newNonces(cfg.NonceTTL, cfg.MaxPendingNonces),
-		slots: make(chan struct{}, cfg.MaxSessions)}
+		slots: make(chan struct{}, cfg.MaxSessions), unknownEKs: newAuditBudget(cfg.UnknownEKAuditPerMinute),
+		summaryTick: defaultSummaryTick}
 	s.newSecret = func() ([]byte, error) {
 		b := make([]byte, 32)
 		_, err := io.ReadFull(s.deps.Rand, b)

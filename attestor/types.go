@@ -98,11 +98,17 @@ type Revoker interface {
 const (
 	AuditAttestAccept = "attestor.attest.accept"
 	// AuditAttestRefuse records a refusal once the node's EK is known;
-	// refusals before that are only counted (Service.Refusals).
+	// refusals before that are only counted (Service.Refusals), and those
+	// of EKs not in the manifest only within unknown_ek_audit_per_minute.
 	AuditAttestRefuse   = "attestor.attest.refuse"
 	AuditNodeBan        = "attestor.node.ban"
 	AuditNodeUnban      = "attestor.node.unban"
 	AuditManifestAdd    = "attestor.manifest.add"
 	AuditManifestRemove = "attestor.manifest.remove"
 	AuditPolicySet      = "attestor.pcrpolicy.set"
+
+	// AuditAttestRefuseSuppressed summarises, at most once a minute, the
+	// refusals of EKs not in the manifest that were over the audit budget:
+	// count, reasons, first and last time, samples of EK hashes and peers.
+	AuditAttestRefuseSuppressed = "attestor.attest.refuse.suppressed"
 )

@@ -104,7 +104,8 @@ func registerCRLMetrics(reg *prometheus.Registry, cm *crl.Metrics) {
 }
 
 // registerAttestorMetrics exports the attestation refusals that are
-// counted instead of audited (made before the node's EK was known).
+// counted instead of, or as well as, audited: those made before the node's
+// EK was known and those of EKs not in the manifest.
 func registerAttestorMetrics(reg *prometheus.Registry, r *attestor.Refusals) {
 	for reason, v := range map[string]*atomic.Uint64{"busy": &r.Busy, "hello_timeout": &r.HelloTimeout, "other": &r.Other} {
 		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
@@ -113,6 +114,17 @@ func registerAttestorMetrics(reg *prometheus.Registry, r *attestor.Refusals) {
 			ConstLabels: prometheus.Labels{"reason": reason},
 		}, func() float64 { return float64(v.Load()) }))
 	}
+	for reason, v := range r.UnknownEK.ByReason() {
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name:        "palisade_attest_refused_unknown_ek_total",
+			Help:        "Attestations refused for an EK not in the manifest (audited within unknown_ek_audit_per_minute).",
+			ConstLabels: prometheus.Labels{"reason": reason},
+		}, func() float64 { return float64(v.Load()) }))
+	}
+	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "palisade_attest_refused_unknown_ek_unaudited_total",
+		Help: "Refusals of EKs not in the manifest over the audit budget: summarised once a minute (attestor.attest.refuse.suppressed), not audited one by one.",
+	}, func() float64 { return float64(r.UnknownEK.Unaudited.Load()) }))
 }
 
 func run(ctx context.Context, cfg *config.Server, log *slog.Logger) error {
@@ -287,6 +299,7 @@ func run(ctx context.Context, cfg *config.Server, log *slog.Logger) error {
 		log.Info("HSM available")
 	})
 	go app.CA.RunRotation(bg, cfg.Rotate, log, func(ca.RotationEvent) { crlSvc.IssuersChanged() })
+	go att.Run(bg)
 	go func() {
 		if err := crlSvc.Run(bg); err != nil && bg.Err() == nil {
 			errc <- fmt.Errorf("crl: %w", err)
@@ -305,6 +318,11 @@ func run(ctx context.Context, cfg *config.Server, log *slog.Logger) error {
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	grpcSrv.GracefulStop()
+	// No more refusals: summarise those over the audit budget before the
+	// audit log closes.
+	if err := att.Shutdown(shutdownCtx); err != nil {
+		log.Error("attestor shutdown", "err", err)
+	}
 	_ = adminSrv.Shutdown(shutdownCtx)
 	_ = httpSrv.Shutdown(shutdownCtx)
 	_ = metricsSrv.Shutdown(shutdownCtx)

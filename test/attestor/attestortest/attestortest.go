@@ -106,14 +106,38 @@ type Record struct {
 type Auditor struct {
 	mu      sync.Mutex
 	Records []Record
+	err     error
 }
 
 // Append implements attestor.Auditor.
 func (a *Auditor) Append(_ context.Context, kind, actor string, data any) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if a.err != nil {
+		return a.err
+	}
 	a.Records = append(a.Records, Record{kind, actor, data})
 	return nil
+}
+
+// Fail makes every Append fail with err (nil: succeed again).
+func (a *Auditor) Fail(err error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.err = err
+}
+
+// Count returns how many records of kind were appended.
+func (a *Auditor) Count(kind string) int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	n := 0
+	for _, r := range a.Records {
+		if r.Kind == kind {
+			n++
+		}
+	}
+	return n
 }
 
 // Snapshot returns a copy of the records so far.
