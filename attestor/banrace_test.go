@@ -10,6 +10,7 @@ import (
 
 	"github.com/palisade-id/palisade/attestor"
 	"github.com/palisade-id/palisade/attestor/agent"
+	attcawire "github.com/palisade-id/palisade/attestor/cawire"
 	"github.com/palisade-id/palisade/attestor/store"
 	castore "github.com/palisade-id/palisade/ca/store"
 	"github.com/palisade-id/palisade/crl"
@@ -54,7 +55,7 @@ func newRealCAEnv(t *testing.T) (*realCAEnv, func(csr []byte) (*agent.Result, er
 	t.Cleanup(func() { db.Close() })
 	e.iss = &attestortest.CAIssuer{CA: e.ca.CA}
 	e.svc, err = attestor.New(ctx, spiffeid.RequireTrustDomainFromString(td), attestor.Config{},
-		attestor.Deps{Store: db, Issuer: e.iss, Auditor: e.aud, Revoker: attestortest.CRLRevoker{Svc: rev}})
+		attestor.Deps{Store: db, Issuer: e.iss, Auditor: e.aud, Revoker: attcawire.Revoker{Svc: rev}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,6 +20,8 @@ import (
 	"syscall"
 	"time"
 
+	attcawire "github.com/palisade-id/palisade/attestor/cawire"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -171,8 +173,8 @@ func run(ctx context.Context, cfg *config.Server, log *slog.Logger) error {
 	}
 	defer attDB.Close()
 	att, err := attestor.New(ctx, app.CA.TrustDomain(), cfg.Attestor, attestor.Deps{
-		Store: attDB, Issuer: nodeIssuer{app.CA}, Auditor: sink,
-		Revoker: nodeRevoker{crlSvc}, Logger: log.With("component", "attestor"),
+		Store: attDB, Issuer: attcawire.NodeIssuer{CA: app.CA}, Auditor: sink,
+		Revoker: attcawire.Revoker{Svc: crlSvc}, Logger: log.With("component", "attestor"),
 	})
 	if err != nil {
 		return err
@@ -331,37 +333,6 @@ func run(ctx context.Context, cfg *config.Server, log *slog.Logger) error {
 		log.Error("audit server.stopped", "err", err)
 	}
 	return runErr
-}
-
-// nodeIssuer lets the attestor have the CA issue node SVIDs.
-type nodeIssuer struct{ ca *ca.CA }
-
-func (n nodeIssuer) IssueNodeSVID(ctx context.Context, id spiffeid.ID, csrDER []byte) ([][]byte, error) {
-	csr, err := ca.ParseCSR(csrDER, n.ca.TrustDomain())
-	if err != nil {
-		return nil, err
-	}
-	svid, err := n.ca.SignX509SVID(ctx, ca.X509Request{CSR: csr, ID: id, Kind: store.KindNodeSVID, NodeID: id.String(), Actor: id.String()})
-	if err != nil {
-		return nil, err
-	}
-	out := make([][]byte, 0, len(svid.Certificates))
-	for _, c := range svid.Certificates {
-		out = append(out, c.Raw)
-	}
-	return out, nil
-}
-
-// nodeRevoker revokes what a banned node holds.
-type nodeRevoker struct{ svc *crl.Service }
-
-func (r nodeRevoker) RevokeNode(ctx context.Context, nodeID string, reason int) (int, error) {
-	return r.svc.RevokeNode(ctx, "attestor", nodeID, reason)
-}
-
-func (r nodeRevoker) Revoke(ctx context.Context, serial *big.Int, reason int) error {
-	_, err := r.svc.Revoke(ctx, "attestor", serial, reason)
-	return err
 }
 
 // banCRLReason is the CRL reason of caller's ban, or unspecified.

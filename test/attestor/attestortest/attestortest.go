@@ -1,7 +1,7 @@
 // Package attestortest holds test doubles and plumbing for attestor tests:
-// a NodeIssuer built on testca, recording Auditor and Revoker, CAIssuer and
-// CRLRevoker (the real CA and revocation service, wired as palisade-server
-// wires them), software nodes shared per test binary and their TPM adapter,
+// a NodeIssuer built on testca, recording Auditor and Revoker, CAIssuer
+// (the real CA, as palisade-server wires it through attestor/cawire, with
+// hooks to interleave work), software nodes shared per test binary and their TPM adapter,
 // golden PCR policies, a loopback TLS gRPC server and a Driver for the
 // protocol's node side.
 //
