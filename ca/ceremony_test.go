@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,25 +18,9 @@ import (
 	"github.com/palisade-id/palisade/ca/keystore/memkeys"
 	"github.com/palisade-id/palisade/ca/pkcs11"
 	"github.com/palisade-id/palisade/ca/store"
+	"github.com/palisade-id/palisade/test/memca"
 	"github.com/palisade-id/palisade/test/testenv"
 )
-
-// kindsAudit records the kinds appended to it; failAppend makes Append fail.
-type kindsAudit struct {
-	mu         sync.Mutex
-	kinds      []string
-	failAppend error
-}
-
-func (a *kindsAudit) Append(_ context.Context, kind, _ string, _ any) error {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.failAppend != nil {
-		return a.failAppend
-	}
-	a.kinds = append(a.kinds, kind)
-	return nil
-}
 
 func openCeremonyStore(t *testing.T) *store.Store {
 	t.Helper()
@@ -47,6 +30,13 @@ func openCeremonyStore(t *testing.T) *store.Store {
 	}
 	t.Cleanup(func() { st.Close() })
 	return st
+}
+
+// failingAudit is an audit sink that refuses every append with err.
+func failingAudit(err error) *memca.Recorder {
+	a := &memca.Recorder{}
+	a.Fail(err)
+	return a
 }
 
 func auditTo(a ca.Auditor) func(crypto.Signer, *x509.Certificate) (ca.Auditor, error) {
@@ -59,11 +49,11 @@ func TestCACertificatesKeyUsage(t *testing.T) {
 	const want = x509.KeyUsageCertSign | x509.KeyUsageCRLSign
 	keys, st, clk := memkeys.New(), openCeremonyStore(t), &clock{t: time.Now()}
 	cfg := ca.Config{TrustDomain: td, IntermediateTTL: 12 * time.Hour, X509SVIDTTL: time.Hour}
-	res, err := ca.Ceremony(context.Background(), cfg, keys, st, "test", auditTo(&kindsAudit{}), clk.Now)
+	res, err := ca.Ceremony(context.Background(), cfg, keys, st, "test", auditTo(&memca.Recorder{}), clk.Now)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := ca.Load(cfg, ca.Options{Keys: keys, Store: st, Audit: &kindsAudit{}, Now: clk.Now})
+	c, err := ca.Load(cfg, ca.Options{Keys: keys, Store: st, Audit: &memca.Recorder{}, Now: clk.Now})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -147,7 +137,7 @@ func TestRefusedCeremonyLeavesKeysAsFound(t *testing.T) {
 					if tt.auditErr != nil {
 						return nil, tt.auditErr
 					}
-					return &kindsAudit{}, nil
+					return &memca.Recorder{}, nil
 				}, now)
 			if !errors.Is(err, tt.want) {
 				t.Fatalf("ceremony: %v, want %v", err, tt.want)
@@ -169,7 +159,7 @@ func TestRefusedCeremonyLeavesKeysAsFound(t *testing.T) {
 			}
 			// The same labels again (same clock): nothing is in the way.
 			if _, err := ca.Ceremony(context.Background(), ca.Config{TrustDomain: td}, mem, st, "test",
-				auditTo(&kindsAudit{}), now); err != nil {
+				auditTo(&memca.Recorder{}), now); err != nil {
 				t.Fatalf("retry after the fault was removed: %v", err)
 			}
 		})
@@ -186,7 +176,7 @@ func (undeletable) DeleteKey(string, crypto.PublicKey) error { return errNoDelet
 func TestCeremonyReportsKeysItCouldNotDestroy(t *testing.T) {
 	keys := undeletable{&sealProbe{Store: memkeys.New(), unsealed: func(l string) bool { return l == ca.AuditKeyLabel }}}
 	_, err := ca.Ceremony(context.Background(), ca.Config{TrustDomain: td}, keys, openCeremonyStore(t), "test",
-		auditTo(&kindsAudit{}), nil)
+		auditTo(&memca.Recorder{}), nil)
 	if !errors.Is(err, ca.ErrKeyNotSealed) || !errors.Is(err, ca.ErrKeysLeftBehind) || !errors.Is(err, errNoDelete) {
 		t.Fatalf("ceremony: %v; want the refusal and ErrKeysLeftBehind", err)
 	}
@@ -203,11 +193,11 @@ func TestCeremonyKeepsKeysOnceRecorded(t *testing.T) {
 	keys, st := memkeys.New(), openCeremonyStore(t)
 	errDisk := errors.New("audit disk full")
 	_, err := ca.Ceremony(context.Background(), ca.Config{TrustDomain: td}, keys, st, "test",
-		auditTo(&kindsAudit{failAppend: errDisk}), nil)
+		auditTo(failingAudit(errDisk)), nil)
 	if !errors.Is(err, errDisk) {
 		t.Fatalf("ceremony: %v, want %v", err, errDisk)
 	}
-	if _, err := ca.Load(ca.Config{TrustDomain: td}, ca.Options{Keys: keys, Store: st, Audit: &kindsAudit{}}); err != nil {
+	if _, err := ca.Load(ca.Config{TrustDomain: td}, ca.Options{Keys: keys, Store: st, Audit: &memca.Recorder{}}); err != nil {
 		t.Fatalf("Load after a failure past the commit point: %v", err)
 	}
 }
@@ -319,16 +309,16 @@ func TestCeremonyCommitFailureLeavesStoreAsFound(t *testing.T) {
 	keys := memkeys.New()
 	errDisk := errors.New("no space left on device")
 	st := &failingInit{Store: openCeremonyStore(t), err: errDisk}
-	if _, err := ca.Ceremony(context.Background(), ca.Config{TrustDomain: td}, keys, st, "test", auditTo(&kindsAudit{}), nil); !errors.Is(err, errDisk) {
+	if _, err := ca.Ceremony(context.Background(), ca.Config{TrustDomain: td}, keys, st, "test", auditTo(&memca.Recorder{}), nil); !errors.Is(err, errDisk) {
 		t.Fatalf("ceremony: %v, want %v", err, errDisk)
 	}
 	if inters, err := st.Intermediates(); err != nil || len(inters) != 0 {
 		t.Fatalf("failed ceremony left intermediates %+v (%v)", inters, err)
 	}
-	if _, err := ca.Ceremony(context.Background(), ca.Config{TrustDomain: td}, keys, st, "test", auditTo(&kindsAudit{}), nil); err != nil {
+	if _, err := ca.Ceremony(context.Background(), ca.Config{TrustDomain: td}, keys, st, "test", auditTo(&memca.Recorder{}), nil); err != nil {
 		t.Fatalf("retry on the same store: %v", err)
 	}
-	if _, err := ca.Load(ca.Config{TrustDomain: td}, ca.Options{Keys: keys, Store: st, Audit: &kindsAudit{}}); err != nil {
+	if _, err := ca.Load(ca.Config{TrustDomain: td}, ca.Options{Keys: keys, Store: st, Audit: &memca.Recorder{}}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -342,10 +332,10 @@ func TestRotationRefusesUnsealedKeys(t *testing.T) {
 	cfg := ca.Config{TrustDomain: td, IntermediateTTL: 12 * time.Hour}
 	at := time.Now()
 	now := func() time.Time { return at }
-	if _, err := ca.Ceremony(context.Background(), cfg, keys, st, "test", auditTo(&kindsAudit{}), now); err != nil {
+	if _, err := ca.Ceremony(context.Background(), cfg, keys, st, "test", auditTo(&memca.Recorder{}), now); err != nil {
 		t.Fatal(err)
 	}
-	c, err := ca.Load(cfg, ca.Options{Keys: keys, Store: st, Audit: &kindsAudit{}, Now: now})
+	c, err := ca.Load(cfg, ca.Options{Keys: keys, Store: st, Audit: &memca.Recorder{}, Now: now})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -377,24 +367,24 @@ func TestRotationAfterAuditFailure(t *testing.T) {
 	cfg := ca.Config{TrustDomain: td, IntermediateTTL: 12 * time.Hour}
 	at := time.Now()
 	now := func() time.Time { return at }
-	if _, err := ca.Ceremony(context.Background(), cfg, keys, st, "test", auditTo(&kindsAudit{}), now); err != nil {
+	if _, err := ca.Ceremony(context.Background(), cfg, keys, st, "test", auditTo(&memca.Recorder{}), now); err != nil {
 		t.Fatal(err)
 	}
-	a := &kindsAudit{}
+	a := &memca.Recorder{}
 	c, err := ca.Load(cfg, ca.Options{Keys: keys, Store: st, Audit: a, Now: now})
 	if err != nil {
 		t.Fatal(err)
 	}
 	at = at.Add(7 * time.Hour)
 	errDisk := errors.New("audit disk full")
-	a.failAppend = errDisk
+	a.Fail(errDisk)
 	if _, err := c.Rotate(context.Background()); !errors.Is(err, errDisk) {
 		t.Fatalf("Rotate: %v, want %v", err, errDisk)
 	}
 	if n := len(c.Issuers()); n != 2 {
 		t.Fatalf("%d issuers after the stored but unaudited generation, want 2", n)
 	}
-	a.failAppend = nil
+	a.Fail(nil)
 	at = at.Add(4 * time.Hour) // past activation time
 	ev, err := c.Rotate(context.Background())
 	if err != nil || ev.Activated == "" {

@@ -1,7 +1,6 @@
 package crl_test
 
 import (
-	"context"
 	"crypto"
 	"encoding/hex"
 	"errors"
@@ -17,44 +16,9 @@ import (
 
 	"github.com/palisade-id/palisade/crl"
 	"github.com/palisade-id/palisade/crl/memsource"
+	"github.com/palisade-id/palisade/test/memca"
 	"github.com/palisade-id/palisade/test/testca"
 )
-
-// auditRecord is one Append with its data.
-type auditRecord struct {
-	kind, actor string
-	data        map[string]any
-}
-
-// dataAudit keeps whole records; fail, while set, makes Append fail.
-type dataAudit struct {
-	mu   sync.Mutex
-	recs []auditRecord
-	fail atomic.Pointer[error]
-}
-
-func (a *dataAudit) Append(_ context.Context, kind, actor string, data any) error {
-	if err := a.fail.Load(); err != nil {
-		return *err
-	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	m, _ := data.(map[string]any)
-	a.recs = append(a.recs, auditRecord{kind, actor, m})
-	return nil
-}
-
-func (a *dataAudit) ofKind(kind string) []auditRecord {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	var out []auditRecord
-	for _, r := range a.recs {
-		if r.kind == kind {
-			out = append(out, r)
-		}
-	}
-	return out
-}
 
 // recorder wraps memsource and refuses the first refuse responder
 // certificate serials (all of them when refuse < 0) as already recorded.
@@ -86,13 +50,13 @@ type responderEnv struct {
 	ca    *testca.CA
 	iss   crl.Issuer
 	store *recorder
-	audit *dataAudit
+	audit *memca.Recorder
 	svc   *crl.Service
 	url   string
 	now   atomic.Pointer[time.Time]
 }
 
-func newResponderEnv(t *testing.T, refuse int, a *dataAudit, cfg crl.Config) *responderEnv {
+func newResponderEnv(t *testing.T, refuse int, a *memca.Recorder, cfg crl.Config) *responderEnv {
 	t.Helper()
 	e := &responderEnv{ca: testca.New(t, "example.org"), store: &recorder{Store: memsource.New(), refuse: refuse}, audit: a}
 	start := time.Now()
@@ -136,7 +100,7 @@ func (e *responderEnv) ask(t *testing.T) (*ocsp.Response, error) {
 // The delegated responder certificate is signed by an intermediate, so it
 // is recorded (serial uniqueness) and audited before it answers anything.
 func TestResponderCertRecordedAndAudited(t *testing.T) {
-	e := newResponderEnv(t, 0, &dataAudit{}, crl.Config{ResponderCertValidity: 3 * time.Hour})
+	e := newResponderEnv(t, 0, &memca.Recorder{}, crl.Config{ResponderCertValidity: 3 * time.Hour})
 	waitFor(t, "ready", func() bool { return e.svc.Ready() == nil })
 	r, err := e.ask(t)
 	if err != nil {
@@ -155,11 +119,11 @@ func TestResponderCertRecordedAndAudited(t *testing.T) {
 		!recs[0].NotAfter.Equal(rc.NotAfter) || !recs[0].NotBefore.Equal(rc.NotBefore) {
 		t.Fatalf("recorded %+v, want the served certificate %x of issuer %s", recs, rc.SerialNumber, e.iss.KeyID)
 	}
-	audited := e.audit.ofKind("ocsp-signer.issued")
+	audited := e.audit.OfKind("ocsp-signer.issued")
 	if len(audited) != 1 {
 		t.Fatalf("%d ocsp-signer.issued records, want 1", len(audited))
 	}
-	d := audited[0].data
+	d, _ := audited[0].Data.(map[string]any)
 	if d["serial"] != rc.SerialNumber.Text(16) || d["issuer"] != e.iss.KeyID || d["not_after"] != rc.NotAfter {
 		t.Fatalf("audit record %+v does not describe certificate %x", audited[0], rc.SerialNumber)
 	}
@@ -168,7 +132,7 @@ func TestResponderCertRecordedAndAudited(t *testing.T) {
 	later := rc.NotBefore.Add(2*time.Hour + 10*time.Minute)
 	e.now.Store(&later)
 	e.svc.IssuersChanged()
-	waitFor(t, "renewal", func() bool { return len(e.audit.ofKind("ocsp-signer.issued")) == 2 })
+	waitFor(t, "renewal", func() bool { return len(e.audit.OfKind("ocsp-signer.issued")) == 2 })
 	if recs := e.store.ResponderCerts(); len(recs) != 2 {
 		t.Fatalf("%d responder certificates recorded after renewal, want 2", len(recs))
 	}
@@ -176,7 +140,7 @@ func TestResponderCertRecordedAndAudited(t *testing.T) {
 
 func TestResponderCertSerialCollision(t *testing.T) {
 	t.Run("retried-with-a-fresh-serial", func(t *testing.T) {
-		e := newResponderEnv(t, 1, &dataAudit{}, crl.Config{})
+		e := newResponderEnv(t, 1, &memca.Recorder{}, crl.Config{})
 		waitFor(t, "ready", func() bool { return e.svc.Ready() == nil })
 		r, err := e.ask(t)
 		if err != nil {
@@ -186,12 +150,12 @@ func TestResponderCertSerialCollision(t *testing.T) {
 		if len(tried) != 2 || tried[0].Cmp(tried[1]) == 0 || r.Certificate.SerialNumber.Cmp(tried[1]) != 0 {
 			t.Fatalf("serials tried %x, served %x: want the refused one replaced", tried, r.Certificate.SerialNumber)
 		}
-		if n := len(e.audit.ofKind("ocsp-signer.issued")); n != 1 {
+		if n := len(e.audit.OfKind("ocsp-signer.issued")); n != 1 {
 			t.Fatalf("%d ocsp-signer.issued records, want 1 (the refused serial was never issued)", n)
 		}
 	})
 	t.Run("refused", func(t *testing.T) {
-		e := newResponderEnv(t, -1, &dataAudit{}, crl.Config{})
+		e := newResponderEnv(t, -1, &memca.Recorder{}, crl.Config{})
 		waitFor(t, "attempts", func() bool { return len(e.store.attempts()) >= 3 })
 		e.notReadyForOCSP(t)
 		if tried := e.store.attempts(); tried[0].Cmp(tried[1]) == 0 || tried[1].Cmp(tried[2]) == 0 {
@@ -201,7 +165,7 @@ func TestResponderCertSerialCollision(t *testing.T) {
 		if _, err := e.ask(t); !errors.As(err, &re) || re.Status != ocsp.TryLater {
 			t.Fatalf("answer without a recorded responder certificate: %v, want tryLater", err)
 		}
-		if n := len(e.audit.ofKind("ocsp-signer.issued")); n != 0 {
+		if n := len(e.audit.OfKind("ocsp-signer.issued")); n != 0 {
 			t.Fatalf("%d ocsp-signer.issued records for refused serials", n)
 		}
 	})
@@ -209,8 +173,8 @@ func TestResponderCertSerialCollision(t *testing.T) {
 
 func TestResponderCertNotUsedUnaudited(t *testing.T) {
 	errAudit := errors.New("audit log unavailable")
-	e := &dataAudit{}
-	e.fail.Store(&errAudit)
+	e := &memca.Recorder{}
+	e.Fail(errAudit)
 	env := newResponderEnv(t, 0, e, crl.Config{})
 	waitFor(t, "an attempt", func() bool { return len(env.store.attempts()) >= 1 })
 	env.notReadyForOCSP(t)
@@ -218,10 +182,10 @@ func TestResponderCertNotUsedUnaudited(t *testing.T) {
 	if _, err := env.ask(t); !errors.As(err, &re) || re.Status != ocsp.TryLater {
 		t.Fatalf("answer from an unaudited responder certificate: %v, want tryLater", err)
 	}
-	e.fail.Store(nil)
+	e.Fail(nil)
 	env.svc.IssuersChanged()
 	waitFor(t, "ready once the audit log is back", func() bool { return env.svc.Ready() == nil })
-	if n := len(e.ofKind("ocsp-signer.issued")); n != 1 {
+	if n := len(e.OfKind("ocsp-signer.issued")); n != 1 {
 		t.Fatalf("%d ocsp-signer.issued records, want 1", n)
 	}
 }

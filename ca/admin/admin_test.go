@@ -14,7 +14,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/palisade-id/palisade/ca"
@@ -27,27 +26,13 @@ import (
 
 const td = "example.org"
 
-// recorder is an in-memory audit sink.
-type recorder struct {
-	mu   sync.Mutex
-	recs []string // kind + " " + actor
-	fail error
-}
-
-func (r *recorder) Append(_ context.Context, kind, actor string, _ any) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.fail != nil {
-		return r.fail
+// records lists rec's records as "kind actor".
+func records(rec *memca.Recorder) []string {
+	var out []string
+	for _, r := range rec.Snapshot() {
+		out = append(out, r.Kind+" "+r.Actor)
 	}
-	r.recs = append(r.recs, kind+" "+actor)
-	return nil
-}
-
-func (r *recorder) kinds() []string {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return append([]string(nil), r.recs...)
+	return out
 }
 
 // serve listens on a fresh socket with m and returns a client for it.
@@ -205,7 +190,7 @@ func csrPEM(t *testing.T, id string) string {
 }
 
 func TestCARoutes(t *testing.T) {
-	rec := &recorder{}
+	rec := &memca.Recorder{}
 	f := memca.New(t, td, rec, nil)
 	c, st := f.CA, f.Store
 	m := NewMux()
@@ -256,7 +241,7 @@ func TestCARoutes(t *testing.T) {
 		{"mint TTL over the cap", "POST", "/v1/x509/mint", MintX509Request{CSRPEM: csrPEM(t, "spiffe://example.org/b"), TTL: "9999h"}, http.StatusBadRequest, "9999h"},
 		{"JWT without audience", "POST", "/v1/jwt/mint", MintJWTRequest{SPIFFEID: "spiffe://example.org/b"}, http.StatusBadRequest, "audience"},
 	}
-	before := len(rec.kinds())
+	before := len(records(rec))
 	for _, tt := range bad {
 		t.Run(tt.name, func(t *testing.T) {
 			status, msg := do(tt.method, tt.path, tt.req, nil)
@@ -265,7 +250,7 @@ func TestCARoutes(t *testing.T) {
 			}
 		})
 	}
-	if got := rec.kinds(); len(got) != before {
+	if got := records(rec); len(got) != before {
 		t.Fatalf("refused requests were audited as changes: %v", got[before:])
 	}
 	if st, err := st.Stats(); err != nil || st.Certs != 0 || st.Entries != 1 {
@@ -288,13 +273,13 @@ func TestCARoutes(t *testing.T) {
 		t.Fatalf("delete: %d %s", status, msg)
 	}
 	want := []string{"entry.created " + operatorActor, store.KindX509SVID + ".issued " + operatorActor, "entry.deleted " + operatorActor}
-	got := rec.kinds()[before-1:]
+	got := records(rec)[before-1:]
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Fatalf("audit records:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 
 	// A change the audit log cannot record is refused.
-	rec.fail = errors.New("disk full")
+	rec.Fail(errors.New("disk full"))
 	if status, _ := do("POST", "/v1/entries", Entry{SPIFFEID: "spiffe://example.org/x", ParentID: "spiffe://example.org/n"}, nil); status == http.StatusOK {
 		t.Fatal("entry created although its audit record failed")
 	}

@@ -3,7 +3,6 @@ package cawire_test
 import (
 	"context"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -14,25 +13,6 @@ import (
 	"github.com/palisade-id/palisade/test/memca"
 )
 
-type kindAudit struct {
-	mu   sync.Mutex
-	recs map[string][]map[string]any
-}
-
-func (a *kindAudit) Append(_ context.Context, kind, _ string, data any) error {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	m, _ := data.(map[string]any)
-	a.recs[kind] = append(a.recs[kind], m)
-	return nil
-}
-
-func (a *kindAudit) get(kind string) []map[string]any {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.recs[kind]
-}
-
 // TestResponderCertInCAStore: wired as palisade-server does, the delegated
 // OCSP responder certificate the intermediate signs is in the CA's store
 // (KindOCSPSigner, so its serial can never be issued again) and in the
@@ -40,7 +20,7 @@ func (a *kindAudit) get(kind string) []map[string]any {
 func TestResponderCertInCAStore(t *testing.T) {
 	f := memca.New(t, "example.org", memca.Discard{}, nil)
 	c, st, keys, dir := f.CA, f.Store, f.Keys, t.TempDir()
-	audit := &kindAudit{recs: map[string][]map[string]any{}}
+	audit := &memca.Recorder{}
 	svc, err := crl.New(crl.Config{DataDir: filepath.Join(dir, "crl")},
 		crl.Options{Store: castore.New(st), Audit: audit, Keys: keys, Issuers: cawire.Issuers(c)})
 	if err != nil {
@@ -56,12 +36,13 @@ func TestResponderCertInCAStore(t *testing.T) {
 		}
 	}
 	active, _ := c.ActiveIssuer()
-	recs := audit.get("ocsp-signer.issued")
+	recs := audit.OfKind("ocsp-signer.issued")
 	if len(recs) != 1 {
 		t.Fatalf("%d ocsp-signer.issued audit records, want 1", len(recs))
 	}
-	serial, ok := recs[0]["serial"].(string)
-	if !ok || recs[0]["issuer"] != active.KeyID {
+	data, _ := recs[0].Data.(map[string]any)
+	serial, ok := data["serial"].(string)
+	if !ok || data["issuer"] != active.KeyID {
 		t.Fatalf("audit record %v", recs[0])
 	}
 	var found []store.CertRecord
@@ -72,7 +53,7 @@ func TestResponderCertInCAStore(t *testing.T) {
 		return nil
 	})
 	if len(found) != 1 || found[0].Serial.Text(16) != serial || found[0].IssuerKeyID != active.KeyID ||
-		!found[0].NotAfter.Equal(recs[0]["not_after"].(time.Time)) {
+		!found[0].NotAfter.Equal(data["not_after"].(time.Time)) {
 		t.Fatalf("store holds responder certificates %+v, want serial %s of issuer %s", found, serial, active.KeyID)
 	}
 }

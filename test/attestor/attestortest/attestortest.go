@@ -29,6 +29,7 @@ import (
 	"github.com/palisade-id/palisade/attestor/agent"
 	"github.com/palisade-id/palisade/attestor/attestorpb"
 	"github.com/palisade-id/palisade/attestor/verify/verifytest"
+	"github.com/palisade-id/palisade/test/memca"
 	"github.com/palisade-id/palisade/test/testca"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
@@ -97,67 +98,10 @@ func (i *Issuer) Count() int {
 }
 
 // Record is one audit record.
-type Record struct {
-	Kind, Actor string
-	Data        any
-}
+type Record = memca.Record
 
 // Auditor records audit appends.
-type Auditor struct {
-	mu      sync.Mutex
-	Records []Record
-	err     error
-}
-
-// Append implements attestor.Auditor.
-func (a *Auditor) Append(_ context.Context, kind, actor string, data any) error {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.err != nil {
-		return a.err
-	}
-	a.Records = append(a.Records, Record{kind, actor, data})
-	return nil
-}
-
-// Fail makes every Append fail with err (nil: succeed again).
-func (a *Auditor) Fail(err error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.err = err
-}
-
-// Count returns how many records of kind were appended.
-func (a *Auditor) Count(kind string) int {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	n := 0
-	for _, r := range a.Records {
-		if r.Kind == kind {
-			n++
-		}
-	}
-	return n
-}
-
-// Snapshot returns a copy of the records so far.
-func (a *Auditor) Snapshot() []Record {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return append([]Record(nil), a.Records...)
-}
-
-// Last returns the latest record of kind.
-func (a *Auditor) Last(kind string) (Record, bool) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	for i := len(a.Records) - 1; i >= 0; i-- {
-		if a.Records[i].Kind == kind {
-			return a.Records[i], true
-		}
-	}
-	return Record{}, false
-}
+type Auditor struct{ memca.Recorder }
 
 // Reason returns the refusal reason of the latest refusal record.
 func (a *Auditor) Reason() string {
