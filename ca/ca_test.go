@@ -154,6 +154,22 @@ func newFixture(t testing.TB, mutate func(*ca.Config)) *fixture {
 	return f
 }
 
+// prepareNext moves the clock past the active generation's half-life (the
+// fixture's 12 h intermediates) and rotates, which must prepare the next
+// one. It returns the generation active before and the rotation.
+func (f *fixture) prepareNext(t testing.TB) (first ca.Issuer, ev ca.RotationEvent) {
+	t.Helper()
+	first, err := f.ca.ActiveIssuer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.clock.Set(first.Cert.NotBefore.Add(7 * time.Hour))
+	if ev, err = f.ca.Rotate(context.Background()); err != nil || ev.Prepared == "" {
+		t.Fatalf("prepare: %+v %v", ev, err)
+	}
+	return first, ev
+}
+
 func (f *fixture) load(t testing.TB) *ca.CA {
 	t.Helper()
 	c, err := ca.Load(f.cfg, ca.Options{
@@ -468,12 +484,7 @@ func TestCeremonyRefusesExtractableKeys(t *testing.T) {
 
 func TestCACertSerialsRecorded(t *testing.T) {
 	f := newFixture(t, func(c *ca.Config) { c.IntermediateTTL = 12 * time.Hour })
-	first, _ := f.ca.ActiveIssuer()
-	f.clock.Set(first.Cert.NotBefore.Add(7 * time.Hour))
-	ev, err := f.ca.Rotate(context.Background())
-	if err != nil || ev.Prepared == "" {
-		t.Fatalf("prepare: %+v %v", ev, err)
-	}
+	f.prepareNext(t)
 	meta, _ := f.st.CAMeta()
 	auditCert, err := x509.ParseCertificate(meta.AuditCertDER)
 	if err != nil {

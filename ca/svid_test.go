@@ -340,12 +340,7 @@ func TestLoadAfterDowntime(t *testing.T) {
 	})
 	t.Run("next still live", func(t *testing.T) {
 		f := newFixture(t, cfg)
-		first, _ := f.ca.ActiveIssuer()
-		f.clock.Set(first.Cert.NotBefore.Add(7 * time.Hour))
-		ev, err := f.ca.Rotate(context.Background())
-		if err != nil || ev.Prepared == "" {
-			t.Fatalf("prepare: %+v %v", ev, err)
-		}
+		first, ev := f.prepareNext(t)
 		f.clock.Set(first.Cert.NotAfter.Add(time.Hour))
 		is := f.assertIssues(t, f.load(t))
 		if is.KeyID != ev.Prepared {
@@ -357,12 +352,7 @@ func TestLoadAfterDowntime(t *testing.T) {
 	})
 	t.Run("active and next expired", func(t *testing.T) {
 		f := newFixture(t, cfg)
-		first, _ := f.ca.ActiveIssuer()
-		f.clock.Set(first.Cert.NotBefore.Add(7 * time.Hour))
-		ev, err := f.ca.Rotate(context.Background())
-		if err != nil || ev.Prepared == "" {
-			t.Fatalf("prepare: %+v %v", ev, err)
-		}
+		first, ev := f.prepareNext(t)
 		f.clock.Set(first.Cert.NotAfter.Add(24 * time.Hour))
 		is := f.assertIssues(t, f.load(t))
 		if is.KeyID == first.KeyID || is.KeyID == ev.Prepared {
@@ -393,12 +383,7 @@ func TestLoadAfterDowntime(t *testing.T) {
 func TestRotateBothExpired(t *testing.T) {
 	f := newFixture(t, func(c *ca.Config) { c.IntermediateTTL = 12 * time.Hour })
 	ctx := context.Background()
-	first, _ := f.ca.ActiveIssuer()
-	f.clock.Set(first.Cert.NotBefore.Add(7 * time.Hour))
-	prep, err := f.ca.Rotate(ctx)
-	if err != nil || prep.Prepared == "" {
-		t.Fatalf("prepare: %+v %v", prep, err)
-	}
+	first, prep := f.prepareNext(t)
 	// Both generations expire while the running CA is suspended.
 	f.clock.Set(first.Cert.NotAfter.Add(24 * time.Hour))
 	ev, err := f.ca.Rotate(ctx)
