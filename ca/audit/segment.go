@@ -257,23 +257,24 @@ func VerifyChain(paths []string, opts VerifyOptions) (Report, error) {
 }
 
 func (r *Report) addProblems(ps ...Problem) {
-	for _, pr := range ps {
-		if len(r.Problems) >= maxProblems {
-			r.ProblemsOmitted++
-			continue
-		}
-		r.Problems = append(r.Problems, pr)
-	}
+	r.Problems = appendCapped(r.Problems, &r.ProblemsOmitted, ps)
 }
 
 func (r *Report) addReanchors(rs ...Reanchoring) {
-	for _, x := range rs {
-		if len(r.Reanchors) >= maxProblems {
-			r.ReanchorsOmitted++
+	r.Reanchors = appendCapped(r.Reanchors, &r.ReanchorsOmitted, rs)
+}
+
+// appendCapped appends xs to list up to maxProblems entries and counts the
+// rest in omitted: a hostile log cannot make a report unbounded.
+func appendCapped[T any](list []T, omitted *int, xs []T) []T {
+	for _, x := range xs {
+		if len(list) >= maxProblems {
+			*omitted++
 			continue
 		}
-		r.Reanchors = append(r.Reanchors, x)
+		list = append(list, x)
 	}
+	return list
 }
 
 // verifyFile verifies one file of a chain, noting the anchored record in
