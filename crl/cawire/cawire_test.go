@@ -43,15 +43,7 @@ func TestRealCA(t *testing.T) {
 		t.Fatal(err)
 	}
 	mux.Handle("/", svc.Handler())
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { svc.Run(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
-	for deadline := time.Now().Add(5 * time.Second); svc.Ready() != nil; time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal(svc.Ready())
-		}
-	}
+	ctx := runReady(t, svc)
 
 	csrDER, _ := testca.CSR(t, "spiffe://example.org/w")
 	csr, err := ca.ParseCSR(csrDER, c.TrustDomain())
@@ -114,4 +106,20 @@ func TestRealCA(t *testing.T) {
 			t.Fatal("CDP CRL never listed the revoked SVID")
 		}
 	}
+}
+
+// runReady runs svc until the test ends and waits until it is ready; the
+// context it returns ends with the test.
+func runReady(t *testing.T, svc *crl.Service) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { svc.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	for deadline := time.Now().Add(5 * time.Second); svc.Ready() != nil; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal(svc.Ready())
+		}
+	}
+	return ctx
 }

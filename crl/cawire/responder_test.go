@@ -1,7 +1,6 @@
 package cawire_test
 
 import (
-	"context"
 	"path/filepath"
 	"testing"
 	"time"
@@ -26,15 +25,7 @@ func TestResponderCertInCAStore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { svc.Run(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
-	for deadline := time.Now().Add(5 * time.Second); svc.Ready() != nil; time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal(svc.Ready())
-		}
-	}
+	runReady(t, svc)
 	active, _ := c.ActiveIssuer()
 	recs := audit.OfKind("ocsp-signer.issued")
 	if len(recs) != 1 {
