@@ -301,11 +301,28 @@ func (r *responder) lookup(req *Request) (*ocspIssuer, *cached) {
 	if oi == nil || !bytes.Equal(oi.hashes[req.HashAlg].name, req.IssuerNameHash) {
 		return nil, nil
 	}
-	c := r.cache[hashKey(req.HashAlg, req.Serial)]
+	return oi, r.cachedLocked(oi, req.HashAlg, req.Serial)
+}
+
+// cachedLocked is the answer cached for (h, serial) under oi, if any; r.mu
+// is held.
+func (r *responder) cachedLocked(oi *ocspIssuer, h crypto.Hash, serial []byte) *cached {
+	c := r.cache[hashKey(h, serial)]
 	if c != nil && c.issuer != oi.iss.KeyID {
-		c = nil
+		return nil
 	}
-	return oi, c
+	return c
+}
+
+// current is the unexpired answer cached for (h, serial) under oi, if any.
+func (r *responder) current(oi *ocspIssuer, h crypto.Hash, serial []byte) *cached {
+	r.mu.RLock()
+	c := r.cachedLocked(oi, h, serial)
+	r.mu.RUnlock()
+	if c == nil || !r.now().Before(c.nextUpdate) {
+		return nil
+	}
+	return c
 }
 
 // answerFor computes the current status of serial for oi from the Source.
@@ -388,13 +405,32 @@ func (r *responder) acquire(ctx context.Context, wait time.Duration) bool {
 
 func (r *responder) release() { <-r.sem }
 
+// flightFor returns the signature in flight for key (own false), or
+// registers one (own true) that the caller ends with land.
+func (r *responder) flightFor(key string) (f *flightCall, own bool) {
+	r.flightMu.Lock()
+	defer r.flightMu.Unlock()
+	if f := r.flight[key]; f != nil {
+		return f, false
+	}
+	f = &flightCall{done: make(chan struct{})}
+	r.flight[key] = f
+	return f, true
+}
+
+func (r *responder) land(key string, f *flightCall) {
+	r.flightMu.Lock()
+	delete(r.flight, key)
+	r.flightMu.Unlock()
+	close(f.done)
+}
+
 // miss signs an answer on demand, one signature per key however many
-// requests ask at once.
+// requests (and the pre-sign worker) ask at once.
 func (r *responder) miss(ctx context.Context, oi *ocspIssuer, h crypto.Hash, serial []byte) (*cached, error) {
 	key := hashKey(h, serial)
-	r.flightMu.Lock()
-	if f := r.flight[key]; f != nil {
-		r.flightMu.Unlock()
+	f, own := r.flightFor(key)
+	if !own {
 		select {
 		case <-f.done:
 			return f.c, f.err
@@ -402,15 +438,12 @@ func (r *responder) miss(ctx context.Context, oi *ocspIssuer, h crypto.Hash, ser
 			return nil, ctx.Err()
 		}
 	}
-	f := &flightCall{done: make(chan struct{})}
-	r.flight[key] = f
-	r.flightMu.Unlock()
-	defer func() {
-		r.flightMu.Lock()
-		delete(r.flight, key)
-		r.flightMu.Unlock()
-		close(f.done)
-	}()
+	defer r.land(key, f)
+	// A flight may have landed between the caller's lookup and this one.
+	if c := r.current(oi, h, serial); c != nil {
+		f.c = c
+		return c, nil
+	}
 	if !r.acquire(ctx, 200*time.Millisecond) {
 		f.err = errBusy
 		return nil, f.err
@@ -459,7 +492,10 @@ func (r *responder) presignWorker(ctx context.Context) {
 	}
 }
 
-// presign signs and caches req's answer; signCached reads its status.
+// presign signs and caches req's answer; signCached reads its status. It
+// takes the key's flight so that an on-demand signature and its own never
+// race: the later would replace the answer a client was just sent, and with
+// it the ETag the client revalidates with.
 func (r *responder) presign(ctx context.Context, req presignReq) {
 	r.mu.RLock()
 	oi := r.issuers[req.issuer]
@@ -467,13 +503,32 @@ func (r *responder) presign(ctx context.Context, req presignReq) {
 	if oi == nil {
 		return
 	}
+	key := hashKey(crypto.SHA1, req.serial)
+	f, own := r.flightFor(key)
+	for !own {
+		select {
+		case <-f.done:
+		case <-ctx.Done():
+			return
+		}
+		f, own = r.flightFor(key)
+	}
+	defer r.land(key, f)
+	// Revocation drops cached answers, so a known status cached since the
+	// certificate was recorded is current. An unknown one may predate the
+	// record: sign again.
+	if c := r.current(oi, crypto.SHA1, req.serial); c != nil && c.status != StatusUnknown {
+		f.c = c
+		return
+	}
 	if !r.acquire(ctx, time.Minute) {
+		f.err = errBusy
 		return
 	}
 	defer r.release()
-	if _, err := r.signCached(oi, crypto.SHA1, req.serial); err != nil {
+	if f.c, f.err = r.signCached(oi, crypto.SHA1, req.serial); f.err != nil {
 		r.m.RefreshFailures.Add(1)
-		r.log.Error("OCSP pre-sign failed", "serial", hex.EncodeToString(req.serial), "err", err)
+		r.log.Error("OCSP pre-sign failed", "serial", hex.EncodeToString(req.serial), "err", f.err)
 	}
 }
 

@@ -404,6 +404,69 @@ func TestOCSPGetCaching(t *testing.T) {
 	}
 }
 
+// The pre-sign worker must not replace an answer a client was already sent
+// (its ETag would stop revalidating), but must replace an "unknown" cached
+// before the certificate was recorded. The worker is FIFO: once the marker
+// queued after the leaf is signed, the leaf's turn has passed.
+func TestOCSPPresignAfterOnDemand(t *testing.T) {
+	tests := []struct {
+		name        string
+		recordFirst bool // store the leaf before the first request
+		firstStatus int
+		wantSame    bool // the worker keeps the first answer
+	}{
+		{"known answer kept", true, ocsp.Good, true},
+		{"unknown answer replaced", false, ocsp.Unknown, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, crl.Config{})
+			leaf, _, _ := e.ca.MintX509SVID(t, "spiffe://example.org/w/n", time.Hour)
+			record := func() {
+				e.store.Add(crl.CertInfo{Serial: leaf.SerialNumber, SPIFFEID: leaf.URIs[0].String(), NodeID: "n",
+					IssuerKeyID: e.iss.KeyID, NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter})
+			}
+			if tc.recordFirst {
+				record()
+			}
+			req, _ := ocsp.CreateRequest(leaf, e.ca.Intermediate(), nil)
+			ask := func() (string, *ocsp.Response) {
+				resp, body := postOCSP(t, e.url, req)
+				r, err := ocsp.ParseResponseForCert(body, leaf, e.ca.Intermediate())
+				if err != nil {
+					t.Fatal(err)
+				}
+				return resp.Header.Get("ETag"), r
+			}
+			etag1, r1 := ask()
+			if r1.Status != tc.firstStatus {
+				t.Fatalf("first answer: status %d, want %d", r1.Status, tc.firstStatus)
+			}
+			signed := e.svc.Metrics().Signatures.Load()
+			if !tc.recordFirst {
+				record()
+			}
+			e.svc.Issued(leaf.SerialNumber, e.iss.KeyID, leaf.NotAfter)
+			e.mint(t, "marker")
+			want := signed + 1 // the marker
+			if !tc.wantSame {
+				want++
+			}
+			waitFor(t, "pre-signing", func() bool { return e.svc.Metrics().Signatures.Load() >= want })
+			etag2, r2 := ask()
+			if r2.Status != ocsp.Good {
+				t.Fatalf("after pre-signing: status %d, want good", r2.Status)
+			}
+			if (etag2 == etag1) != tc.wantSame {
+				t.Fatalf("ETag %s then %s; want same: %v", etag1, etag2, tc.wantSame)
+			}
+			if got := e.svc.Metrics().Signatures.Load(); got != want {
+				t.Fatalf("%d signatures, want %d", got, want)
+			}
+		})
+	}
+}
+
 func TestOCSPNonce(t *testing.T) {
 	e := newEnv(t, crl.Config{})
 	leaf := e.mint(t, "n")
