@@ -154,7 +154,10 @@ func TestExpiredAdmissionDrops(t *testing.T) {
 	if err := d.SyncPolicy(map[PolicyKey]bool{{identityA, 8080, ProtoTCP, Inbound}: true}); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.PutPeer(PeerEntry{Ifindex: ifIn, Addr: peer4, Identity: identityA, Expires: time.Now().Add(200 * time.Millisecond)}); err != nil {
+	// A margin a loaded CI machine cannot stall through between PutPeer and
+	// the first run.
+	expires := time.Now().Add(time.Second)
+	if err := d.PutPeer(PeerEntry{Ifindex: ifIn, Addr: peer4, Identity: identityA, Expires: expires}); err != nil {
 		t.Fatal(err)
 	}
 	// An established flow (ACK only) is cut once the admission expires.
@@ -162,7 +165,7 @@ func TestExpiredAdmissionDrops(t *testing.T) {
 	if got := run(t, d.Program(), pkt, ifIn); got != retPass {
 		t.Fatalf("before expiry: verdict = %#x, want pass", got)
 	}
-	time.Sleep(300 * time.Millisecond)
+	time.Sleep(time.Until(expires) + 100*time.Millisecond)
 	if got := run(t, d.Program(), pkt, ifIn); got != retDrop {
 		t.Fatalf("after expiry: verdict = %#x, want drop", got)
 	}
