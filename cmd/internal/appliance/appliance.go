@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 
 	"github.com/palisade-id/palisade/ca"
 	"github.com/palisade-id/palisade/ca/audit"
@@ -128,6 +129,13 @@ func Ceremony(ctx context.Context, cfg *config.Server, actor string) (*ca.Ceremo
 		return nil, err
 	}
 	defer st.Close()
+	return ceremony(ctx, cfg, actor, tok, st)
+}
+
+// ceremony is Ceremony on an open token and store. A ceremony refused
+// before the store committed leaves no audit log behind: the one it created
+// is empty, and its presence would refuse every retry.
+func ceremony(ctx context.Context, cfg *config.Server, actor string, tok *pkcs11.Token, st ca.Store) (*ca.CeremonyResult, error) {
 	var log *audit.Log
 	res, err := ca.Ceremony(ctx, cfg.CA, tok, st, actor, func(signer crypto.Signer, cert *x509.Certificate) (ca.Auditor, error) {
 		if _, err := os.Stat(cfg.Audit.Path); err == nil {
@@ -140,12 +148,32 @@ func Ceremony(ctx context.Context, cfg *config.Server, actor string) (*ca.Ceremo
 		log = l
 		return Sink{l}, nil
 	}, nil)
-	if log != nil {
-		if cerr := log.Close(); err == nil && cerr != nil {
-			err = cerr
+	if log == nil {
+		return res, err
+	}
+	cerr := log.Close()
+	if err == nil {
+		return res, cerr
+	}
+	if _, merr := st.CAMeta(); errors.Is(merr, store.ErrNotInitialized) {
+		if rerr := removeDurably(cfg.Audit.Path); rerr != nil {
+			err = errors.Join(err, fmt.Errorf("remove the new audit log (delete %s before retrying): %w", cfg.Audit.Path, rerr))
 		}
 	}
 	return res, err
+}
+
+// removeDurably removes path and syncs its directory.
+func removeDurably(path string) error {
+	if err := os.Remove(path); err != nil {
+		return err
+	}
+	d, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }
 
 // Open opens an initialised appliance. caOpts may set URLs and hooks; Keys,
