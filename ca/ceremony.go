@@ -118,9 +118,9 @@ type CeremonyResult struct {
 // It refuses, changing nothing, when the store is initialised or the HSM
 // already holds a root key (an earlier ceremony that was interrupted). Once
 // it has generated keys, any failure before the store records the CA
-// (a key that is not sealed, the audit log not opening, a store write)
-// destroys every key it generated, and only those; ErrKeysLeftBehind if
-// one could not be destroyed.
+// (a key that is not sealed, the audit log not opening, a store write that
+// left the store uninitialised) destroys every key it generated, and only
+// those; ErrKeysLeftBehind if one could not be destroyed.
 func Ceremony(ctx context.Context, cfg Config, keys CeremonyKeys, st Store, actor string,
 	openAudit func(signer crypto.Signer, cert *x509.Certificate) (Auditor, error), now func() time.Time) (_ *CeremonyResult, err error) {
 	cfg.Defaults()
@@ -202,6 +202,12 @@ func Ceremony(ctx context.Context, cfg Config, keys CeremonyKeys, st Store, acto
 		KeyAlgorithm:  cfg.KeyAlgorithm,
 		InitializedAt: t,
 	}, inter); err != nil {
+		// A commit can fail after its data was written (bbolt reports a
+		// failed final fdatasync): if the store reads as initialised it
+		// names these keys, and destroying them would be irreversible.
+		if _, merr := st.CAMeta(); merr == nil {
+			committed = true
+		}
 		return nil, fmt.Errorf("ca: record metadata and first intermediate: %w", err)
 	}
 	// The store now names the keys: they stay, whatever fails next.

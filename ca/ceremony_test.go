@@ -289,18 +289,40 @@ func TestRefusedCeremonyLeavesTokenClean(t *testing.T) {
 	}
 }
 
-// failingInit refuses the first InitCA, as a full disk would.
+// failingInit refuses the first InitCA, as a full disk would; with
+// afterWrite, once the record is written (a failed final fdatasync).
 type failingInit struct {
 	*store.Store
-	err error
+	err        error
+	afterWrite bool
 }
 
 func (s *failingInit) InitCA(m store.CAMeta, first store.Intermediate) error {
-	if err := s.err; err != nil {
-		s.err = nil
-		return err
+	err := s.err
+	if err == nil || s.afterWrite {
+		if werr := s.Store.InitCA(m, first); werr != nil {
+			return werr
+		}
 	}
-	return s.Store.InitCA(m, first)
+	s.err = nil
+	return err
+}
+
+// A commit reported failed but readable in the store names the keys: the
+// ceremony fails and keeps them, and the CA loads.
+func TestCeremonyCommitErrorAfterWriteKeepsKeys(t *testing.T) {
+	keys := memkeys.New()
+	errSync := errors.New("fdatasync: input/output error")
+	st := &failingInit{Store: openCeremonyStore(t), err: errSync, afterWrite: true}
+	if _, err := ca.Ceremony(context.Background(), ca.Config{TrustDomain: td}, keys, st, "test", auditTo(&memca.Recorder{}), nil); !errors.Is(err, errSync) {
+		t.Fatalf("ceremony: %v, want %v", err, errSync)
+	}
+	if _, err := keys.Signer(ca.RootKeyLabel); err != nil {
+		t.Fatalf("root key after a commit the store holds: %v", err)
+	}
+	if _, err := ca.Load(ca.Config{TrustDomain: td}, ca.Options{Keys: keys, Store: st, Audit: &memca.Recorder{}}); err != nil {
+		t.Fatalf("Load: %v", err)
+	}
 }
 
 // A ceremony whose commit fails leaves the store as it found it: the retry

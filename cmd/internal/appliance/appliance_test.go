@@ -79,6 +79,15 @@ func TestCeremonyStoreFailure(t *testing.T) {
 				t.Fatalf("audit log present: %v (%v), want %v", gotLog, serr, tc.wantLog)
 			}
 			if tc.wantLog {
+				// The store names the keys: they must still be there.
+				tok, err := OpenHSM(cfg)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer tok.Close()
+				if _, err := tok.Signer(ca.RootKeyLabel); err != nil {
+					t.Fatalf("root key after a commit the store holds: %v", err)
+				}
 				return
 			}
 			if serr != nil && !errors.Is(serr, fs.ErrNotExist) {
