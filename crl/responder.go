@@ -503,6 +503,12 @@ func (r *responder) presign(ctx context.Context, req presignReq) {
 	if oi == nil {
 		return
 	}
+	// The slot first: a request joining the flight must not wait out the
+	// worker's wait for one.
+	if !r.acquire(ctx, time.Minute) {
+		return
+	}
+	defer r.release()
 	key := hashKey(crypto.SHA1, req.serial)
 	f, own := r.flightFor(key)
 	for !own {
@@ -521,11 +527,6 @@ func (r *responder) presign(ctx context.Context, req presignReq) {
 		f.c = c
 		return
 	}
-	if !r.acquire(ctx, time.Minute) {
-		f.err = errBusy
-		return
-	}
-	defer r.release()
 	if f.c, f.err = r.signCached(oi, crypto.SHA1, req.serial); f.err != nil {
 		r.m.RefreshFailures.Add(1)
 		r.log.Error("OCSP pre-sign failed", "serial", hex.EncodeToString(req.serial), "err", f.err)
