@@ -35,6 +35,7 @@ import (
 	"github.com/palisade-id/palisade/attestor/agent"
 	"github.com/palisade-id/palisade/ca/nodeapi"
 	"github.com/palisade-id/palisade/ca/nodeapi/nodev1"
+	"github.com/palisade-id/palisade/cmd/internal/atomicfile"
 	"github.com/palisade-id/palisade/crl"
 	"github.com/palisade-id/palisade/enforcer"
 )
@@ -130,14 +131,11 @@ func attestCmd(args []string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	for _, f := range []struct {
-		name string
-		data []byte
-		mode os.FileMode
-	}{{"key.pem", keyPEM, 0o600}, {"svid.pem", certPEM, 0o644}, {"bundle.pem", bundle, 0o644}} {
-		if err := writeFileAtomic(filepath.Join(dir, f.name), f.data, f.mode); err != nil {
-			return err
-		}
+	if err := atomicfile.WriteFiles(dir,
+		atomicfile.File{Name: "key.pem", Data: keyPEM, Mode: 0o600},
+		atomicfile.File{Name: "svid.pem", Data: certPEM, Mode: 0o644},
+		atomicfile.File{Name: "bundle.pem", Data: bundle, Mode: 0o644}); err != nil {
+		return err
 	}
 	fmt.Println(res.ID.String())
 	return nil
@@ -186,30 +184,6 @@ func clientCert(svid *x509svid.SVID) func(*tls.CertificateRequestInfo) (*tls.Cer
 	}
 }
 
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return err
-	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
-}
-
 func runCmd(args []string) error {
 	cfg, err := loadFlags("run", args, nil)
 	if err != nil {
@@ -248,7 +222,7 @@ func run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	src, err := firstSVID(ctx, cfg, log, func(s *x509svid.SVID) {
 		certPEM, _, err := s.Marshal()
 		if err == nil {
-			err = writeFileAtomic(svidPath, certPEM, 0o644)
+			err = atomicfile.WriteFile(svidPath, certPEM, 0o644)
 		}
 		if err != nil {
 			log.Warn("write node certificate", "path", svidPath, "err", err)

@@ -12,10 +12,10 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"path/filepath"
 	"strings"
 
 	"github.com/palisade-id/palisade/ca/admin"
+	"github.com/palisade-id/palisade/cmd/internal/atomicfile"
 )
 
 func init() {
@@ -169,6 +169,15 @@ func x509Mint(ctx context.Context, e *env, args []string) error {
 		}
 		keyPEM = pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder})
 	}
+	// Before minting: an SVID issued (and audited) only to be thrown away
+	// with its key for a mistyped directory helps nobody.
+	if *write != "" {
+		if fi, err := os.Stat(*write); err != nil {
+			return fmt.Errorf("-write: %w", err)
+		} else if !fi.IsDir() {
+			return fmt.Errorf("-write: %s is not a directory", *write)
+		}
+	}
 	var out admin.MintX509Response
 	if err := e.client().Do(ctx, http.MethodPost, "/v1/x509/mint", &req, &out); err != nil {
 		return err
@@ -180,14 +189,12 @@ func x509Mint(ctx context.Context, e *env, args []string) error {
 		}
 		return nil
 	}
-	files := map[string][]byte{"svid.pem": []byte(out.ChainPEM), "bundle.pem": []byte(out.BundlePEM)}
+	files := []atomicfile.File{{Name: "svid.pem", Data: []byte(out.ChainPEM), Mode: 0o600}, {Name: "bundle.pem", Data: []byte(out.BundlePEM), Mode: 0o600}}
 	if keyPEM != nil {
-		files["key.pem"] = keyPEM
+		files = append(files, atomicfile.File{Name: "key.pem", Data: keyPEM, Mode: 0o600})
 	}
-	for name, data := range files {
-		if err := os.WriteFile(filepath.Join(*write, name), data, 0o600); err != nil {
-			return err
-		}
+	if err := atomicfile.WriteFiles(*write, files...); err != nil {
+		return fmt.Errorf("write the SVID (serial %s) to %s: %w", out.Serial, *write, err)
 	}
 	fmt.Fprintf(e.stdout, "X509-SVID serial %s, valid until %s, written to %s\n", out.Serial, out.NotAfter.Format("2006-01-02T15:04:05Z07:00"), *write)
 	return nil

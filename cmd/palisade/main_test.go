@@ -26,6 +26,8 @@ func TestRunUsageAndErrors(t *testing.T) {
 		{"stray-argument", []string{"-socketPath", sock, "bundle", "show", "extra"}, 2, `unexpected argument "extra"`, ""},
 		{"server-down", []string{"-socketPath", sock, "healthcheck"}, 1, "cannot reach palisade-server", ""},
 		{"bad-format", []string{"-socketPath", sock, "x509", "mint"}, 2, "-spiffeID or -csr is required", ""},
+		// Checked before the server is asked: no SVID minted to be lost.
+		{"mint-write-missing-dir", []string{"-socketPath", sock, "x509", "mint", "-spiffeID", "spiffe://example.org/w", "-write", filepath.Join(sock, "dir")}, 1, "-write: stat", ""},
 		{"reanchor-without-reason", []string{"audit", "reanchor", "-config", filepath.Join(sock, "none.yaml")}, 2, "-reason is required", ""},
 		{"reanchor-oversized-reason", []string{"audit", "reanchor", "-reason", strings.Repeat("x", 1025)}, 2, "limit 1024", ""},
 	}

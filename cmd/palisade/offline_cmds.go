@@ -14,6 +14,7 @@ import (
 	"github.com/palisade-id/palisade/ca"
 	"github.com/palisade-id/palisade/ca/audit"
 	"github.com/palisade-id/palisade/cmd/internal/appliance"
+	"github.com/palisade-id/palisade/cmd/internal/atomicfile"
 	"github.com/palisade-id/palisade/cmd/internal/config"
 	"github.com/palisade-id/palisade/cmd/internal/operator"
 )
@@ -39,7 +40,7 @@ func ceremonyInit(ctx context.Context, e *env, args []string) error {
 	}
 	bundle := ca.CertsPEM([]*x509.Certificate{res.Root})
 	path := filepath.Join(cfg.DataDir, "bundle.pem")
-	if err := os.WriteFile(path, bundle, 0o644); err != nil {
+	if err := atomicfile.WriteFile(path, bundle, 0o644); err != nil {
 		return fmt.Errorf("write trust bundle: %w", err)
 	}
 	sum := sha256.Sum256(res.Root.Raw)
