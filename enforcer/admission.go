@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"math/big"
 	"net"
 	"net/netip"
@@ -108,12 +109,10 @@ type Admitter struct {
 	o   AdmitterOptions
 	log *slog.Logger
 
-	mu         sync.Mutex
-	policy     *Policy
-	admitted   map[peerKey]*admission
-	identities map[string]uint32 // grant-set signature → identity
-	grants     map[uint32][]Grant
-	nextID     uint32
+	mu       sync.Mutex
+	policy   *Policy
+	admitted map[peerKey]*admission
+	ids      numbering
 
 	// State is written off the admission path: losing the newest records
 	// to a crash only means those kernel entries are dropped at restart
@@ -365,47 +364,55 @@ func signature(gs []Grant) string {
 	return b.String()
 }
 
+// numbering maps grant sets to numeric identities.
+type numbering struct {
+	bySig  map[string]uint32 // grant-set signature → identity
+	grants map[uint32][]Grant
+	last   uint32 // highest identity handed out
+}
+
+// alloc returns the identity of a grant set and its signature, numbering
+// the set (fresh) if it has none yet.
+func (n *numbering) alloc(gs []Grant) (id uint32, sig string, fresh bool) {
+	sig = signature(gs)
+	if known, ok := n.bySig[sig]; ok {
+		return known, sig, false
+	}
+	if n.bySig == nil {
+		n.bySig = map[string]uint32{}
+		n.grants = map[uint32][]Grant{}
+	}
+	n.last++
+	n.bySig[sig] = n.last
+	n.grants[n.last] = gs
+	return n.last, sig, true
+}
+
 // identityLocked maps a grant set to a numeric identity, writing its
 // policy entries to the kernel the first time it is seen. Peers with the
 // same grants share an identity, which keeps the policy map small.
 func (a *Admitter) identityLocked(gs []Grant) (uint32, error) {
-	id, sig, fresh := a.allocLocked(gs)
+	id, sig, fresh := a.ids.alloc(gs)
 	if !fresh {
 		return id, nil
 	}
 	if err := a.o.Table.SyncPolicy(a.entriesLocked()); err != nil {
-		delete(a.identities, sig)
-		delete(a.grants, id)
+		delete(a.ids.bySig, sig)
+		delete(a.ids.grants, id)
 		return 0, err
 	}
 	return id, nil
 }
 
-// allocLocked returns the identity of a grant set and its signature,
-// numbering the set (fresh) if it has none yet. It does not touch the
-// kernel.
-func (a *Admitter) allocLocked(gs []Grant) (id uint32, sig string, fresh bool) {
-	sig = signature(gs)
-	if known, ok := a.identities[sig]; ok {
-		return known, sig, false
-	}
-	if a.identities == nil {
-		a.identities = map[string]uint32{}
-		a.grants = map[uint32][]Grant{}
-	}
-	a.nextID++
-	id = a.nextID
-	a.identities[sig] = id
-	a.grants[id] = gs
-	return id, sig, true
-}
+func (a *Admitter) entriesLocked() map[PolicyKey]bool { return a.entriesFor(&a.ids) }
 
-func (a *Admitter) entriesLocked() map[PolicyKey]bool {
+// entriesFor is the kernel policy map content for the identities in n.
+func (a *Admitter) entriesFor(n *numbering) map[PolicyKey]bool {
 	m := map[PolicyKey]bool{}
 	for _, ap := range a.o.Infrastructure {
 		m[PolicyKey{Identity: InfrastructureIdentity, Port: ap.Port(), Proto: ap.Proto, Dir: Reply}] = true
 	}
-	for id, gs := range a.grants {
+	for id, gs := range n.grants {
 		for _, g := range gs {
 			m[PolicyKey{Identity: id, Port: g.Port, Proto: g.Proto, Dir: g.Dir}] = true
 		}
@@ -414,7 +421,8 @@ func (a *Admitter) entriesLocked() map[PolicyKey]bool {
 }
 
 // SetPolicy swaps the policy: every admitted peer is re-evaluated;
-// peers the new policy allows nothing are removed.
+// peers the new policy allows nothing are removed. If the kernel refuses
+// the new entries, the old policy stays in force, unchanged.
 func (a *Admitter) SetPolicy(p *Policy) error {
 	local, err := a.localID()
 	if err != nil {
@@ -422,8 +430,13 @@ func (a *Admitter) SetPolicy(p *Policy) error {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.policy = p
-	return a.rebuildLocked(local)
+	applied, err := a.rebuildLocked(local, p)
+	if !applied {
+		// Free what was written of the new entries: a full map would
+		// otherwise refuse the next admission's entries too.
+		err = errors.Join(err, a.o.Table.SyncPolicy(a.entriesLocked()))
+	}
+	return err
 }
 
 // currentPolicy returns the policy being enforced.
@@ -433,29 +446,29 @@ func (a *Admitter) currentPolicy() *Policy {
 	return a.policy
 }
 
-// rebuildLocked renumbers identities from scratch and rewrites the maps:
-// new entries are added before peers move, stale ones removed last.
-func (a *Admitter) rebuildLocked(local spiffeid.ID) error {
+// rebuildLocked makes p the policy, renumbering identities from scratch:
+// new entries are added before peers move, stale ones removed last. The
+// admitter's state changes (applied) only once the kernel holds old and
+// new entries together, so admitted peers never point at identities it
+// has forgotten.
+func (a *Admitter) rebuildLocked(local spiffeid.ID, p *Policy) (applied bool, err error) {
 	old := a.entriesLocked()
 	// New numbers start above every old one, so old and new entries can
 	// coexist while peers move over.
-	a.identities, a.grants, a.nextID = map[string]uint32{}, map[uint32][]Grant{}, 1000*(a.nextID/1000+1)
-	var errs []error
+	ids := numbering{last: 1000 * (a.ids.last/1000 + 1)}
 	keep := map[peerKey]uint32{}
 	for k, ad := range a.admitted {
-		gs := a.policy.Grants(local, ad.ID)
-		if len(gs) == 0 {
-			continue
+		if gs := p.Grants(local, ad.ID); len(gs) > 0 {
+			keep[k], _, _ = ids.alloc(gs)
 		}
-		keep[k], _, _ = a.allocLocked(gs)
 	}
-	union := a.entriesLocked()
-	for k := range old {
-		union[k] = true
-	}
+	union := a.entriesFor(&ids)
+	maps.Copy(union, old)
 	if err := a.o.Table.SyncPolicy(union); err != nil {
-		return err
+		return false, fmt.Errorf("enforcer: policy not applied, previous policy kept: %w", err)
 	}
+	a.policy, a.ids = p, ids
+	var errs []error
 	for k, ad := range a.admitted {
 		id, ok := keep[k]
 		if !ok {
@@ -472,7 +485,7 @@ func (a *Admitter) rebuildLocked(local spiffeid.ID) error {
 	}
 	errs = append(errs, a.o.Table.SyncPolicy(a.entriesLocked()))
 	a.saveLocked()
-	return errors.Join(errs...)
+	return true, errors.Join(errs...)
 }
 
 // Recheck removes admissions that expired, were revoked or banned, or
@@ -744,7 +757,7 @@ func (a *Admitter) adopt() error {
 		return err
 	}
 	a.mu.Lock()
-	err = a.rebuildLocked(local)
+	_, err = a.rebuildLocked(local, a.policy)
 	a.mu.Unlock()
 	if err != nil {
 		return err

@@ -6,6 +6,8 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"fmt"
+	"maps"
 	"math/big"
 	"net"
 	"net/netip"
@@ -21,13 +23,15 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"golang.org/x/sys/unix"
 )
 
 // fakeTable is an in-memory PeerTable: admission logic without root.
 type fakeTable struct {
-	mu     sync.Mutex
-	peers  map[peerKey]PeerEntry
-	policy map[PolicyKey]bool
+	mu       sync.Mutex
+	peers    map[peerKey]PeerEntry
+	policy   map[PolicyKey]bool
+	capacity int // policy entries the "kernel" holds; 0: unlimited
 }
 
 func newFakeTable() *fakeTable {
@@ -58,14 +62,38 @@ func (f *fakeTable) Peers() ([]PeerEntry, error) {
 	return out, nil
 }
 
+// SyncPolicy works like Datapath.SyncPolicy: adds before deletes, and
+// fails part way, as the kernel does, once the map is full.
 func (f *fakeTable) SyncPolicy(m map[PolicyKey]bool) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.policy = map[PolicyKey]bool{}
 	for k := range m {
+		if f.policy[k] {
+			continue
+		}
+		if f.capacity > 0 && len(f.policy) >= f.capacity {
+			return fmt.Errorf("write policy entry %+v: %w", k, unix.E2BIG)
+		}
 		f.policy[k] = true
 	}
+	for k := range f.policy {
+		if !m[k] {
+			delete(f.policy, k)
+		}
+	}
 	return nil
+}
+
+func (f *fakeTable) setCapacity(n int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.capacity = n
+}
+
+func (f *fakeTable) policyEntries() map[PolicyKey]bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return maps.Clone(f.policy)
 }
 
 func (f *fakeTable) AdmissionIfindex(netip.AddrPort) (int, error) { return 1, nil }
@@ -429,6 +457,75 @@ func TestSetPolicyRemovesPeersWithoutRules(t *testing.T) {
 	}
 	if len(p.srv.table.peers) != 0 || len(p.srv.table.policy) != 0 {
 		t.Fatalf("after empty policy: peers %v policy %v, want none", p.srv.table.peers, p.srv.table.policy)
+	}
+}
+
+// A reload the kernel refuses (here: the policy map cannot hold old and
+// new entries at once) must leave admission exactly as it was.
+func TestSetPolicyRefusedKeepsOldPolicy(t *testing.T) {
+	const otherRule = `  - name: other-to-server
+    from: spiffe://example.org/node/other
+    to: spiffe://example.org/node/server
+    protocol: tcp
+    ports: ["9090"]
+`
+	base, err := ParsePolicy([]byte(admissionPolicy + otherRule))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wider, err := ParsePolicy([]byte(admissionPolicy + otherRule + `  - name: dns
+    from: spiffe://example.org/node/client
+    to: spiffe://example.org/node/server
+    protocol: udp
+    ports: ["53"]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newPair(t, "", nil)
+	if err := p.srv.a.SetPolicy(base); err != nil {
+		t.Fatal(err)
+	}
+	p.admit(t)
+	before, ok := p.srv.table.get(clientAddr)
+	if !ok {
+		t.Fatal("client not admitted")
+	}
+	kernel := p.srv.table.policyEntries()
+	clientKey := PolicyKey{before.Identity, 8080, ProtoTCP, Inbound}
+	if !kernel[clientKey] {
+		t.Fatalf("policy %v lacks the client's entry %v", kernel, clientKey)
+	}
+
+	// Room for one more entry: the client's new identity needs two.
+	p.srv.table.setCapacity(len(kernel) + 1)
+	err = p.srv.a.SetPolicy(wider)
+	if !errors.Is(err, unix.E2BIG) {
+		t.Fatalf("SetPolicy = %v, want the map-full error", err)
+	}
+	if p.srv.a.currentPolicy() != base {
+		t.Error("refused policy is in force")
+	}
+	if got := p.srv.table.policyEntries(); !maps.Equal(got, kernel) {
+		t.Errorf("policy map after refusal = %v, want it as before %v", got, kernel)
+	}
+
+	// Room again. A peer with grants of its own (a fresh identity, so the
+	// policy map is rewritten) must not cost the client its entries.
+	p.srv.table.setCapacity(0)
+	other := Verified{ID: spiffeid.RequireFromString("spiffe://example.org/node/other"), NotAfter: time.Now().Add(time.Hour)}
+	if _, err := p.srv.a.admitVerified(other, netip.AddrPortFrom(netip.MustParseAddr("127.0.0.3"), 1)); err != nil {
+		t.Fatalf("admitting another peer: %v", err)
+	}
+	if got := p.srv.table.policyEntries(); !got[clientKey] {
+		t.Errorf("policy map %v lost the admitted client's entry %v", got, clientKey)
+	}
+	// Nor does the client re-admitting see the refused policy.
+	p.admit(t)
+	after, _ := p.srv.table.get(clientAddr)
+	got := p.srv.table.policyEntries()
+	if after.Identity != before.Identity || !got[clientKey] || got[PolicyKey{after.Identity, 53, ProtoUDP, Inbound}] {
+		t.Errorf("client re-admitted as identity %d with policy %v, want identity %d with %v only", after.Identity, got, before.Identity, clientKey)
 	}
 }
 

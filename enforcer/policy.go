@@ -30,6 +30,13 @@ import (
 // maxPortsPerRule bounds the map entries one rule can expand to.
 const maxPortsPerRule = 4096
 
+// policyMapEntries is the kernel policy map's max_entries (bpf/enforcer.c).
+const policyMapEntries = 262144
+
+// maxPolicyEntries bounds the entries all rules together expand to: a
+// reload holds the old and the new entries in the map at once.
+const maxPolicyEntries = policyMapEntries / 2
+
 // PolicyVersion is the only file format version.
 const PolicyVersion = 1
 
@@ -153,6 +160,7 @@ func (p *Policy) validate() error {
 		errs = append(errs, fmt.Errorf("version %d (want %d)", p.Version, PolicyVersion))
 	}
 	names := map[string]int{}
+	entries := 0
 	for i := range p.Rules {
 		r := &p.Rules[i]
 		where := fmt.Sprintf("rule %d (line %d)", i+1, r.line)
@@ -185,6 +193,7 @@ func (p *Policy) validate() error {
 			if len(r.Ports) != 0 {
 				bad("icmp takes no ports")
 			}
+			entries += 2 // ICMP and ICMPv6
 			continue
 		}
 		if len(r.Ports) == 0 && r.proto != 0 {
@@ -204,6 +213,11 @@ func (p *Policy) validate() error {
 		if total > maxPortsPerRule {
 			bad("%d ports, more than %d", total, maxPortsPerRule)
 		}
+		entries += total
+	}
+	if entries > maxPolicyEntries {
+		errs = append(errs, fmt.Errorf("rules expand to %d policy map entries, more than %d (half the kernel map's %d: a reload needs room for the old and new entries at once)",
+			entries, maxPolicyEntries, policyMapEntries))
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("%w: %w", ErrPolicy, errors.Join(errs...))

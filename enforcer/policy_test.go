@@ -3,6 +3,7 @@ package enforcer
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -73,6 +74,56 @@ func TestParsePolicyErrors(t *testing.T) {
 				t.Fatalf("err = %v, want it to mention %q", err, tt.want)
 			}
 		})
+	}
+}
+
+func TestParsePolicyEntryLimit(t *testing.T) {
+	// full rules of maxPortsPerRule ports, plus icmp rules (2 entries each).
+	policy := func(full, icmp int) string {
+		var b strings.Builder
+		b.WriteString("version: 1\nrules:\n")
+		for i := range full {
+			fmt.Fprintf(&b, "  - {name: t%d, from: spiffe://a/b, to: spiffe://a/c, protocol: tcp, ports: [\"1-%d\"]}\n", i, maxPortsPerRule)
+		}
+		for i := range icmp {
+			fmt.Fprintf(&b, "  - {name: i%d, from: spiffe://a/b, to: spiffe://a/c, protocol: icmp}\n", i)
+		}
+		return b.String()
+	}
+	full := maxPolicyEntries / maxPortsPerRule
+	tests := []struct {
+		name       string
+		full, icmp int
+		wantErr    bool
+	}{
+		{"exactly the limit", full, 0, false},
+		{"one icmp rule over", full, 1, true},
+		{"one port rule over", full + 1, 0, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := ParsePolicy([]byte(policy(tt.full, tt.icmp)))
+			if !tt.wantErr {
+				if err != nil {
+					t.Fatalf("ParsePolicy: %v", err)
+				}
+				return
+			}
+			if !errors.Is(err, ErrPolicy) || !strings.Contains(err.Error(), fmt.Sprintf("more than %d", maxPolicyEntries)) {
+				t.Fatalf("err = %v, want ErrPolicy naming the limit %d", err, maxPolicyEntries)
+			}
+		})
+	}
+}
+
+// The entry limit is derived from the kernel map's size.
+func TestPolicyMapEntriesMatchesSpec(t *testing.T) {
+	spec, err := loadPalisade()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := spec.Maps[palisadeMapPolicy].MaxEntries; got != policyMapEntries {
+		t.Fatalf("policy map max_entries = %d, policyMapEntries = %d", got, policyMapEntries)
 	}
 }
 

@@ -5,7 +5,9 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"regexp"
 	"slices"
@@ -41,7 +43,8 @@ var classNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
 // ValidClassName reports whether name may name a node class.
 func ValidClassName(name string) bool { return classNameRE.MatchString(name) }
 
-// ParsePolicy strictly decodes and validates a policy file.
+// ParsePolicy strictly decodes and validates a policy file: exactly one
+// YAML document, no unknown keys.
 func ParsePolicy(raw []byte) (*Policy, error) {
 	if len(raw) > MaxPolicySize {
 		return nil, fmt.Errorf("%w: %d bytes (max %d)", ErrTooLarge, len(raw), MaxPolicySize)
@@ -50,7 +53,15 @@ func ParsePolicy(raw []byte) (*Policy, error) {
 	dec.KnownFields(true)
 	var p Policy
 	if err := dec.Decode(&p); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrPolicy, err)
+		if errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("%w: empty file", ErrPolicy)
+		}
+		return nil, fmt.Errorf("%w: %w", ErrPolicy, err)
+	}
+	// A second document would otherwise be ignored, whatever it says.
+	var extra any
+	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("%w: more than one YAML document", ErrPolicy)
 	}
 	if err := p.Validate(); err != nil {
 		return nil, err

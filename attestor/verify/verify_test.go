@@ -193,14 +193,18 @@ func TestPolicy(t *testing.T) {
 		name string
 		yaml string
 		want error
+		msg  string // in the error, if set
 	}{
-		{"valid", good, nil},
-		{"unknown key", good + "extra: 1\n", verify.ErrPolicy},
-		{"version zero", strings.Replace(good, "version: 2", "version: 0", 1), verify.ErrPolicy},
-		{"bad digest", strings.Replace(good, zero, "zz", 1), verify.ErrPolicy},
-		{"PCR out of range", strings.Replace(good, "      0:", "      24:", 1), verify.ErrPolicy},
-		{"bad class name", strings.Replace(good, "worker", "Wörker", 1), verify.ErrPolicy},
-		{"not yaml", "{{{", verify.ErrPolicy},
+		{"valid", good, nil, ""},
+		{"second document", good + "---\n" + strings.Replace(good, "version: 2", "version: 3", 1), verify.ErrPolicy, "more than one YAML document"},
+		{"empty", "", verify.ErrPolicy, "empty file"},
+		{"blank", "\n  \n", verify.ErrPolicy, "empty file"},
+		{"unknown key", good + "extra: 1\n", verify.ErrPolicy, ""},
+		{"version zero", strings.Replace(good, "version: 2", "version: 0", 1), verify.ErrPolicy, ""},
+		{"bad digest", strings.Replace(good, zero, "zz", 1), verify.ErrPolicy, ""},
+		{"PCR out of range", strings.Replace(good, "      0:", "      24:", 1), verify.ErrPolicy, ""},
+		{"bad class name", strings.Replace(good, "worker", "Wörker", 1), verify.ErrPolicy, ""},
+		{"not yaml", "{{{", verify.ErrPolicy, ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -209,6 +213,9 @@ func TestPolicy(t *testing.T) {
 				t.Fatalf("err = %v, want %v", err, tc.want)
 			}
 			if err != nil {
+				if !strings.Contains(err.Error(), tc.msg) {
+					t.Fatalf("err = %v, want it to say %q", err, tc.msg)
+				}
 				return
 			}
 			sel, _ := p.Selection("worker")
