@@ -380,36 +380,3 @@ func TestRotationRefusesUnsealedKeys(t *testing.T) {
 		t.Fatalf("Rotate after the fault was removed: %+v %v", ev, err)
 	}
 }
-
-// A rotation whose audit append fails after the store recorded the new
-// generation still publishes it, and the next Rotate goes on from there
-// instead of making generations for an occupied slot.
-func TestRotationAfterAuditFailure(t *testing.T) {
-	keys, st := memkeys.New(), openCeremonyStore(t)
-	cfg := ca.Config{TrustDomain: td, IntermediateTTL: 12 * time.Hour}
-	at := time.Now()
-	now := func() time.Time { return at }
-	if _, err := ca.Ceremony(context.Background(), cfg, keys, st, "test", auditTo(&memca.Recorder{}), now); err != nil {
-		t.Fatal(err)
-	}
-	a := &memca.Recorder{}
-	c, err := ca.Load(cfg, ca.Options{Keys: keys, Store: st, Audit: a, Now: now})
-	if err != nil {
-		t.Fatal(err)
-	}
-	at = at.Add(7 * time.Hour)
-	errDisk := errors.New("audit disk full")
-	a.Fail(errDisk)
-	if _, err := c.Rotate(context.Background()); !errors.Is(err, errDisk) {
-		t.Fatalf("Rotate: %v, want %v", err, errDisk)
-	}
-	if n := len(c.Issuers()); n != 2 {
-		t.Fatalf("%d issuers after the stored but unaudited generation, want 2", n)
-	}
-	a.Fail(nil)
-	at = at.Add(4 * time.Hour) // past activation time
-	ev, err := c.Rotate(context.Background())
-	if err != nil || ev.Activated == "" {
-		t.Fatalf("Rotate after the audit log recovered: %+v %v", ev, err)
-	}
-}

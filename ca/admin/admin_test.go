@@ -13,6 +13,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -233,6 +234,8 @@ func TestCARoutes(t *testing.T) {
 		{"selector without value", "POST", "/v1/entries", Entry{SPIFFEID: "spiffe://example.org/w", ParentID: "spiffe://example.org/n", Selectors: []string{"unix"}}, http.StatusBadRequest, "type:value"},
 		{"TTL over the cap", "POST", "/v1/entries", Entry{SPIFFEID: "spiffe://example.org/w", ParentID: "spiffe://example.org/n", X509TTL: "9999h"}, http.StatusBadRequest, "x509_svid_ttl"},
 		{"negative TTL", "POST", "/v1/entries", Entry{SPIFFEID: "spiffe://example.org/w", ParentID: "spiffe://example.org/n", JWTTTL: "-1m"}, http.StatusBadRequest, "jwt_svid_ttl"},
+		{"no selectors", "POST", "/v1/entries", Entry{SPIFFEID: "spiffe://example.org/w", ParentID: "spiffe://example.org/n"}, http.StatusBadRequest, "no selectors"},
+		{"entry exists", "POST", "/v1/entries", Entry{SPIFFEID: "spiffe://example.org/web", ParentID: "spiffe://example.org/node/1", Selectors: []string{"unix:uid:1000", "unix:uid:1000"}}, http.StatusConflict, created.ID},
 		{"unknown entry", "GET", "/v1/entries/nope", nil, http.StatusNotFound, "nope"},
 		{"delete unknown entry", "DELETE", "/v1/entries/nope", nil, http.StatusNotFound, "nope"},
 		{"CSR not PEM or DER", "POST", "/v1/x509/mint", MintX509Request{CSRPEM: "garbage"}, http.StatusBadRequest, "CSR"},
@@ -277,11 +280,110 @@ func TestCARoutes(t *testing.T) {
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Fatalf("audit records:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
+}
 
-	// A change the audit log cannot record is refused.
-	rec.Fail(errors.New("disk full"))
-	if status, _ := do("POST", "/v1/entries", Entry{SPIFFEID: "spiffe://example.org/x", ParentID: "spiffe://example.org/n"}, nil); status == http.StatusOK {
-		t.Fatal("entry created although its audit record failed")
+// faultyEntries fails entry writes whose error is set, before anything is
+// written.
+type faultyEntries struct {
+	*store.Store
+	createErr, deleteErr error
+}
+
+func (s *faultyEntries) CreateEntry(e store.Entry) (store.Entry, error) {
+	if s.createErr != nil {
+		return store.Entry{}, s.createErr
+	}
+	return s.Store.CreateEntry(e)
+}
+
+func (s *faultyEntries) DeleteEntry(id string) (store.Entry, error) {
+	if s.deleteErr != nil {
+		return store.Entry{}, s.deleteErr
+	}
+	return s.Store.DeleteEntry(id)
+}
+
+// An entry change the audit log cannot record does not happen, and one the
+// store refuses after its record leaves a record of the attempt: never a
+// change without a record. The retry records the change exactly once.
+func TestCARoutesAuditBeforeChange(t *testing.T) {
+	errDisk := errors.New("no space left on device")
+	valid := Entry{SPIFFEID: "spiffe://example.org/x", ParentID: "spiffe://example.org/n", Selectors: []string{"unix:uid:7"}}
+	for _, tt := range []struct {
+		name     string
+		delete   bool // refuse the deletion of an existing entry, else the creation
+		audit    bool // fail the audit sink, else the store
+		kind     string
+		attempts int // records of kind the refused change leaves
+	}{
+		{name: "create, audit fails", audit: true, kind: "entry.created"},
+		{name: "create, store fails", kind: "entry.created", attempts: 1},
+		{name: "delete, audit fails", delete: true, audit: true, kind: "entry.deleted"},
+		{name: "delete, store fails", delete: true, kind: "entry.deleted", attempts: 1},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			rec := &memca.Recorder{}
+			f := memca.New(t, td, rec, nil)
+			st := &faultyEntries{Store: f.Store}
+			m := NewMux()
+			(&CARoutes{CA: f.CA, Store: st, Audit: rec}).Register(m)
+			cl, _ := serve(t, m)
+			ctx := context.Background()
+			var body any = valid
+			method, route := "POST", "/v1/entries"
+			if tt.delete {
+				var e Entry
+				if err := cl.Do(ctx, "POST", "/v1/entries", valid, &e); err != nil {
+					t.Fatal(err)
+				}
+				body, method, route = nil, "DELETE", "/v1/entries/"+e.ID
+			}
+			entries := func() []store.Entry {
+				t.Helper()
+				es, err := f.Store.ListEntries(store.EntryFilter{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				return es
+			}
+			before := entries()
+
+			switch {
+			case tt.audit:
+				rec.Fail(errDisk)
+			case tt.delete:
+				st.deleteErr = errDisk
+			default:
+				st.createErr = errDisk
+			}
+			var ae *APIError
+			if err := cl.Do(ctx, method, route, body, nil); !errors.As(err, &ae) || ae.Status != http.StatusInternalServerError {
+				t.Fatalf("refused change: %v, want status 500", err)
+			}
+			if got := entries(); !reflect.DeepEqual(got, before) {
+				t.Fatalf("store after the refused change: %+v, want %+v", got, before)
+			}
+			if n := rec.Count(tt.kind); n != tt.attempts {
+				t.Fatalf("%d %s records after the refused change, want %d", n, tt.kind, tt.attempts)
+			}
+
+			rec.Fail(nil)
+			st.createErr, st.deleteErr = nil, nil
+			var out Entry
+			if err := cl.Do(ctx, method, route, body, &out); err != nil {
+				t.Fatalf("retry after the fault was removed: %v", err)
+			}
+			recs := rec.OfKind(tt.kind)
+			if len(recs) != tt.attempts+1 {
+				t.Fatalf("%d %s records after the retry, want exactly one more than %d", len(recs), tt.kind, tt.attempts)
+			}
+			if got := recs[len(recs)-1].Data; !reflect.DeepEqual(got, out) {
+				t.Fatalf("%s record %+v, want the entry as answered %+v", tt.kind, got, out)
+			}
+			if got := entries(); len(got) == len(before) {
+				t.Fatalf("retry left the store unchanged: %+v", got)
+			}
+		})
 	}
 }
 

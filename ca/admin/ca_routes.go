@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/palisade-id/palisade/ca"
@@ -26,12 +28,17 @@ type CAStore interface {
 // Health reports whether a dependency works.
 type Health func(ctx context.Context) error
 
-// CARoutes wires the CA's operator verbs.
+// CARoutes wires the CA's operator verbs. Every change is audited before
+// it is committed: a change the audit log cannot record does not happen.
 type CARoutes struct {
 	CA     *ca.CA
 	Store  CAStore
 	Audit  ca.Auditor
 	Checks map[string]Health // named health checks, e.g. "hsm", "store"
+
+	// entryMu serialises entry changes, so the checks made before the
+	// audit record still hold when the store commits.
+	entryMu sync.Mutex
 }
 
 // Entry is the wire form of a registration entry.
@@ -173,15 +180,33 @@ func (rt *CARoutes) createEntry(ctx context.Context, op Operator, _ *http.Reques
 		}
 		e.Selectors = append(e.Selectors, store.Selector{Type: typ, Value: val})
 	}
+	// Everything the store would refuse is refused before the audit
+	// record, which then names the entry exactly as it will be stored.
+	if e, err = store.PrepareEntry(e); err != nil {
+		return Entry{}, err
+	}
+	rt.entryMu.Lock()
+	defer rt.entryMu.Unlock()
+	same, err := rt.Store.ListEntries(store.EntryFilter{SPIFFEID: e.SPIFFEID, ParentID: e.ParentID})
+	if err != nil {
+		return Entry{}, err
+	}
+	for _, o := range same {
+		if slices.Equal(o.Selectors, e.Selectors) {
+			return Entry{}, fmt.Errorf("%w: %s (parent %s) as %s", store.ErrEntryExists, e.SPIFFEID, e.ParentID, o.ID)
+		}
+	}
+	out := entryOut(e)
+	if err := rt.Audit.Append(ctx, "entry.created", op.String(), out); err != nil {
+		return Entry{}, fmt.Errorf("admin: audit entry creation: %w", err)
+	}
+	// A failed commit leaves a record of the attempt, never an entry
+	// without a record.
 	created, err := rt.Store.CreateEntry(e)
 	if err != nil {
 		return Entry{}, err
 	}
-	out := entryOut(created)
-	if err := rt.Audit.Append(ctx, "entry.created", op.String(), out); err != nil {
-		return Entry{}, err
-	}
-	return out, nil
+	return entryOut(created), nil
 }
 
 func entryOut(e store.Entry) Entry {
@@ -223,12 +248,19 @@ func (rt *CARoutes) showEntry(_ context.Context, _ Operator, r *http.Request, _ 
 }
 
 func (rt *CARoutes) deleteEntry(ctx context.Context, op Operator, r *http.Request, _ *Empty) (Entry, error) {
-	e, err := rt.Store.DeleteEntry(r.PathValue("id"))
+	id := r.PathValue("id")
+	rt.entryMu.Lock()
+	defer rt.entryMu.Unlock()
+	// An unknown entry is refused before any record is written.
+	e, err := rt.Store.Entry(id)
 	if err != nil {
 		return Entry{}, err
 	}
 	out := entryOut(e)
 	if err := rt.Audit.Append(ctx, "entry.deleted", op.String(), out); err != nil {
+		return Entry{}, fmt.Errorf("admin: audit entry deletion: %w", err)
+	}
+	if _, err := rt.Store.DeleteEntry(id); err != nil {
 		return Entry{}, err
 	}
 	return out, nil

@@ -156,11 +156,11 @@ func newEntryID() (string, error) {
 	return hex.EncodeToString(b[:]), nil
 }
 
-// CreateEntry stores e and returns it as stored: ID assigned (128 random bits
-// in hex) unless given, selectors sorted, CreatedAt defaulted to now.
-// ErrEntryExists if an entry with the same SPIFFE ID, parent ID and selector
-// set (or the same ID) exists.
-func (s *Store) CreateEntry(e Entry) (Entry, error) {
+// PrepareEntry validates e and returns it as CreateEntry would store it:
+// ID assigned (128 random bits in hex) unless given, selectors sorted and
+// deduplicated, CreatedAt defaulted to now. CreateEntry stores the result
+// unchanged, so a caller can record it (audit) before the write.
+func PrepareEntry(e Entry) (Entry, error) {
 	if err := normalizeEntry(&e); err != nil {
 		return Entry{}, err
 	}
@@ -173,6 +173,17 @@ func (s *Store) CreateEntry(e Entry) (Entry, error) {
 	}
 	if e.CreatedAt.IsZero() {
 		e.CreatedAt = time.Now().UTC()
+	}
+	return e, nil
+}
+
+// CreateEntry stores e and returns it as stored (see PrepareEntry).
+// ErrEntryExists if an entry with the same SPIFFE ID, parent ID and selector
+// set (or the same ID) exists.
+func (s *Store) CreateEntry(e Entry) (Entry, error) {
+	e, err := PrepareEntry(e)
+	if err != nil {
+		return Entry{}, err
 	}
 	val, err := json.Marshal(e)
 	if err != nil {

@@ -159,3 +159,50 @@ func TestEntriesListDelete(t *testing.T) {
 		}
 	})
 }
+
+// PrepareEntry answers what CreateEntry stores, so a caller can audit the
+// entry before the write.
+func TestPrepareEntry(t *testing.T) {
+	s := openTest(t)
+	tests := []struct {
+		name string
+		in   Entry
+		want error
+	}{
+		{name: "normalised", in: entry("spiffe://example.org/prep", nodeA, "unix:uid:1", "k8s:ns:a", "unix:uid:1")},
+		{name: "explicit ID kept", in: func() Entry {
+			e := entry("spiffe://example.org/prep2", nodeA, "unix:uid:1")
+			e.ID = "prep-id"
+			return e
+		}()},
+		{name: "no selectors", in: entry("spiffe://example.org/prep3", nodeA), want: ErrInvalid},
+		{name: "bad DNS name", in: func() Entry {
+			e := entry("spiffe://example.org/prep4", nodeA, "unix:uid:1")
+			e.DNSNames = []string{"a b"}
+			return e
+		}(), want: ErrInvalid},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			before := stats(t, s).Entries
+			prep, err := PrepareEntry(tc.in)
+			wantErr(t, err, tc.want)
+			if after := stats(t, s).Entries; after != before {
+				t.Fatalf("PrepareEntry changed the entry count %d → %d", before, after)
+			}
+			if tc.want != nil {
+				return
+			}
+			if tc.in.ID != "" && prep.ID != tc.in.ID {
+				t.Fatalf("ID %q, want %q", prep.ID, tc.in.ID)
+			}
+			got, err := s.CreateEntry(prep)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got, prep) {
+				t.Fatalf("CreateEntry stored %+v, prepared %+v", got, prep)
+			}
+		})
+	}
+}
