@@ -67,29 +67,31 @@ func (c *CA) Rotate(ctx context.Context) (RotationEvent, error) {
 				c.root.Subject.CommonName, c.root.NotAfter.UTC().Format(time.RFC3339))
 		}
 		// Keys are checked as the ceremony checks them, and a generation
-		// the store never records leaves nothing behind in the HSM.
+		// the store never records leaves nothing behind in the HSM. The
+		// audit record comes before the store's: a generation the log does
+		// not name must not exist.
 		gen := trackKeys(c.opts.Keys)
 		rec, err := newIntermediate(c.cfg, gen, c.root, c.rootSigner, now)
 		if err == nil {
 			rec.Slot = store.SlotNext
-			if err = c.opts.Store.PutIntermediate(rec); err != nil {
+			if err = c.opts.Audit.Append(ctx, "intermediate.prepared", "system", map[string]any{
+				"key_id": rec.KeyID, "key_uri": rec.KeyURI, "not_after": rec.NotAfter,
+			}); err != nil {
+				err = fmt.Errorf("ca: audit next intermediate: %w", err)
+			} else if err = c.opts.Store.PutIntermediate(rec); err != nil {
 				err = fmt.Errorf("ca: record next intermediate: %w", err)
+				if c.storeHolds(rec.KeyID) {
+					// Written despite the error (a failed final fdatasync):
+					// the store names the keys, so they stay.
+					return ev, errors.Join(err, c.reload(now))
+				}
 			}
 		}
 		if err != nil {
 			return ev, errors.Join(err, gen.undo())
 		}
-		// The store holds the generation now: memory follows it even when
-		// the audit append fails, or every later Rotate would make another
-		// generation for an occupied slot.
-		auditErr := c.opts.Audit.Append(ctx, "intermediate.prepared", "system", map[string]any{
-			"key_id": rec.KeyID, "key_uri": rec.KeyURI, "not_after": rec.NotAfter,
-		})
 		if err := c.reload(now); err != nil {
-			return ev, errors.Join(err, auditErr)
-		}
-		if auditErr != nil {
-			return ev, fmt.Errorf("ca: audit next intermediate: %w", auditErr)
+			return ev, err
 		}
 		ev.Prepared = rec.KeyID
 		c.mu.RLock()
@@ -100,17 +102,18 @@ func (c *CA) Rotate(ctx context.Context) (RotationEvent, error) {
 		if !now.Before(next.cert.NotAfter) {
 			return ev, fmt.Errorf("%w: next intermediate %s expired at %s", ErrNoActiveIssuer, next.rec.KeyID, next.cert.NotAfter)
 		}
+		// Audited before the store switches slots: a failed switch leaves a
+		// record of an attempt, never a switch without a record.
+		if err := c.opts.Audit.Append(ctx, "intermediate.activated", "system", map[string]any{
+			"key_id": next.rec.KeyID, "previous": keyIDOf(active),
+		}); err != nil {
+			return ev, fmt.Errorf("ca: audit activation of %s: %w", next.rec.KeyID, err)
+		}
 		if err := c.opts.Store.ActivateIntermediate(next.rec.KeyID, now); err != nil {
 			return ev, fmt.Errorf("ca: activate intermediate %s: %w", next.rec.KeyID, err)
 		}
-		auditErr := c.opts.Audit.Append(ctx, "intermediate.activated", "system", map[string]any{
-			"key_id": next.rec.KeyID, "previous": keyIDOf(active),
-		})
 		if err := c.reload(now); err != nil {
-			return ev, errors.Join(err, auditErr)
-		}
-		if auditErr != nil {
-			return ev, fmt.Errorf("ca: audit activation: %w", auditErr)
+			return ev, err
 		}
 		ev.Activated = next.rec.KeyID
 	}
@@ -186,4 +189,18 @@ func (c *CA) RunRotation(ctx context.Context, interval time.Duration, log *slog.
 		case <-t.C:
 		}
 	}
+}
+
+// storeHolds reports whether the store reads back a generation keyID.
+func (c *CA) storeHolds(keyID string) bool {
+	recs, err := c.opts.Store.Intermediates()
+	if err != nil {
+		return false
+	}
+	for _, r := range recs {
+		if r.KeyID == keyID {
+			return true
+		}
+	}
+	return false
 }
