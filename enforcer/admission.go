@@ -44,6 +44,7 @@ type PeerTable interface {
 	PutPeer(PeerEntry) error
 	DeletePeer(ifindex int, addr netip.Addr) error
 	Peers() ([]PeerEntry, error)
+	PolicyEntries() (map[PolicyKey]bool, error)
 	SyncPolicy(map[PolicyKey]bool) error
 	AdmissionIfindex(netip.AddrPort) (int, error)
 }
@@ -716,6 +717,29 @@ func (a *Admitter) adopt() error {
 	if err != nil {
 		return err
 	}
+	// The previous run's identities stay in force while adopted peers
+	// move: the rebuild numbers above them and keeps their entries until
+	// no peer points at them. Numbering from scratch would give an old
+	// number another grant set while a peer still carries it.
+	have, err := a.o.Table.PolicyEntries()
+	if err != nil {
+		return err
+	}
+	prev := numbering{bySig: map[string]uint32{}, grants: map[uint32][]Grant{}}
+	for pk := range have {
+		if pk.Identity != InfrastructureIdentity {
+			prev.grants[pk.Identity] = append(prev.grants[pk.Identity], Grant{Port: pk.Port, Proto: pk.Proto, Dir: pk.Dir})
+			prev.last = max(prev.last, pk.Identity)
+		}
+	}
+	for _, k := range kernel {
+		if k.Identity != InfrastructureIdentity {
+			prev.last = max(prev.last, k.Identity)
+		}
+	}
+	a.mu.Lock()
+	a.ids = prev
+	a.mu.Unlock()
 	saved := map[peerKey]stateEntry{}
 	if a.o.StatePath != "" {
 		b, err := os.ReadFile(a.o.StatePath)

@@ -32,6 +32,15 @@ type fakeTable struct {
 	peers    map[peerKey]PeerEntry
 	policy   map[PolicyKey]bool
 	capacity int // policy entries the "kernel" holds; 0: unlimited
+	// watch, if set, sees the table after every single change, as a
+	// packet arriving between two map writes would; f.mu is held.
+	watch func(f *fakeTable)
+}
+
+func (f *fakeTable) changed() {
+	if f.watch != nil {
+		f.watch(f)
+	}
 }
 
 func newFakeTable() *fakeTable {
@@ -42,6 +51,7 @@ func (f *fakeTable) PutPeer(e PeerEntry) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.peers[peerKey{e.Ifindex, e.Addr}] = e
+	f.changed()
 	return nil
 }
 
@@ -49,6 +59,7 @@ func (f *fakeTable) DeletePeer(i int, a netip.Addr) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	delete(f.peers, peerKey{i, a})
+	f.changed()
 	return nil
 }
 
@@ -75,14 +86,18 @@ func (f *fakeTable) SyncPolicy(m map[PolicyKey]bool) error {
 			return fmt.Errorf("write policy entry %+v: %w", k, unix.E2BIG)
 		}
 		f.policy[k] = true
+		f.changed()
 	}
 	for k := range f.policy {
 		if !m[k] {
 			delete(f.policy, k)
+			f.changed()
 		}
 	}
 	return nil
 }
+
+func (f *fakeTable) PolicyEntries() (map[PolicyKey]bool, error) { return f.policyEntries(), nil }
 
 func (f *fakeTable) setCapacity(n int) {
 	f.mu.Lock()
@@ -423,6 +438,85 @@ func TestAdmissionStateSurvivesRestart(t *testing.T) {
 	p.srv.rev.revoke(p.client.Certificates[0].SerialNumber)
 	if n := again.Recheck(); n != 1 {
 		t.Fatalf("Recheck after adoption removed %d, want 1", n)
+	}
+}
+
+// Restarting under a changed policy, an adopted peer's identity keeps
+// its entries until the peer has moved: numbers a peer carries are never
+// given another grant set, even between two map writes.
+func TestAdoptionUnderNewPolicyKeepsCarriedIdentities(t *testing.T) {
+	p := newPair(t, filepath.Join(t.TempDir(), "admissions.json"), nil)
+	p.admit(t)
+	p.srv.a.Flush()
+	before, ok := p.srv.table.get(clientAddr)
+	if !ok {
+		t.Fatal("client not admitted")
+	}
+	wider, err := ParsePolicy([]byte(admissionPolicy + `  - name: client-metrics
+    from: spiffe://example.org/node/client
+    to: spiffe://example.org/node/server
+    protocol: tcp
+    ports: ["9090"]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Entries of each identity a peer carries, fixed while carried.
+	carried := map[uint32]map[PolicyKey]bool{}
+	var violations []string
+	p.srv.table.watch = func(f *fakeTable) {
+		inUse := map[uint32]bool{}
+		for _, e := range f.peers {
+			inUse[e.Identity] = true
+		}
+		for id := range carried {
+			if !inUse[id] {
+				delete(carried, id)
+			}
+		}
+		for id := range inUse {
+			cur := map[PolicyKey]bool{}
+			for k := range f.policy {
+				if k.Identity == id {
+					cur[k] = true
+				}
+			}
+			if was, ok := carried[id]; ok && !maps.Equal(was, cur) {
+				violations = append(violations, fmt.Sprintf("identity %d carried by a peer changed from %v to %v", id, was, cur))
+			}
+			carried[id] = cur
+		}
+	}
+	p.srv.table.mu.Lock()
+	p.srv.table.changed() // the state the restart starts from
+	p.srv.table.mu.Unlock()
+	o := p.srv.a.o
+	o.Policy = wider
+	again, err := NewAdmitter(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(again.Flush)
+	for _, v := range violations {
+		t.Error(v)
+	}
+	after, ok := p.srv.table.get(clientAddr)
+	if !ok {
+		t.Fatal("admission lost on restart")
+	}
+	if after.Identity <= before.Identity {
+		t.Errorf("adopted peer numbered %d, not above the previous run's %d", after.Identity, before.Identity)
+	}
+	pol := p.srv.table.policyEntries()
+	for _, port := range []uint16{8080, 9090} {
+		if !pol[PolicyKey{after.Identity, port, ProtoTCP, Inbound}] {
+			t.Errorf("identity %d lacks tcp/%d: %v", after.Identity, port, pol)
+		}
+	}
+	for k := range pol {
+		if k.Identity == before.Identity {
+			t.Errorf("the previous run's identity %d outlived its last peer: %v", before.Identity, k)
+		}
 	}
 }
 

@@ -119,11 +119,12 @@ func hasFlow(recs []enforcer.FlowRecord, pred func(enforcer.FlowRecord) bool) bo
 // nullTable lets a rogue run admission without a kernel of its own.
 type nullTable struct{}
 
-func (nullTable) PutPeer(enforcer.PeerEntry) error             { return nil }
-func (nullTable) DeletePeer(int, netip.Addr) error             { return nil }
-func (nullTable) Peers() ([]enforcer.PeerEntry, error)         { return nil, nil }
-func (nullTable) SyncPolicy(map[enforcer.PolicyKey]bool) error { return nil }
-func (nullTable) AdmissionIfindex(netip.AddrPort) (int, error) { return 1, nil }
+func (nullTable) PutPeer(enforcer.PeerEntry) error                    { return nil }
+func (nullTable) DeletePeer(int, netip.Addr) error                    { return nil }
+func (nullTable) Peers() ([]enforcer.PeerEntry, error)                { return nil, nil }
+func (nullTable) PolicyEntries() (map[enforcer.PolicyKey]bool, error) { return nil, nil }
+func (nullTable) SyncPolicy(map[enforcer.PolicyKey]bool) error        { return nil }
+func (nullTable) AdmissionIfindex(netip.AddrPort) (int, error)        { return 1, nil }
 
 type allowAll struct{}
 
