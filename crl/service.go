@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/big"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -40,6 +42,8 @@ type Service struct {
 	metrics *Metrics
 	poke    chan struct{}
 	mux     *http.ServeMux
+	// revoking holds one token while a revocation runs (lockRevocations).
+	revoking chan struct{}
 }
 
 // New checks cfg, opens the CRL state in cfg.DataDir and returns a Service;
@@ -66,7 +70,8 @@ func New(cfg Config, opts Options) (*Service, error) {
 		return nil, err
 	}
 	m := &Metrics{}
-	s := &Service{cfg: cfg, opts: opts, log: opts.Logger, now: opts.Now, metrics: m, poke: make(chan struct{}, 1)}
+	s := &Service{cfg: cfg, opts: opts, log: opts.Logger, now: opts.Now, metrics: m, poke: make(chan struct{}, 1),
+		revoking: make(chan struct{}, 1)}
 	s.feed = newFeed(cfg.LongPollTimeout)
 	s.pub = &publisher{cfg: cfg, src: opts.Store, state: st, feed: s.feed, log: opts.Logger, now: opts.Now,
 		baseURL: opts.BaseURL, m: m, issuers: map[string]*crlIssuer{}}
@@ -156,9 +161,12 @@ func (s *Service) Issued(serial *big.Int, issuerKeyID string, notAfter time.Time
 	s.ocsp.enqueue(serialContent(serial), issuerKeyID)
 }
 
-// Revoke revokes one certificate: durable write, audit record, cached OCSP
+// Revoke revokes one certificate: audit record, durable write, cached OCSP
 // answers dropped at once, CRLs and feed updated shortly after. Revoking
-// a revoked certificate changes nothing and returns its record.
+// a revoked certificate changes nothing and returns its record. The record
+// comes first so that no revocation is committed unaudited: if the audit
+// append fails nothing is revoked; if the commit fails after it, the
+// record describes an attempt and a retry writes another.
 func (s *Service) Revoke(ctx context.Context, actor string, serial *big.Int, reason int) (CertInfo, error) {
 	if serial == nil || serial.Sign() <= 0 {
 		return CertInfo{}, fmt.Errorf("%w: must be positive", ErrBadSerial)
@@ -166,7 +174,33 @@ func (s *Service) Revoke(ctx context.Context, actor string, serial *big.Int, rea
 	if !ValidReason(reason) {
 		return CertInfo{}, fmt.Errorf("%w: %d", ErrBadReason, reason)
 	}
+	unlock, err := s.lockRevocations(ctx)
+	if err != nil {
+		return CertInfo{}, err
+	}
+	defer unlock()
 	at := s.now().UTC().Truncate(time.Second)
+	info, found, err := s.opts.Store.Status(serial)
+	if err != nil {
+		return CertInfo{}, fmt.Errorf("crl: revoke %x: read status: %w", serial, err)
+	}
+	if !found {
+		return s.revokeUnknown(ctx, actor, serial, reason, at)
+	}
+	if info.Revoked {
+		return info, nil // already revoked earlier
+	}
+	if err := s.auditRevocation(ctx, actor, info, reason, at); err != nil {
+		return CertInfo{}, fmt.Errorf("crl: %x not revoked: %w", serial, err)
+	}
+	return s.commitRevocation(serial, reason, at)
+}
+
+// revokeUnknown lets the store name a serial Status did not find, with the
+// error callers match (e.g. the CA store's ErrCertNotFound). Should the
+// certificate have been recorded between the two calls, the store revokes
+// it and, in that case alone, the record follows the commit.
+func (s *Service) revokeUnknown(ctx context.Context, actor string, serial *big.Int, reason int, at time.Time) (CertInfo, error) {
 	info, changed, err := s.opts.Store.Revoke(serial, reason, at)
 	if err != nil {
 		return CertInfo{}, fmt.Errorf("crl: revoke %x: %w", serial, err)
@@ -175,21 +209,51 @@ func (s *Service) Revoke(ctx context.Context, actor string, serial *big.Int, rea
 		return info, fmt.Errorf("crl: store did not revoke %x", serial)
 	}
 	if !changed {
-		return info, nil // already revoked earlier
+		return info, nil
 	}
 	s.revoked(info)
-	if err := s.opts.Audit.Append(ctx, "cert.revoked", actor, map[string]any{
-		"serial": fmt.Sprintf("%x", serial), "reason": reason, "spiffe_id": info.SPIFFEID,
-		"node_id": info.NodeID, "issuer": info.IssuerKeyID, "revoked_at": at,
-	}); err != nil {
-		return info, fmt.Errorf("crl: audit revocation of %x: %w", serial, err)
+	if err := s.auditRevocation(ctx, actor, info, reason, at); err != nil {
+		return info, fmt.Errorf("crl: %x revoked: %w", serial, err)
 	}
 	return info, nil
 }
 
-// RevokeNode revokes every unexpired certificate issued to nodeID and
-// returns how many it revoked. Refusing the node's future requests is the
-// CA's part (a node ban).
+func (s *Service) auditRevocation(ctx context.Context, actor string, info CertInfo, reason int, at time.Time) error {
+	if err := s.opts.Audit.Append(ctx, "cert.revoked", actor, map[string]any{
+		"serial": fmt.Sprintf("%x", info.Serial), "reason": reason, "spiffe_id": info.SPIFFEID,
+		"node_id": info.NodeID, "issuer": info.IssuerKeyID, "revoked_at": at,
+	}); err != nil {
+		return fmt.Errorf("audit revocation: %w", err)
+	}
+	return nil
+}
+
+// commitRevocation revokes serial in the store once its record is written.
+func (s *Service) commitRevocation(serial *big.Int, reason int, at time.Time) (CertInfo, error) {
+	info, changed, err := s.opts.Store.Revoke(serial, reason, at)
+	if err != nil {
+		return CertInfo{}, fmt.Errorf("crl: revoke %x (audited, not committed): %w", serial, err)
+	}
+	if !info.Revoked {
+		return info, fmt.Errorf("crl: store did not revoke %x", serial)
+	}
+	if changed { // else revoked by another writer since Status
+		s.revoked(info)
+	}
+	return info, nil
+}
+
+// RevokeNode revokes every unexpired certificate whose NodeID or SPIFFE ID
+// is nodeID and returns how many it revoked. Refusing the node's future
+// requests is the CA's part (a node ban).
+//
+// It lists the node's unrevoked certificates and appends one "node.revoked"
+// record naming their serials before the store revokes them, in one
+// transaction: no listed revocation is committed without a record, and a
+// retry after any failure lists, records and revokes what is left. A
+// certificate recorded between the listing and the commit is revoked too,
+// and named in a second record after the commit, in that case alone.
+// Nothing left to revoke writes no record.
 func (s *Service) RevokeNode(ctx context.Context, actor, nodeID string, reason int) (int, error) {
 	if strings.TrimSpace(nodeID) == "" {
 		return 0, ErrBadNodeID
@@ -197,22 +261,64 @@ func (s *Service) RevokeNode(ctx context.Context, actor, nodeID string, reason i
 	if !ValidReason(reason) {
 		return 0, fmt.Errorf("%w: %d", ErrBadReason, reason)
 	}
+	unlock, err := s.lockRevocations(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer unlock()
 	at := s.now().UTC().Truncate(time.Second)
+	listed := map[string]bool{}
+	err = s.opts.Store.ForEachUnexpired(at, func(c CertInfo) error {
+		if !c.Revoked && (c.NodeID == nodeID || c.SPIFFEID == nodeID) {
+			listed[fmt.Sprintf("%x", c.Serial)] = true
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("crl: revoke node %s: list certificates: %w", nodeID, err)
+	}
+	if len(listed) == 0 {
+		return 0, nil
+	}
+	record := func(serials []string) error {
+		slices.Sort(serials)
+		return s.opts.Audit.Append(ctx, "node.revoked", actor, map[string]any{
+			"node_id": nodeID, "reason": reason, "count": len(serials), "serials": serials, "revoked_at": at,
+		})
+	}
+	if err := record(slices.Collect(maps.Keys(listed))); err != nil {
+		return 0, fmt.Errorf("crl: audit node revocation of %s, nothing revoked: %w", nodeID, err)
+	}
 	infos, err := s.opts.Store.RevokeNode(nodeID, reason, at)
 	if err != nil {
-		return 0, fmt.Errorf("crl: revoke node %s: %w", nodeID, err)
+		return 0, fmt.Errorf("crl: revoke node %s (audited, not committed): %w", nodeID, err)
 	}
-	serials := make([]string, 0, len(infos))
+	var late []string
 	for _, info := range infos {
 		s.revoked(info)
-		serials = append(serials, fmt.Sprintf("%x", info.Serial))
+		if sn := fmt.Sprintf("%x", info.Serial); !listed[sn] {
+			late = append(late, sn)
+		}
 	}
-	if err := s.opts.Audit.Append(ctx, "node.revoked", actor, map[string]any{
-		"node_id": nodeID, "reason": reason, "count": len(infos), "serials": serials, "revoked_at": at,
-	}); err != nil {
-		return len(infos), fmt.Errorf("crl: audit node revocation of %s: %w", nodeID, err)
+	if len(late) > 0 {
+		if err := record(late); err != nil {
+			return len(infos), fmt.Errorf("crl: audit node revocation of %s (revoked): %w", nodeID, err)
+		}
 	}
 	return len(infos), nil
+}
+
+// lockRevocations serialises revocations, so that reading a status,
+// writing the record and committing act as one step: concurrent
+// revocations of one certificate write one record. A waiting caller's ctx
+// still ends the wait.
+func (s *Service) lockRevocations(ctx context.Context) (unlock func(), err error) {
+	select {
+	case s.revoking <- struct{}{}:
+		return func() { <-s.revoking }, nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("crl: waiting to revoke: %w", ctx.Err())
+	}
 }
 
 func (s *Service) revoked(info CertInfo) {

@@ -83,13 +83,46 @@ func (k *memKeys) GenerateSigner(label string) (crypto.Signer, error) {
 type memAudit struct {
 	mu    sync.Mutex
 	kinds []string
+	data  []any // data[i] is the record of kinds[i]
+	err   error // set: every Append fails with it
+	// before, if set, runs at the start of every Append (set it before
+	// the service runs).
+	before func(kind string)
 }
 
-func (a *memAudit) Append(_ context.Context, kind, actor string, _ any) error {
+func (a *memAudit) Append(_ context.Context, kind, actor string, data any) error {
+	if a.before != nil {
+		a.before(kind)
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if a.err != nil {
+		return a.err
+	}
 	a.kinds = append(a.kinds, kind+":"+actor)
+	a.data = append(a.data, data)
 	return nil
+}
+
+// fail makes every Append fail with err (nil: succeed again).
+func (a *memAudit) fail(err error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.err = err
+}
+
+// records returns the data of the records of kind, oldest first.
+func (a *memAudit) records(kind string) []map[string]any {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var out []map[string]any
+	for i, k := range a.kinds {
+		if strings.HasPrefix(k, kind+":") {
+			m, _ := a.data[i].(map[string]any)
+			out = append(out, m)
+		}
+	}
+	return out
 }
 
 // revocations returns the recorded kinds other than the responder

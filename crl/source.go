@@ -63,8 +63,9 @@ type Store interface {
 	// unchanged (its original time and reason) with false and no error. An
 	// unknown serial is an error the store defines.
 	Revoke(serial *big.Int, reason int, at time.Time) (CertInfo, bool, error)
-	// RevokeNode revokes every unexpired, not yet revoked certificate
-	// whose NodeID is nodeID and returns the records it changed.
+	// RevokeNode revokes, in one transaction, every unexpired, not yet
+	// revoked certificate whose NodeID or SPIFFE ID is nodeID and returns
+	// the records it changed.
 	RevokeNode(nodeID string, reason int, at time.Time) ([]CertInfo, error)
 }
 

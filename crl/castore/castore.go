@@ -48,12 +48,11 @@ func (s *Store) ForEachRevoked(issuerKeyID string, since time.Time, fn func(crl.
 	})
 }
 
-// ForEachUnexpired implements crl.Source.
+// ForEachUnexpired implements crl.Source from the store's expiry index:
+// RevokeNode lists a node's certificates with it, so its cost follows the
+// live certificates, not every serial ever issued.
 func (s *Store) ForEachUnexpired(at time.Time, fn func(crl.CertInfo) error) error {
-	return s.st.ForEachCert(func(r store.CertRecord) error {
-		if !r.NotAfter.After(at) {
-			return nil
-		}
+	return s.st.ForEachUnexpired(at, func(r store.CertRecord) error {
 		switch r.Kind {
 		case store.KindX509SVID, store.KindNodeSVID, store.KindServerSVID:
 			return fn(info(r))

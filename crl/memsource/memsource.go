@@ -108,7 +108,7 @@ func (s *Store) RevokeNode(nodeID string, reason int, at time.Time) ([]crl.CertI
 	defer s.mu.Unlock()
 	var out []crl.CertInfo
 	for _, c := range s.certs {
-		if c.NodeID == nodeID && !c.Revoked && c.NotAfter.After(at) {
+		if (c.NodeID == nodeID || c.SPIFFEID == nodeID) && !c.Revoked && c.NotAfter.After(at) {
 			c.Revoked, c.RevokedAt, c.Reason = true, at, reason
 			out = append(out, *c)
 		}
