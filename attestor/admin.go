@@ -155,12 +155,7 @@ func (s *Service) BanNode(ctx context.Context, actor, ref, reason string, crlRea
 	if strings.TrimSpace(reason) == "" || len(reason) > 512 {
 		return 0, fmt.Errorf("%w: ban reason must be 1..512 bytes", ErrInvalidArgument)
 	}
-	// The reasons a permanent revocation may carry (crl.ValidReason):
-	// certificateHold (6) is reversible and removeFromCRL (8) only undoes a
-	// hold, so neither fits a ban, and the revocation service refuses both.
-	switch crlReason {
-	case 0, 1, 2, 3, 4, 5, 9, 10:
-	default:
+	if !banCRLReason(crlReason) {
 		return 0, fmt.Errorf("%w: CRL reason %d cannot revoke for a ban", ErrInvalidArgument, crlReason)
 	}
 	if err := s.audit(ctx, AuditNodeBan, actor, map[string]any{"node_id": id, "reason": reason, "crl_reason": crlReason}); err != nil {
@@ -191,6 +186,57 @@ func (s *Service) BanNode(ctx context.Context, actor, ref, reason string, crlRea
 		return n, fmt.Errorf("attestor: node banned but revocation failed (retry the ban): %w", err)
 	}
 	return n, nil
+}
+
+// banCRLReason reports whether r is a reason a permanent revocation may
+// carry (crl.ValidReason): certificateHold (6) is reversible and
+// removeFromCRL (8) only undoes a hold, so neither fits a ban, and the
+// revocation service refuses both.
+func banCRLReason(r int) bool {
+	switch r {
+	case 0, 1, 2, 3, 4, 5, 9, 10:
+		return true
+	}
+	return false
+}
+
+// finishBans revokes what every banned node still holds. A ban commits its
+// flag, then revokes: a crash in between leaves the node's certificates
+// valid, and nothing else would revoke them, so Run calls this at start
+// (and until it succeeds). Revoking is idempotent: a node with nothing
+// left costs a read and writes no record. It reports whether every banned
+// node was handled; failures are logged.
+func (s *Service) finishBans(ctx context.Context) bool {
+	if s.deps.Revoker == nil {
+		return true
+	}
+	nodes, err := s.deps.Store.Nodes(ctx)
+	if err != nil {
+		s.log.Error("listing nodes to complete bans failed", "err", err)
+		return false
+	}
+	done := true
+	for _, rec := range nodes {
+		if !rec.Banned {
+			continue
+		}
+		reason := rec.BanCRLReason
+		if !banCRLReason(reason) {
+			reason = 0 // unspecified: the stored reason cannot revoke
+		}
+		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		n, err := s.deps.Revoker.RevokeNode(rctx, rec.ID, reason)
+		cancel()
+		if err != nil {
+			s.log.Error("completing a ban's revocation failed; will retry", "node", rec.ID, "err", err)
+			done = false
+			continue
+		}
+		if n > 0 {
+			s.log.Warn("revoked certificates a ban had left valid", "node", rec.ID, "count", n)
+		}
+	}
+	return done
 }
 
 // UnbanNode lifts a ban (node by SPIFFE ID or EK hash), so the node may

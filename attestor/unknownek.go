@@ -195,10 +195,13 @@ func (s *Service) summarise(ctx context.Context, force bool) error {
 	return nil
 }
 
-// Run audits the summaries of refusals over the audit budget as they fall
-// due, also when no further refusal arrives, until ctx is done. Shutdown
-// writes the last one.
+// Run first completes the revocations of banned nodes that a crash may
+// have interrupted (retried each tick until done), then audits the
+// summaries of refusals over the audit budget as they fall due, also when
+// no further refusal arrives, until ctx is done. Shutdown writes the last
+// one.
 func (s *Service) Run(ctx context.Context) {
+	bansDone := s.finishBans(ctx)
 	t := time.NewTicker(s.summaryTick)
 	defer t.Stop()
 	for {
@@ -209,6 +212,9 @@ func (s *Service) Run(ctx context.Context) {
 			actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 			_ = s.summarise(actx, false) // logged by audit; retried
 			cancel()
+			if !bansDone {
+				bansDone = s.finishBans(ctx)
+			}
 		}
 	}
 }
