@@ -36,15 +36,13 @@ type realCAEnv struct {
 	nodeID string
 }
 
-// newRealCAEnv returns the env and a function attesting its node with csr.
-func newRealCAEnv(t *testing.T) (*realCAEnv, func(csr []byte) (*agent.Result, error)) {
+// realDeps returns the real CA (in-memory keys), its revocation service
+// and an attestor store, all auditing to aud, as palisade-server wires them.
+func realDeps(t *testing.T, aud *attestortest.Auditor) (*memca.Fixture, *crl.Service, *store.DB) {
 	t.Helper()
-	ctx := context.Background()
-	e := &realCAEnv{aud: &attestortest.Auditor{}, node: attestortest.SoftTPM{Node: softNode(t, 0)}}
-	e.nodeID = "spiffe://" + td + "/palisade/node/" + ekHash(t, e.node.Node)
-	e.ca = memca.New(t, td, e.aud, nil)
+	caf := memca.New(t, td, aud, nil)
 	rev, err := crl.New(crl.Config{DataDir: t.TempDir()}, crl.Options{
-		Store: crlstore.New(e.ca.Store), Audit: e.aud, Keys: e.ca.Keys, Issuers: cawire.Issuers(e.ca.CA)})
+		Store: crlstore.New(caf.Store), Audit: aud, Keys: caf.Keys, Issuers: cawire.Issuers(caf.CA)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -53,7 +51,19 @@ func newRealCAEnv(t *testing.T) (*realCAEnv, func(csr []byte) (*agent.Result, er
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
+	return caf, rev, db
+}
+
+// newRealCAEnv returns the env and a function attesting its node with csr.
+func newRealCAEnv(t *testing.T) (*realCAEnv, func(csr []byte) (*agent.Result, error)) {
+	t.Helper()
+	ctx := context.Background()
+	e := &realCAEnv{aud: &attestortest.Auditor{}, node: attestortest.SoftTPM{Node: softNode(t, 0)}}
+	e.nodeID = "spiffe://" + td + "/palisade/node/" + ekHash(t, e.node.Node)
+	caf, rev, db := realDeps(t, e.aud)
+	e.ca = caf
 	e.iss = &attestortest.CAIssuer{CA: e.ca.CA}
+	var err error
 	e.svc, err = attestor.New(ctx, spiffeid.RequireTrustDomainFromString(td), attestor.Config{},
 		attestor.Deps{Store: db, Issuer: e.iss, Auditor: e.aud, Revoker: attcawire.Revoker{Svc: rev}})
 	if err != nil {

@@ -4,19 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/palisade-id/palisade/attestor"
 	attcawire "github.com/palisade-id/palisade/attestor/cawire"
-	"github.com/palisade-id/palisade/attestor/store"
 	"github.com/palisade-id/palisade/crl"
-	crlstore "github.com/palisade-id/palisade/crl/castore"
-	"github.com/palisade-id/palisade/crl/cawire"
 	"github.com/palisade-id/palisade/test/attestor/attestortest"
-	"github.com/palisade-id/palisade/test/memca"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
@@ -72,17 +67,7 @@ func TestRunCompletesInterruptedBan(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := context.Background()
 			aud := &attestortest.Auditor{}
-			caf := memca.New(t, td, aud, nil)
-			svc, err := crl.New(crl.Config{DataDir: t.TempDir()}, crl.Options{
-				Store: crlstore.New(caf.Store), Audit: aud, Keys: caf.Keys, Issuers: cawire.Issuers(caf.CA)})
-			if err != nil {
-				t.Fatal(err)
-			}
-			db, err := store.Open(filepath.Join(t.TempDir(), "attestor.db"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { db.Close() })
+			caf, svc, db := realDeps(t, aud)
 			iss := attcawire.NodeIssuer{CA: caf.CA}
 
 			// Two nodes hold an SVID; the first is banned, its revocation
