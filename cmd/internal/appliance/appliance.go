@@ -11,12 +11,12 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 
 	"github.com/palisade-id/palisade/ca"
 	"github.com/palisade-id/palisade/ca/audit"
 	"github.com/palisade-id/palisade/ca/pkcs11"
 	"github.com/palisade-id/palisade/ca/store"
+	"github.com/palisade-id/palisade/cmd/internal/atomicfile"
 	"github.com/palisade-id/palisade/cmd/internal/config"
 )
 
@@ -156,24 +156,11 @@ func ceremony(ctx context.Context, cfg *config.Server, actor string, tok *pkcs11
 		return res, cerr
 	}
 	if _, merr := st.CAMeta(); errors.Is(merr, store.ErrNotInitialized) {
-		if rerr := removeDurably(cfg.Audit.Path); rerr != nil {
+		if rerr := atomicfile.Remove(cfg.Audit.Path); rerr != nil {
 			err = errors.Join(err, fmt.Errorf("remove the new audit log (delete %s before retrying): %w", cfg.Audit.Path, rerr))
 		}
 	}
 	return res, err
-}
-
-// removeDurably removes path and syncs its directory.
-func removeDurably(path string) error {
-	if err := os.Remove(path); err != nil {
-		return err
-	}
-	d, err := os.Open(filepath.Dir(path))
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 // Open opens an initialised appliance. caOpts may set URLs and hooks; Keys,

@@ -53,6 +53,18 @@ func WriteFiles(dir string, files ...File) (err error) {
 			return err
 		}
 	}
+	return syncDir(dir)
+}
+
+// Remove removes path durably.
+func Remove(path string) error {
+	if err := os.Remove(path); err != nil {
+		return err
+	}
+	return syncDir(filepath.Dir(path))
+}
+
+func syncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return err
