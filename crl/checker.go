@@ -372,6 +372,12 @@ func (c *Checker) Run(ctx context.Context) {
 				c.log.Warn("CRL refresh failed", "err", err)
 			} else {
 				lastFull = time.Now()
+				// A poke from during the Sync asked for what it fetched; a
+				// question about an issuer still unknown pokes again.
+				select {
+				case <-c.poke:
+				default:
+				}
 			}
 		}
 		pollCtx, cancel := context.WithCancel(ctx)

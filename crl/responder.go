@@ -54,6 +54,7 @@ type cached struct {
 	status       int
 	thisUpdate   time.Time
 	nextUpdate   time.Time
+	signedAt     time.Time // thisUpdate is backdated for clock skew; this is not
 	notAfter     time.Time // certificate's; zero for unknown
 	etag         string    // HTTP header values
 	lastModified string
@@ -370,7 +371,7 @@ func (r *responder) signCached(oi *ocspIssuer, h crypto.Hash, serial []byte) (*c
 	}
 	r.m.Signatures.Add(1)
 	c := &cached{
-		der: der, issuer: oi.iss.KeyID, status: a.status, thisUpdate: a.thisUpdate, nextUpdate: a.nextUpdate,
+		der: der, issuer: oi.iss.KeyID, status: a.status, thisUpdate: a.thisUpdate, nextUpdate: a.nextUpdate, signedAt: r.now(),
 		notAfter: notAfter, etag: etagOf(der),
 		lastModified: a.thisUpdate.UTC().Format(http.TimeFormat),
 		expires:      a.nextUpdate.UTC().Format(http.TimeFormat),
@@ -546,7 +547,9 @@ func (r *responder) refresh(ctx context.Context) int {
 	var due, expired []item
 	r.mu.RLock()
 	for k, c := range r.cache {
-		half := c.thisUpdate.Add(c.nextUpdate.Sub(c.thisUpdate) / 2)
+		// From the signing time: from the backdated thisUpdate, a short
+		// validity would be re-signed at every tick.
+		half := c.signedAt.Add(c.nextUpdate.Sub(c.signedAt) / 2)
 		switch {
 		case now.Before(half):
 		case c.status == StatusUnknown || k[0] != byte(crypto.SHA1) || (!c.notAfter.IsZero() && now.After(c.notAfter)):

@@ -500,6 +500,21 @@ func TestOCSPPresignAfterOnDemand(t *testing.T) {
 	}
 }
 
+// An answer is re-signed once half its validity has passed since it was
+// signed. Counted from the backdated thisUpdate, short validities were
+// re-signed at every refresh tick.
+func TestOCSPRefreshAtHalfLife(t *testing.T) {
+	e := newEnv(t, crl.Config{OCSPValidity: 8 * time.Second}) // ticks every second
+	e.mint(t, "n")
+	waitFor(t, "pre-signed", func() bool { return e.svc.Metrics().Signatures.Load() >= 1 })
+	n := e.svc.Metrics().Signatures.Load()
+	time.Sleep(2500 * time.Millisecond) // two ticks, before the half-life (4 s)
+	if got := e.svc.Metrics().Signatures.Load(); got != n {
+		t.Fatalf("%d signatures before the half-life, want %d", got, n)
+	}
+	waitFor(t, "re-signed past the half-life", func() bool { return e.svc.Metrics().Signatures.Load() > n })
+}
+
 func TestOCSPNonce(t *testing.T) {
 	e := newEnv(t, crl.Config{})
 	leaf := e.mint(t, "n")
@@ -661,7 +676,7 @@ func TestCRLNumberSurvivesRestart(t *testing.T) {
 }
 
 func TestHSMDownKeepsServingUntilNextUpdate(t *testing.T) {
-	e := newEnv(t, crl.Config{OCSPValidity: 2 * time.Second, CRLValidity: 2 * time.Second})
+	e := newEnv(t, crl.Config{OCSPValidity: 4 * time.Second, CRLValidity: 2 * time.Second}) // ≈2 s between the refresh failure and nextUpdate
 	leaf := e.mint(t, "n")
 	req, _ := ocsp.CreateRequest(leaf, e.ca.Intermediate(), nil)
 	var first *ocsp.Response
