@@ -431,7 +431,7 @@ func TestUnbanNode(t *testing.T) {
 }
 
 func TestHelloTimeout(t *testing.T) {
-	e := newEnv(t, attestor.Config{NonceTTL: 30 * time.Second, MaxSessions: 1, HelloTimeout: 200 * time.Millisecond})
+	e := newEnv(t, attestor.Config{NonceTTL: 30 * time.Second, MaxSessions: 1, HelloTimeout: 500 * time.Millisecond})
 	ctx := context.Background()
 	idle, err := e.client.Attest(ctx) // holds the only slot, says nothing
 	if err != nil {

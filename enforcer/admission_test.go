@@ -730,7 +730,7 @@ func maintain(t *testing.T, cli *side, port uint16) {
 }
 
 func TestMaintainReadmitsBeforeExpiry(t *testing.T) {
-	p := newPair(t, "", func(srv *side) { srv.a.o.MaxAdmission = 1500 * time.Millisecond })
+	p := newPair(t, "", func(srv *side) { srv.a.o.MaxAdmission = 3 * time.Second }) // re-admits at ≈2 s: 1 s of slack
 	maintain(t, p.cli, p.port)
 	var first time.Time
 	deadline := time.Now().Add(5 * time.Second)
