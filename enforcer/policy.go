@@ -111,8 +111,7 @@ func ParsePolicy(data []byte) (*Policy, error) {
 		}
 		return nil, fmt.Errorf("%w: %w", ErrPolicy, err)
 	}
-	var extra any
-	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+	if !onlyEmptyDocuments(dec) {
 		return nil, fmt.Errorf("%w: more than one YAML document", ErrPolicy)
 	}
 	// Line numbers for messages.
@@ -321,4 +320,19 @@ func (r *Rule) covers(port uint16, proto uint8) bool {
 		}
 	}
 	return false
+}
+
+// onlyEmptyDocuments reports whether what dec has left is empty documents
+// (a trailing "---" that YAML writers add), which carry nothing.
+func onlyEmptyDocuments(dec *yaml.Decoder) bool {
+	for {
+		var extra any
+		err := dec.Decode(&extra)
+		if errors.Is(err, io.EOF) {
+			return true
+		}
+		if err != nil || extra != nil {
+			return false
+		}
+	}
 }

@@ -132,6 +132,10 @@ func TestPolicyGrants(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// YAML writers end files with "---": an empty document, not a second policy.
+	if _, err := ParsePolicy([]byte(goodPolicy + "---\n")); err != nil {
+		t.Fatalf("policy with a trailing separator: %v", err)
+	}
 	web := id(t, "spiffe://example.org/node/web")
 	tests := []struct {
 		name        string

@@ -58,9 +58,9 @@ func ParsePolicy(raw []byte) (*Policy, error) {
 		}
 		return nil, fmt.Errorf("%w: %w", ErrPolicy, err)
 	}
-	// A second document would otherwise be ignored, whatever it says.
-	var extra any
-	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+	// A second document would otherwise be ignored, whatever it says; an
+	// empty one (a trailing "---") says nothing.
+	if !onlyEmptyDocuments(dec) {
 		return nil, fmt.Errorf("%w: more than one YAML document", ErrPolicy)
 	}
 	if err := p.Validate(); err != nil {
@@ -135,4 +135,19 @@ func (p *Policy) Check(class string, values map[uint32][]byte) error {
 		}
 	}
 	return nil
+}
+
+// onlyEmptyDocuments reports whether what dec has left is empty documents
+// (a trailing "---" that YAML writers add), which carry nothing.
+func onlyEmptyDocuments(dec *yaml.Decoder) bool {
+	for {
+		var extra any
+		err := dec.Decode(&extra)
+		if errors.Is(err, io.EOF) {
+			return true
+		}
+		if err != nil || extra != nil {
+			return false
+		}
+	}
 }

@@ -197,6 +197,8 @@ func TestPolicy(t *testing.T) {
 	}{
 		{"valid", good, nil, ""},
 		{"second document", good + "---\n" + strings.Replace(good, "version: 2", "version: 3", 1), verify.ErrPolicy, "more than one YAML document"},
+		{"trailing separator", good + "---\n", nil, ""},
+		{"trailing separator and comment", good + "---\n# end\n---\n", nil, ""},
 		{"empty", "", verify.ErrPolicy, "empty file"},
 		{"blank", "\n  \n", verify.ErrPolicy, "empty file"},
 		{"unknown key", good + "extra: 1\n", verify.ErrPolicy, ""},

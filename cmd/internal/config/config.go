@@ -134,8 +134,7 @@ func DecodeStrict(raw []byte, v any) error {
 		}
 		return err
 	}
-	var extra any
-	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+	if !onlyEmptyDocuments(dec) {
 		return errors.New("more than one YAML document")
 	}
 	return nil
@@ -212,4 +211,19 @@ func (c *Server) Validate() error {
 		return err
 	}
 	return nil
+}
+
+// onlyEmptyDocuments reports whether what dec has left is empty documents
+// (a trailing "---" that YAML writers add), which carry nothing.
+func onlyEmptyDocuments(dec *yaml.Decoder) bool {
+	for {
+		var extra any
+		err := dec.Decode(&extra)
+		if errors.Is(err, io.EOF) {
+			return true
+		}
+		if err != nil || extra != nil {
+			return false
+		}
+	}
 }

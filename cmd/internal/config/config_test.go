@@ -32,6 +32,7 @@ func TestParse(t *testing.T) {
 		{"bad-alg", minimal + "  key_algorithm: rsa\n", "key_algorithm"},
 		{"empty", "", "empty"},
 		{"two-documents", minimal + "---\nfoo: 1\n", "more than one"},
+		{"trailing-separator", minimal + "---\n", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
