@@ -504,22 +504,27 @@ func (r *responder) presign(ctx context.Context, req presignReq) {
 	if oi == nil {
 		return
 	}
-	// The slot first: a request joining the flight must not wait out the
-	// worker's wait for one.
-	if !r.acquire(ctx, time.Minute) {
-		return
-	}
-	defer r.release()
+	// Slot, then flight: a request joining the flight must not wait out
+	// the worker's wait for a slot, and the worker holds no slot while it
+	// waits for another's flight, whose owner may need one.
 	key := hashKey(crypto.SHA1, req.serial)
-	f, own := r.flightFor(key)
-	for !own {
+	var f *flightCall
+	for {
+		if !r.acquire(ctx, time.Minute) {
+			return
+		}
+		var own bool
+		if f, own = r.flightFor(key); own {
+			break
+		}
+		r.release()
 		select {
 		case <-f.done:
 		case <-ctx.Done():
 			return
 		}
-		f, own = r.flightFor(key)
 	}
+	defer r.release()
 	defer r.land(key, f)
 	// Revocation drops cached answers, so a known status cached since the
 	// certificate was recorded is current. An unknown one may predate the
