@@ -268,8 +268,8 @@ func (s *Service) RevokeNode(ctx context.Context, actor, nodeID string, reason i
 	defer unlock()
 	at := s.now().UTC().Truncate(time.Second)
 	listed := map[string]bool{}
-	err = s.opts.Store.ForEachUnexpired(at, func(c CertInfo) error {
-		if !c.Revoked && (c.NodeID == nodeID || c.SPIFFEID == nodeID) {
+	err = s.opts.Store.ForEachOfNode(nodeID, at, func(c CertInfo) error {
+		if !c.Revoked {
 			listed[fmt.Sprintf("%x", c.Serial)] = true
 		}
 		return nil

@@ -63,6 +63,10 @@ type Store interface {
 	// unchanged (its original time and reason) with false and no error. An
 	// unknown serial is an error the store defines.
 	Revoke(serial *big.Int, reason int, at time.Time) (CertInfo, bool, error)
+	// ForEachOfNode calls fn for every certificate not expired at at whose
+	// NodeID or SPIFFE ID is nodeID, revoked or not: what RevokeNode
+	// considers, from an index rather than a walk of every certificate.
+	ForEachOfNode(nodeID string, at time.Time, fn func(CertInfo) error) error
 	// RevokeNode revokes, in one transaction, every unexpired, not yet
 	// revoked certificate whose NodeID or SPIFFE ID is nodeID and returns
 	// the records it changed.

@@ -333,18 +333,10 @@ func (s *Store) RevokeNode(nodeID string, reason int, at time.Time) ([]CertRecor
 	var out []CertRecord
 	err := s.update("revoke node", func(tx *bolt.Tx) error {
 		out = out[:0] // the transaction may not be retried, but stay safe
-		// The index orders a subject's certificates by NotAfter: start at
-		// the first one still unexpired at at.
-		p := compositeKey(nodeID, nil)
-		var keys [][]byte
-		c := tx.Bucket(bucketCertSubject).Cursor()
-		for k, _ := c.Seek(compositeKey(nodeID, expiryKey(at, nil))); k != nil && bytes.HasPrefix(k, p); k, _ = c.Next() {
-			if len(k) != len(p)+expiryPrefix+serialLen {
-				return fmt.Errorf("%w: %s: subject index key of %d bytes", ErrCorrupt, s.path, len(k))
-			}
-			keys = append(keys, append([]byte(nil), k[len(p)+expiryPrefix:]...))
+		keys, err := s.subjectKeys(tx, nodeID, at)
+		if err != nil {
+			return err
 		}
-		sort.Slice(keys, func(a, b int) bool { return bytes.Compare(keys[a], keys[b]) < 0 })
 		for _, key := range keys {
 			r, err := s.getCert(tx, key)
 			if err != nil {
@@ -364,6 +356,58 @@ func (s *Store) RevokeNode(nodeID string, reason int, at time.Time) ([]CertRecor
 		return nil, err
 	}
 	return out, nil
+}
+
+// subjectKeys returns, in serial order, the keys of the certificates whose
+// NodeID or SPIFFEID is id and whose NotAfter is not before at, from the
+// subject index (which orders a subject's certificates by NotAfter).
+func (s *Store) subjectKeys(tx *bolt.Tx, id string, at time.Time) ([][]byte, error) {
+	p := compositeKey(id, nil)
+	var keys [][]byte
+	c := tx.Bucket(bucketCertSubject).Cursor()
+	for k, _ := c.Seek(compositeKey(id, expiryKey(at, nil))); k != nil && bytes.HasPrefix(k, p); k, _ = c.Next() {
+		if len(k) != len(p)+expiryPrefix+serialLen {
+			return nil, fmt.Errorf("%w: %s: subject index key of %d bytes", ErrCorrupt, s.path, len(k))
+		}
+		keys = append(keys, append([]byte(nil), k[len(p)+expiryPrefix:]...))
+	}
+	sort.Slice(keys, func(a, b int) bool { return bytes.Compare(keys[a], keys[b]) < 0 })
+	return keys, nil
+}
+
+// ForEachOfSubject calls fn, in serial order, for every certificate not
+// expired at at whose NodeID or SPIFFEID is id (the certificates RevokeNode
+// would consider), revoked or not, from the subject index. fn runs inside
+// a read transaction; its error stops the walk.
+func (s *Store) ForEachOfSubject(id string, at time.Time, fn func(CertRecord) error) error {
+	if fn == nil {
+		return fmt.Errorf("%w: nil callback", ErrInvalid)
+	}
+	if err := checkID("subject ID", id); err != nil {
+		return err
+	}
+	if err := s.flushJournal(); err != nil {
+		return err
+	}
+	return s.view("subject scan", func(tx *bolt.Tx) error {
+		keys, err := s.subjectKeys(tx, id, at)
+		if err != nil {
+			return err
+		}
+		for _, key := range keys {
+			r, err := s.getCert(tx, key)
+			if err != nil {
+				return err
+			}
+			if !at.Before(r.NotAfter) || (r.NodeID != id && r.SPIFFEID != id) {
+				continue
+			}
+			if err := fn(r); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }
 
 // ForEachRevoked calls fn for every certificate issuedby issuerKeyID that

@@ -205,6 +205,49 @@ func TestRevokeNode(t *testing.T) {
 	}
 }
 
+func TestForEachOfSubject(t *testing.T) {
+	s := openTest(t)
+	nodeSVID := svid(1, nodeA, "")
+	nodeSVID.Kind = KindNodeSVID
+	expired := svid(5, "spiffe://example.org/old", nodeA)
+	expired.NotBefore, expired.NotAfter = t0.Add(-2*time.Hour), t0.Add(-time.Hour)
+	mustRecord(t, s,
+		svid(3, "spiffe://example.org/b", nodeA),
+		nodeSVID,
+		svid(2, "spiffe://example.org/a", nodeA),
+		svid(4, "spiffe://example.org/c", nodeB),
+		expired,
+		svid(6, "spiffe://example.org/d", nodeA+"x"), // shares a prefix with nodeA
+	)
+	if _, err := s.Revoke(big.NewInt(3), 1, t0); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name   string
+		id     string
+		want   error
+		serial []int64
+	}{
+		{name: "node and its workloads, revoked included", id: nodeA, serial: []int64{1, 2, 3}},
+		{name: "workload ID", id: "spiffe://example.org/c", serial: []int64{4}},
+		{name: "unknown", id: "spiffe://example.org/none"},
+		{name: "empty", id: "", want: ErrInvalid},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var serials []int64
+			err := s.ForEachOfSubject(tc.id, t0.Add(time.Minute), func(r CertRecord) error {
+				serials = append(serials, r.Serial.Int64())
+				return nil
+			})
+			wantErr(t, err, tc.want)
+			if !reflect.DeepEqual(serials, tc.serial) {
+				t.Fatalf("listed %v, want %v", serials, tc.serial)
+			}
+		})
+	}
+}
+
 func TestForEachRevokedAndLog(t *testing.T) {
 	s := openTest(t)
 	var recs []CertRecord

@@ -35,7 +35,22 @@ func (s *Store) Status(serial *big.Int) (crl.CertInfo, bool, error) {
 	if err != nil {
 		return crl.CertInfo{}, false, err
 	}
+	if store.IsCAKind(r.Kind) {
+		// Not revocable and on no CRL: a revocation asked for one gets
+		// the store's refusal, before any audit record.
+		return crl.CertInfo{}, false, nil
+	}
 	return info(r), true, nil
+}
+
+// ForEachOfNode implements crl.Store from the store's subject index.
+func (s *Store) ForEachOfNode(nodeID string, at time.Time, fn func(crl.CertInfo) error) error {
+	return s.st.ForEachOfSubject(nodeID, at, func(r store.CertRecord) error {
+		if store.IsCAKind(r.Kind) {
+			return nil
+		}
+		return fn(info(r))
+	})
 }
 
 // ForEachRevoked implements crl.Source from the store's per-issuer index.
@@ -48,9 +63,8 @@ func (s *Store) ForEachRevoked(issuerKeyID string, since time.Time, fn func(crl.
 	})
 }
 
-// ForEachUnexpired implements crl.Source from the store's expiry index:
-// RevokeNode lists a node's certificates with it, so its cost follows the
-// live certificates, not every serial ever issued.
+// ForEachUnexpired implements crl.Source from the store's expiry index, so
+// its cost follows the live certificates, not every serial ever issued.
 func (s *Store) ForEachUnexpired(at time.Time, fn func(crl.CertInfo) error) error {
 	return s.st.ForEachUnexpired(at, func(r store.CertRecord) error {
 		switch r.Kind {

@@ -32,9 +32,28 @@ func TestAdapter(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// The CA's own certificates: on no CRL, never revocable, so not found
+	// (the revocation service then gets the store's refusal before it
+	// audits anything).
+	if err := st.RecordIssued(store.CertRecord{Serial: big.NewInt(77), IssuerKeyID: "ef01", Kind: store.KindIntermediate,
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour), NodeID: "spiffe://example.org/node/a"}); err != nil {
+		t.Fatal(err)
+	}
 	s := New(st)
-	if _, found, err := s.Status(big.NewInt(99)); found || err != nil {
-		t.Fatalf("unknown: %v %v", found, err)
+	for _, sn := range []int64{99, 77} {
+		if _, found, err := s.Status(big.NewInt(sn)); found || err != nil {
+			t.Fatalf("status of %d: %v %v, want not found", sn, found, err)
+		}
+	}
+	if _, _, err := s.Revoke(big.NewInt(77), 1, now); !errors.Is(err, store.ErrInvalid) {
+		t.Fatalf("revoke the CA's own certificate: %v, want ErrInvalid", err)
+	}
+	var ofNode []int64
+	if err := s.ForEachOfNode("spiffe://example.org/node/a", now, func(c crl.CertInfo) error {
+		ofNode = append(ofNode, c.Serial.Int64())
+		return nil
+	}); err != nil || len(ofNode) != 2 || ofNode[0] != 1 || ofNode[1] != 2 {
+		t.Fatalf("certificates of node a: %v %v, want [1 2]", ofNode, err)
 	}
 	ci, changed, err := s.Revoke(big.NewInt(3), 1, now)
 	if err != nil || !changed || !ci.Revoked || !ci.RevokedAt.Equal(now) {

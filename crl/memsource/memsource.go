@@ -102,6 +102,24 @@ func (s *Store) Revoke(serial *big.Int, reason int, at time.Time) (crl.CertInfo,
 	return *c, true, nil
 }
 
+// ForEachOfNode implements crl.Store.
+func (s *Store) ForEachOfNode(nodeID string, at time.Time, fn func(crl.CertInfo) error) error {
+	s.mu.Lock()
+	var out []crl.CertInfo
+	for _, c := range s.certs {
+		if (c.NodeID == nodeID || c.SPIFFEID == nodeID) && c.NotAfter.After(at) {
+			out = append(out, *c)
+		}
+	}
+	s.mu.Unlock()
+	for _, c := range out {
+		if err := fn(c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // RevokeNode implements crl.Store.
 func (s *Store) RevokeNode(nodeID string, reason int, at time.Time) ([]crl.CertInfo, error) {
 	s.mu.Lock()
