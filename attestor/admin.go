@@ -220,6 +220,18 @@ func (s *Service) finishBans(ctx context.Context) bool {
 		if !rec.Banned {
 			continue
 		}
+		// Unbanned (and maybe attested again) since the list was read:
+		// its new SVIDs are legitimate.
+		cur, err := s.deps.Store.Node(ctx, rec.ID)
+		if err != nil {
+			s.log.Error("reading a banned node failed; will retry", "node", rec.ID, "err", err)
+			done = false
+			continue
+		}
+		if !cur.Banned {
+			continue
+		}
+		rec = cur
 		reason := rec.BanCRLReason
 		if !banCRLReason(reason) {
 			reason = 0 // unspecified: the stored reason cannot revoke

@@ -153,3 +153,56 @@ func TestRunCompletesInterruptedBan(t *testing.T) {
 		})
 	}
 }
+
+// unbanAfterList is a store whose node list is read just before an
+// operator lifts a ban (and the node may attest again).
+type unbanAfterList struct {
+	attestor.Store
+	unban func()
+}
+
+func (u unbanAfterList) Nodes(ctx context.Context) ([]attestor.NodeRecord, error) {
+	recs, err := u.Store.Nodes(ctx)
+	u.unban()
+	return recs, err
+}
+
+// A ban lifted after the list was read is not completed: the node's
+// SVIDs, perhaps issued since, are legitimate.
+func TestFinishBansSkipsLiftedBan(t *testing.T) {
+	ctx := context.Background()
+	aud := &attestortest.Auditor{}
+	caf, svc, db := realDeps(t, aud)
+	tpm := attestortest.SoftTPM{Node: softNode(t, 0)}
+	id := "spiffe://" + td + "/palisade/node/" + ekHash(t, tpm.Node)
+	if _, err := (attcawire.NodeIssuer{CA: caf.CA}).IssueNodeSVID(ctx, spiffeid.RequireFromString(id), attestortest.CSR(t, td, tpm)); err != nil {
+		t.Fatal(err)
+	}
+	setBan := func(banned bool) {
+		err := db.UpdateNode(ctx, id, func(rec *attestor.NodeRecord, _ bool) error {
+			rec.ID, rec.EKHash, rec.Banned = id, ekHash(t, tpm.Node), banned
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	setBan(true)
+	rev := watchedRevoker{attcawire.Revoker{Svc: svc}, make(chan revokeCall, 8)}
+	s, err := attestor.New(ctx, spiffeid.RequireTrustDomainFromString(td), attestor.Config{},
+		attestor.Deps{Store: unbanAfterList{db, func() { setBan(false) }}, Issuer: attcawire.NodeIssuer{CA: caf.CA}, Auditor: aud, Revoker: rev})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !attestor.FinishBans(s, ctx) {
+		t.Fatal("FinishBans reported a failure")
+	}
+	select {
+	case c := <-rev.calls:
+		t.Fatalf("revoked for a lifted ban: %+v", c)
+	default:
+	}
+	if valid, _ := nodeCerts(t, caf.Store, id); len(valid) != 1 {
+		t.Fatalf("%d valid certificates after a lifted ban, want 1", len(valid))
+	}
+}
