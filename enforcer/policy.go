@@ -33,8 +33,11 @@ const maxPortsPerRule = 4096
 // policyMapEntries is the kernel policy map's max_entries (bpf/enforcer.c).
 const policyMapEntries = 262144
 
-// maxPolicyEntries bounds the entries all rules together expand to: a
-// reload holds the old and the new entries in the map at once.
+// maxPolicyEntries bounds the entries all rules together expand to, half
+// the map, since a reload holds old and new entries at once. It is not a
+// cap on the map: peers whose grant sets overlap carry shared grants once
+// per set. Past the map's size the kernel refuses the reload and the old
+// policy stays in force (Admitter.SetPolicy).
 const maxPolicyEntries = policyMapEntries / 2
 
 // PolicyVersion is the only file format version.
@@ -215,7 +218,7 @@ func (p *Policy) validate() error {
 		entries += total
 	}
 	if entries > maxPolicyEntries {
-		errs = append(errs, fmt.Errorf("rules expand to %d policy map entries, more than %d (half the kernel map's %d: a reload needs room for the old and new entries at once)",
+		errs = append(errs, fmt.Errorf("rules expand to %d policy map entries, more than %d (half the kernel map's %d, which holds the old and new entries during a reload)",
 			entries, maxPolicyEntries, policyMapEntries))
 	}
 	if len(errs) > 0 {
