@@ -148,16 +148,20 @@ func TestRevoke(t *testing.T) {
 	}
 }
 
-func TestRevokeNode(t *testing.T) {
+// nodeFixture records node A's own SVID (1), two of its workloads (2, 3;
+// 3 revoked, recorded before 1), node B's workload (4), an expired one of
+// node A (5) and a node whose ID extends node A's (6).
+func nodeFixture(t *testing.T) *Store {
+	t.Helper()
 	s := openTest(t)
 	nodeSVID := svid(1, nodeA, "")
 	nodeSVID.Kind = KindNodeSVID
 	expired := svid(5, "spiffe://example.org/old", nodeA)
 	expired.NotBefore, expired.NotAfter = t0.Add(-2*time.Hour), t0.Add(-time.Hour)
 	mustRecord(t, s,
+		svid(3, "spiffe://example.org/b", nodeA),
 		nodeSVID,
 		svid(2, "spiffe://example.org/a", nodeA),
-		svid(3, "spiffe://example.org/b", nodeA),
 		svid(4, "spiffe://example.org/c", nodeB),
 		expired,
 		svid(6, "spiffe://example.org/d", nodeA+"x"), // shares a prefix with nodeA
@@ -165,6 +169,11 @@ func TestRevokeNode(t *testing.T) {
 	if _, err := s.Revoke(big.NewInt(3), 1, t0); err != nil {
 		t.Fatal(err)
 	}
+	return s
+}
+
+func TestRevokeNode(t *testing.T) {
+	s := nodeFixture(t)
 	tests := []struct {
 		name   string
 		node   string
@@ -206,22 +215,7 @@ func TestRevokeNode(t *testing.T) {
 }
 
 func TestForEachOfSubject(t *testing.T) {
-	s := openTest(t)
-	nodeSVID := svid(1, nodeA, "")
-	nodeSVID.Kind = KindNodeSVID
-	expired := svid(5, "spiffe://example.org/old", nodeA)
-	expired.NotBefore, expired.NotAfter = t0.Add(-2*time.Hour), t0.Add(-time.Hour)
-	mustRecord(t, s,
-		svid(3, "spiffe://example.org/b", nodeA),
-		nodeSVID,
-		svid(2, "spiffe://example.org/a", nodeA),
-		svid(4, "spiffe://example.org/c", nodeB),
-		expired,
-		svid(6, "spiffe://example.org/d", nodeA+"x"), // shares a prefix with nodeA
-	)
-	if _, err := s.Revoke(big.NewInt(3), 1, t0); err != nil {
-		t.Fatal(err)
-	}
+	s := nodeFixture(t)
 	tests := []struct {
 		name   string
 		id     string
