@@ -458,7 +458,11 @@ func (a *Admitter) rebuildLocked(local spiffeid.ID, p *Policy) (applied bool, er
 	// coexist while peers move over.
 	ids := numbering{last: 1000 * (a.ids.last/1000 + 1)}
 	keep := map[peerKey]uint32{}
+	now := time.Now()
 	for k, ad := range a.admitted {
+		if !now.Before(ad.expires) {
+			continue
+		}
 		if gs := p.Grants(local, ad.ID); len(gs) > 0 {
 			keep[k], _, _ = ids.alloc(gs)
 		}
@@ -472,17 +476,25 @@ func (a *Admitter) rebuildLocked(local spiffeid.ID, p *Policy) (applied bool, er
 	var errs []error
 	for k, ad := range a.admitted {
 		id, ok := keep[k]
-		if !ok {
-			errs = append(errs, a.o.Table.DeletePeer(k.ifindex, k.addr))
-			delete(a.admitted, k)
-			continue
+		reason := "no rule allows it"
+		if ok {
+			ad.identity = id
+			err := a.o.Table.PutPeer(PeerEntry{Ifindex: k.ifindex, Addr: k.addr, Identity: id, Expires: ad.expires})
+			if err == nil {
+				continue
+			}
+			if !errors.Is(err, ErrExpired) {
+				errs = append(errs, err)
+			}
+			reason = err.Error()
+		} else if !now.Before(ad.expires) {
+			// An admission that ran out is a removal, not a failure:
+			// the datapath refuses to write a past expiry.
+			reason = "expired"
 		}
-		ad.identity = id
-		if err := a.o.Table.PutPeer(PeerEntry{Ifindex: k.ifindex, Addr: k.addr, Identity: id, Expires: ad.expires}); err != nil {
-			errs = append(errs, err)
-			_ = a.o.Table.DeletePeer(k.ifindex, k.addr)
-			delete(a.admitted, k)
-		}
+		errs = append(errs, a.o.Table.DeletePeer(k.ifindex, k.addr))
+		delete(a.admitted, k)
+		a.log.Info("admission removed", "peer", ad.ID.String(), "addr", k.addr.String(), "reason", reason)
 	}
 	errs = append(errs, a.o.Table.SyncPolicy(a.entriesLocked()))
 	a.saveLocked()
@@ -628,13 +640,28 @@ type stateCert struct {
 	IssuerSKI string `json:"issuer_ski"`
 }
 
+// stateEntry records an admission. Identity and Expires are what its
+// kernel entry holds: adopt compares them, since the record of a newer
+// kernel entry (re-admission, address reused) may not have been written.
 type stateEntry struct {
 	Ifindex  int         `json:"ifindex"`
 	Addr     netip.Addr  `json:"addr"`
 	ID       string      `json:"spiffe_id"`
+	Identity uint32      `json:"identity,omitempty"` // 0 (files before it): no match
 	NotAfter time.Time   `json:"not_after"`
 	Expires  time.Time   `json:"expires"`
 	Certs    []stateCert `json:"certs"`
+}
+
+// expiryTolerance: a kernel expiry read back (CLOCK_BOOTTIME to wall
+// clock) differs from the one written by the wall clock's adjustment in
+// between. Two admissions of one address closer together than this are
+// not told apart.
+const expiryTolerance = time.Second
+
+// matches reports whether kernel entry k is the one e was recorded for.
+func (e stateEntry) matches(k PeerEntry) bool {
+	return e.Identity != 0 && e.Identity == k.Identity && k.Expires.Sub(e.Expires).Abs() <= expiryTolerance
 }
 
 func (a *Admitter) saveLocked() {
@@ -661,7 +688,7 @@ func (a *Admitter) Flush() {
 	}
 	var st []stateEntry
 	for _, ad := range a.admitted {
-		e := stateEntry{Ifindex: ad.ifindex, Addr: ad.addr, ID: ad.ID.String(), NotAfter: ad.NotAfter, Expires: ad.expires}
+		e := stateEntry{Ifindex: ad.ifindex, Addr: ad.addr, ID: ad.ID.String(), Identity: ad.identity, NotAfter: ad.NotAfter, Expires: ad.expires}
 		for _, c := range ad.Certs {
 			e.Certs = append(e.Certs, stateCert{Serial: c.Serial.Text(16), IssuerSKI: hex.EncodeToString(c.IssuerSKI)})
 		}
@@ -711,7 +738,8 @@ func writeFileAtomic(path string, v any) error {
 }
 
 // adopt reloads saved admissions, keeps those still in the kernel map,
-// deletes kernel entries it has no record of, then re-checks revocation.
+// deletes kernel entries without a matching, unexpired record, then
+// re-checks revocation.
 func (a *Admitter) adopt() error {
 	kernel, err := a.o.Table.Peers()
 	if err != nil {
@@ -757,23 +785,43 @@ func (a *Admitter) adopt() error {
 			}
 		}
 	}
+	now := time.Now()
 	for _, k := range kernel {
 		if k.Identity == InfrastructureIdentity {
 			continue // rewritten below
 		}
 		key := peerKey{k.Ifindex, k.Addr}
 		e, ok := saved[key]
-		var ad *admission
-		if ok {
-			ad, err = e.admission()
+		var (
+			ad     *admission
+			reason string
+		)
+		switch {
+		case !ok:
+			reason = "no record"
+		case !e.matches(k):
+			// A newer entry whose record was lost (crash before the state
+			// write): the record's certificates are not the ones admitted.
+			reason = "record is of another admission"
+		case !now.Before(k.Expires):
+			reason = "expired"
+		default:
+			if ad, err = e.admission(); err != nil {
+				reason = err.Error()
+			}
 		}
-		if !ok || err != nil {
-			a.log.Warn("removing kernel admission without a usable record", "addr", k.Addr.String(), "ifindex", k.Ifindex, "recorded", ok, "err", err)
-			if derr := a.o.Table.DeletePeer(k.Ifindex, k.Addr); derr != nil {
-				return derr
+		if reason != "" {
+			lvl := slog.LevelWarn
+			if reason == "expired" {
+				lvl = slog.LevelInfo
+			}
+			a.log.Log(context.Background(), lvl, "removing kernel admission", "addr", k.Addr.String(), "ifindex", k.Ifindex, "reason", reason)
+			if err := a.o.Table.DeletePeer(k.Ifindex, k.Addr); err != nil {
+				return err
 			}
 			continue
 		}
+		ad.identity = k.Identity
 		a.admitted[key] = ad
 	}
 	local, err := a.localID()
@@ -790,6 +838,9 @@ func (a *Admitter) adopt() error {
 		return err
 	}
 	a.Recheck()
+	// The rebuild renumbered every adopted entry: until the records say
+	// so, a crash would make the next start drop them all.
+	a.Flush()
 	return nil
 }
 

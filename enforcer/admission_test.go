@@ -47,7 +47,11 @@ func newFakeTable() *fakeTable {
 	return &fakeTable{peers: map[peerKey]PeerEntry{}, policy: map[PolicyKey]bool{}}
 }
 
+// PutPeer refuses a past expiry, as Datapath.PutPeer does.
 func (f *fakeTable) PutPeer(e PeerEntry) error {
+	if !time.Now().Before(e.Expires) {
+		return fmt.Errorf("%w: expiry %v is in the past", ErrExpired, e.Expires)
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.peers[peerKey{e.Ifindex, e.Addr}] = e

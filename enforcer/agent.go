@@ -259,6 +259,9 @@ type rotatingFile struct {
 	max  int64
 	f    *os.File
 	size int64
+	// torn: the file ends inside a line (a short write, a crash), so the
+	// next write starts with '\n' rather than extend that line.
+	torn bool
 }
 
 func openRotating(path string, max int64) (*rotatingFile, error) {
@@ -270,7 +273,7 @@ func openRotating(path string, max int64) (*rotatingFile, error) {
 }
 
 func (r *rotatingFile) open() error {
-	f, err := os.OpenFile(r.path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	f, err := os.OpenFile(r.path, os.O_CREATE|os.O_RDWR|os.O_APPEND, 0o600)
 	if err != nil {
 		return fmt.Errorf("enforcer: flow log: %w", err)
 	}
@@ -279,7 +282,13 @@ func (r *rotatingFile) open() error {
 		f.Close()
 		return fmt.Errorf("enforcer: flow log: %w", err)
 	}
-	r.f, r.size = f, st.Size()
+	r.f, r.size, r.torn = f, st.Size(), false
+	if r.size > 0 {
+		// Unreadable: assume torn; a blank line costs nothing.
+		last := []byte{0}
+		_, err := f.ReadAt(last, r.size-1)
+		r.torn = err != nil || last[0] != '\n'
+	}
 	return nil
 }
 
@@ -293,8 +302,18 @@ func (r *rotatingFile) Write(b []byte) (int, error) {
 			return 0, err
 		}
 	}
-	n, err := r.f.Write(b)
+	p := b
+	if r.torn {
+		p = append([]byte{'\n'}, b...)
+	}
+	n, err := r.f.Write(p)
 	r.size += int64(n)
+	if n > 0 {
+		r.torn = p[n-1] != '\n'
+	}
+	if len(p) > len(b) {
+		n = max(n-1, 0) // the separator is not b's
+	}
 	return n, err
 }
 

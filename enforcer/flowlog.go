@@ -2,7 +2,9 @@ package enforcer
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/netip"
@@ -64,29 +66,114 @@ func WriteFlowRecord(w io.Writer, r FlowRecord) error {
 	return err
 }
 
-// ReadFlowLog reads a flow log: `palisade flows` prints it, and Drift
-// consumes it. A malformed line is an error naming its number.
-func ReadFlowLog(r io.Reader) ([]FlowRecord, error) {
-	var out []FlowRecord
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64*1024), 1024*1024)
-	for n := 1; sc.Scan(); n++ {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" {
-			continue
-		}
-		var rec FlowRecord
-		dec := json.NewDecoder(strings.NewReader(line))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&rec); err != nil {
-			return nil, fmt.Errorf("enforcer: flow log line %d: %w", n, err)
-		}
-		out = append(out, rec)
+// maxFlowLine bounds a flow log line; a longer one is malformed.
+const maxFlowLine = 1 << 20
+
+// MalformedLinesError names the flow log lines ReadFlowLog skipped: torn
+// by a short write (full disk) or a crash mid-write.
+type MalformedLinesError struct {
+	Lines []int // 1-based, ascending
+	First error // why the first of them was rejected
+}
+
+func (e *MalformedLinesError) Error() string {
+	return fmt.Sprintf("enforcer: flow log: %s: line %d: %v", e.Summary(), e.Lines[0], e.First)
+}
+
+// Summary reads "N malformed lines skipped (lines a, b, …)".
+func (e *MalformedLinesError) Summary() string {
+	const shown = 10
+	var b strings.Builder
+	fmt.Fprintf(&b, "%d malformed line", len(e.Lines))
+	if len(e.Lines) != 1 {
+		b.WriteByte('s')
 	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("enforcer: read flow log: %w", err)
+	b.WriteString(" skipped (line")
+	if len(e.Lines) != 1 {
+		b.WriteByte('s')
+	}
+	for i, n := range e.Lines[:min(len(e.Lines), shown)] {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, " %d", n)
+	}
+	if len(e.Lines) > shown {
+		b.WriteString(", …")
+	}
+	b.WriteByte(')')
+	return b.String()
+}
+
+// ReadFlowLog reads a flow log: `palisade flows` prints it, and Drift
+// consumes it. Malformed lines are skipped: the well-formed records come
+// with a *MalformedLinesError naming them. On any other error there are
+// no records.
+func ReadFlowLog(r io.Reader) ([]FlowRecord, error) {
+	var (
+		out []FlowRecord
+		bad *MalformedLinesError
+		buf []byte
+	)
+	br := bufio.NewReaderSize(r, 64*1024)
+	for n := 1; ; n++ {
+		line, tooLong, err := readLine(br, buf)
+		if err != nil && !errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("enforcer: read flow log: %w", err)
+		}
+		buf = line
+		if rec, ok, derr := decodeFlow(bytes.TrimSpace(line), tooLong); derr != nil {
+			if bad == nil {
+				bad = &MalformedLinesError{First: derr}
+			}
+			bad.Lines = append(bad.Lines, n)
+		} else if ok {
+			out = append(out, rec)
+		}
+		if err != nil {
+			break
+		}
+	}
+	if bad != nil {
+		return out, bad
 	}
 	return out, nil
+}
+
+// readLine reads the next line into buf, without its '\n'. Of a line
+// longer than maxFlowLine it keeps nothing and reports it too long.
+func readLine(br *bufio.Reader, buf []byte) (line []byte, tooLong bool, err error) {
+	line = buf[:0]
+	for {
+		chunk, err := br.ReadSlice('\n')
+		chunk = bytes.TrimSuffix(chunk, []byte{'\n'})
+		if tooLong = tooLong || len(line)+len(chunk) > maxFlowLine; !tooLong {
+			line = append(line, chunk...)
+		}
+		if !errors.Is(err, bufio.ErrBufferFull) {
+			return line, tooLong, err
+		}
+	}
+}
+
+// decodeFlow decodes one line: one record, nothing else (ok false: blank).
+func decodeFlow(line []byte, tooLong bool) (rec FlowRecord, ok bool, err error) {
+	if tooLong {
+		return rec, false, fmt.Errorf("longer than %d bytes", maxFlowLine)
+	}
+	if len(line) == 0 {
+		return rec, false, nil
+	}
+	dec := json.NewDecoder(bytes.NewReader(line))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&rec); err != nil {
+		return rec, false, err
+	}
+	// A record glued to the next by a lost '\n' is not half-read.
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return rec, false, errors.New("data after the record")
+	}
+	return rec, true, nil
 }
 
 // FormatFlows renders records as a table for `palisade flows`.
@@ -123,6 +210,8 @@ type DriftReport struct {
 	Unidentified []FlowKey
 	// UnusedRules: rules no observed flow used.
 	UnusedRules []string
+	// Malformed: flow log lines skipped as unreadable (DriftFromFiles).
+	Malformed *MalformedLinesError
 }
 
 // Drift compares observed flows with the policy.
@@ -187,6 +276,9 @@ func (d DriftReport) Format(w io.Writer) error {
 	for _, n := range d.UnusedRules {
 		fmt.Fprintf(&b, "  %s\n", n)
 	}
+	if d.Malformed != nil {
+		fmt.Fprintf(&b, "flow log: %s\n", d.Malformed.Summary())
+	}
 	_, err := io.WriteString(w, b.String())
 	return err
 }
@@ -204,8 +296,11 @@ func DriftFromFiles(policyPath, flowLogPath string) (DriftReport, error) {
 	}
 	defer f.Close()
 	recs, err := ReadFlowLog(f)
-	if err != nil {
+	var bad *MalformedLinesError
+	if err != nil && !errors.As(err, &bad) {
 		return DriftReport{}, err
 	}
-	return Drift(p, recs), nil
+	rep := Drift(p, recs)
+	rep.Malformed = bad
+	return rep, nil
 }

@@ -2,11 +2,13 @@ package enforcer
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -219,13 +221,6 @@ func TestDrift(t *testing.T) {
 	}
 }
 
-func TestReadFlowLogRejectsGarbage(t *testing.T) {
-	_, err := ReadFlowLog(strings.NewReader("{\"to\":\"x\"}\nnot json\n"))
-	if err == nil || !strings.Contains(err.Error(), "line 2") {
-		t.Fatalf("err = %v, want line 2", err)
-	}
-}
-
 func FuzzParsePolicy(f *testing.F) {
 	f.Add([]byte(goodPolicy))
 	f.Add([]byte("version: 1\nrules: []\n"))
@@ -247,17 +242,49 @@ func FuzzParsePolicy(f *testing.F) {
 	})
 }
 
+// FuzzReadFlowLog: whatever precedes it, a record on its own line is read
+// (a torn line never takes the next one with it), and skipped lines are
+// reported by number.
 func FuzzReadFlowLog(f *testing.F) {
-	f.Add([]byte(`{"time":"2026-01-01T00:00:00Z","from":"spiffe://a/b","to":"spiffe://a/c","from_addr":"10.0.0.1","to_addr":"10.0.0.2","port":80,"proto":"tcp","verdict":"pass","reason":"policy","ifindex":2}` + "\n"))
+	good := `{"time":"2026-01-01T00:00:00Z","from":"spiffe://a/b","to":"spiffe://a/c","from_addr":"10.0.0.1","to_addr":"10.0.0.2","port":80,"proto":"tcp","verdict":"pass","reason":"policy","ifindex":2}`
+	f.Add([]byte(good + "\n"))
 	f.Add([]byte("{}\n\n{\"to\":\"x\",\"from_addr\":\"::1\",\"to_addr\":\"\"}\n"))
+	f.Add([]byte(good + "\n" + good[:40]))
+	f.Add([]byte(good + good + "\r\nnull\n{\"to\":1}\n"))
 	p, err := ParsePolicy([]byte(goodPolicy))
 	if err != nil {
 		f.Fatal(err)
 	}
+	var want FlowRecord
+	if err := json.Unmarshal([]byte(good), &want); err != nil {
+		f.Fatal(err)
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		recs, err := ReadFlowLog(bytes.NewReader(data))
-		if err != nil {
-			return
+		var bad *MalformedLinesError
+		if err != nil && !errors.As(err, &bad) {
+			t.Fatalf("error other than malformed lines: %v", err)
+		}
+		lines := bytes.Count(data, []byte("\n")) + 1
+		if bad != nil {
+			if !slices.IsSorted(bad.Lines) || bad.Lines[0] < 1 || bad.Lines[len(bad.Lines)-1] > lines {
+				t.Fatalf("malformed lines %v out of order or range (%d lines)", bad.Lines, lines)
+			}
+			if len(recs)+len(bad.Lines) > lines {
+				t.Fatalf("%d records and %d malformed lines from %d lines", len(recs), len(bad.Lines), lines)
+			}
+		}
+		more := slices.Concat(data, []byte("\n"+good+"\n"))
+		recs2, err2 := ReadFlowLog(bytes.NewReader(more))
+		var bad2 *MalformedLinesError
+		if err2 != nil && !errors.As(err2, &bad2) {
+			t.Fatalf("error other than malformed lines: %v", err2)
+		}
+		if len(recs2) != len(recs)+1 || !reflect.DeepEqual(recs2[len(recs)], want) {
+			t.Fatalf("a record after %q: read %d records, want %d ending with it", data, len(recs2), len(recs)+1)
+		}
+		if (bad == nil) != (bad2 == nil) || (bad != nil && !slices.Equal(bad.Lines, bad2.Lines)) {
+			t.Fatalf("malformed lines %v, then %v with a record appended", bad, bad2)
 		}
 		rep := Drift(p, recs)
 		if len(rep.UnusedRules) > len(p.Rules) {

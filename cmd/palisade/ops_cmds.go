@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -252,7 +253,11 @@ func flows(_ context.Context, e *env, args []string) error {
 	}
 	defer f.Close()
 	recs, err := enforcer.ReadFlowLog(f)
-	if err != nil {
+	// A torn line (a crash mid-write) is skipped and named, not fatal.
+	var bad *enforcer.MalformedLinesError
+	if errors.As(err, &bad) {
+		fmt.Fprintf(e.stderr, "palisade: flow log: %s\n", bad.Summary())
+	} else if err != nil {
 		return err
 	}
 	return enforcer.FormatFlows(e.stdout, recs)
