@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -188,16 +189,21 @@ func (d *Datapath) Detach(ifindex int) error {
 
 // Uninstall is the operator's removal of enforcement (an agent stopping
 // never removes it). It deletes the classic tc filters running the agent's
-// programs on each of ifaces, in the calling thread's network namespace (a
+// programs on every interface in the calling thread's network namespace (a
 // filter holds its program without any pin), unpins the TCX links under
 // pinDir (which detaches them), then removes the pinned programs and maps
-// and pinDir itself. It returns what it removed, in that order.
+// and pinDir itself. It returns what it removed, in that order. A filter
+// or link it cannot remove fails it and leaves the programs and maps pinned.
+//
+// The interface names a caller passes are not consulted: an interface an
+// earlier configuration named keeps its filter, still dropping traffic
+// with its maps unpinned, after the current configuration drops it.
 //
 // pinDir absent where bpffs is mounted means nothing is pinned: not an
 // error. A pinDir off bpffs, or holding anything the agent does not pin, is
 // refused before anything changes: a wrong path must not cost another
 // program its pins.
-func Uninstall(pinDir string, ifaces ...string) ([]string, error) {
+func Uninstall(pinDir string, _ ...string) ([]string, error) {
 	if !filepath.IsAbs(pinDir) {
 		return nil, fmt.Errorf("%w: pin directory %q: want an absolute path", ErrConfig, pinDir)
 	}
@@ -208,12 +214,16 @@ func Uninstall(pinDir string, ifaces ...string) ([]string, error) {
 	var removed []string
 	var errs []error
 	if _, err := exec.LookPath("tc"); err == nil { // without tc, no filter of ours
-		for _, name := range ifaces {
-			if _, err := net.InterfaceByName(name); err != nil {
-				continue // gone, and its filters with it
-			}
+		devs, err := clsactDevs()
+		errs = append(errs, err)
+		for _, name := range devs {
 			for _, h := range []hook{ingress, egress} {
 				ok, err := deleteTCFilter(name, h)
+				if err != nil {
+					if _, lerr := net.InterfaceByName(name); lerr != nil {
+						break // gone since listed, and its filters with it
+					}
+				}
 				if ok {
 					removed = append(removed, "tc filter "+name+" "+h.name)
 				}
@@ -345,14 +355,40 @@ func isTCXPin(name string) bool {
 	return false
 }
 
-// deleteTCFilter deletes the classic tc filter at the agent's pref and
-// handle on ifname's hook if it runs one of the agent's programs.
+// clsactDevs lists the devices, in the calling thread's network namespace,
+// whose clsact (or ingress) qdisc can hold filters on the ingress or egress
+// hook: one tc run instead of two per interface on a host full of veths.
+func clsactDevs() ([]string, error) {
+	out, err := exec.Command("tc", "-j", "qdisc", "show").Output()
+	if err != nil {
+		return nil, fmt.Errorf("enforcer: tc qdisc show: %w", err)
+	}
+	var qdiscs []struct {
+		Kind string `json:"kind"`
+		Dev  string `json:"dev"`
+	}
+	if err := json.Unmarshal(out, &qdiscs); err != nil {
+		return nil, fmt.Errorf("enforcer: tc qdisc show: %w", err)
+	}
+	var devs []string
+	for _, q := range qdiscs {
+		if (q.Kind == "clsact" || q.Kind == "ingress") && !slices.Contains(devs, q.Dev) {
+			devs = append(devs, q.Dev)
+		}
+	}
+	return devs, nil
+}
+
+// deleteTCFilter deletes the classic tc filter at the agent's chain, pref
+// and handle on ifname's hook if it runs one of the agent's programs.
 func deleteTCFilter(ifname string, h hook) (bool, error) {
 	out, err := exec.Command("tc", "-j", "filter", "show", "dev", ifname, h.name, "pref", tcPref).Output()
 	if err != nil {
 		return false, fmt.Errorf("enforcer: tc filter show dev %s %s: %w", ifname, h.name, err)
 	}
 	var filters []struct {
+		Kind    string `json:"kind"`
+		Chain   int    `json:"chain"`
 		Options struct {
 			Handle string `json:"handle"`
 			Prog   struct {
@@ -365,7 +401,7 @@ func deleteTCFilter(ifname string, h hook) (bool, error) {
 	}
 	for _, f := range filters {
 		// The kernel keeps the first 15 bytes of a program name.
-		if f.Options.Handle == "0x1" && strings.HasPrefix(f.Options.Prog.Name, "palisade_") {
+		if f.Kind == "bpf" && f.Chain == 0 && f.Options.Handle == "0x1" && strings.HasPrefix(f.Options.Prog.Name, "palisade_") {
 			if err := tcCmd("filter", "del", "dev", ifname, h.name, "pref", tcPref, "handle", "1", "bpf"); err != nil {
 				return false, fmt.Errorf("enforcer: %w", err)
 			}

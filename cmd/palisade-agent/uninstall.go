@@ -83,7 +83,7 @@ func uninstallCmd(args []string) error {
 	}
 	for _, name := range ifaces {
 		if _, err := net.InterfaceByName(name); err != nil {
-			fmt.Printf("warning: interface %s is not in this network namespace: tc filters on it are left alone\n", name)
+			fmt.Printf("warning: configured interface %s is not in this network namespace\n", name)
 			log.Warn("interface not found", "interface", name)
 		}
 	}
