@@ -31,6 +31,11 @@ type SourceOptions struct {
 	// RetryMin and RetryMax bound the backoff after a failed renewal
 	// (defaults 1s and 30s).
 	RetryMin, RetryMax time.Duration
+	// AttemptMin and AttemptMax bound how long one attestation may take
+	// (defaults 10s and 2m). Within them an attempt gets a quarter of the
+	// SVID's remaining life, so a stalled stream (appliance rebooted,
+	// network partitioned) is abandoned and retried well before expiry.
+	AttemptMin, AttemptMax time.Duration
 	// Now defaults to time.Now.
 	Now func() time.Time
 }
@@ -50,6 +55,14 @@ type Source struct {
 
 // NewSource attests once and returns the Source holding the result.
 func NewSource(ctx context.Context, attest AttestFunc, o SourceOptions) (*Source, error) {
+	s := &Source{attest: attest, o: o.withDefaults(), now: make(chan struct{}, 1)}
+	if err := s.Renew(ctx); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func (o SourceOptions) withDefaults() SourceOptions {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -59,14 +72,17 @@ func NewSource(ctx context.Context, attest AttestFunc, o SourceOptions) (*Source
 	if o.RetryMax < o.RetryMin {
 		o.RetryMax = max(30*time.Second, o.RetryMin)
 	}
+	if o.AttemptMax <= 0 {
+		o.AttemptMax = 2 * time.Minute
+	}
+	if o.AttemptMin <= 0 {
+		o.AttemptMin = 10 * time.Second
+	}
+	o.AttemptMin = min(o.AttemptMin, o.AttemptMax)
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	s := &Source{attest: attest, o: o, now: make(chan struct{}, 1)}
-	if err := s.Renew(ctx); err != nil {
-		return nil, err
-	}
-	return s, nil
+	return o
 }
 
 // GetX509SVID implements x509svid.Source.
@@ -86,14 +102,39 @@ func (s *Source) RenewAt() time.Time {
 	return s.renewAt
 }
 
-// Renew attests now and, on success, replaces the SVID.
+// attemptTimeout bounds the next attestation: a quarter of the current
+// SVID's remaining life within [AttemptMin, AttemptMax]. Without a valid
+// SVID there is no expiry to race, so a slow appliance gets AttemptMax.
+func (s *Source) attemptTimeout() time.Duration {
+	s.mu.RLock()
+	svid := s.svid
+	s.mu.RUnlock()
+	if svid == nil {
+		return s.o.AttemptMax
+	}
+	left := svid.Certificates[0].NotAfter.Sub(s.o.Now())
+	if left <= 0 {
+		return s.o.AttemptMax
+	}
+	return min(max(left/4, s.o.AttemptMin), s.o.AttemptMax)
+}
+
+// Renew attests now and, on success, replaces the SVID. The attempt is
+// bounded (see SourceOptions.AttemptMax) even if ctx has no deadline: the
+// stream's only other liveness check would be TCP keepalive, hours away.
 func (s *Source) Renew(ctx context.Context) error {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return fmt.Errorf("agent: node key: %w", err)
 	}
-	res, err := s.attest(ctx, key)
+	timeout := s.attemptTimeout()
+	actx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	res, err := s.attest(actx, key)
 	if err != nil {
+		if ctx.Err() == nil && actx.Err() != nil {
+			return fmt.Errorf("agent: attestation abandoned after %v: %w", timeout, err)
+		}
 		return err
 	}
 	leaf := res.Chain[0]

@@ -8,6 +8,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"math/big"
 	"net/url"
 	"sync"
@@ -22,7 +23,8 @@ import (
 
 // fakeAttester issues node SVIDs from a testca intermediate, counting
 // calls; fail makes the next calls fail; otherKey signs for a key the node
-// did not send.
+// did not send; stall makes calls hang until their ctx ends, like a stream
+// whose server went silent, recording the time each was given.
 type fakeAttester struct {
 	ca  *testca.CA
 	ttl time.Duration
@@ -31,13 +33,25 @@ type fakeAttester struct {
 	calls    int
 	fail     error
 	otherKey bool
+	stall    bool
+	budgets  []time.Duration // of stalled calls; 0 for no deadline
 	keys     []crypto.PublicKey
 }
 
-func (f *fakeAttester) attest(_ context.Context, key crypto.Signer) (*Result, error) {
+func (f *fakeAttester) attest(ctx context.Context, key crypto.Signer) (*Result, error) {
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	f.calls++
+	if f.stall {
+		var budget time.Duration
+		if d, ok := ctx.Deadline(); ok {
+			budget = time.Until(d)
+		}
+		f.budgets = append(f.budgets, budget)
+		f.mu.Unlock()
+		<-ctx.Done()
+		return nil, fmt.Errorf("fake: %w", ctx.Err())
+	}
+	defer f.mu.Unlock()
 	if f.fail != nil {
 		return nil, f.fail
 	}
@@ -193,6 +207,92 @@ func TestSourceRenewNow(t *testing.T) {
 	if !s.RenewAt().After(time.Now().Add(20 * time.Minute)) {
 		t.Fatalf("next renewal %v: want half-life of the new SVID", s.RenewAt())
 	}
+}
+
+func TestAttemptTimeout(t *testing.T) {
+	now := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	tests := []struct {
+		name     string
+		min, max time.Duration
+		left     time.Duration // SVID's remaining life; 0 for no SVID yet
+		want     time.Duration
+	}{
+		{"first attestation", 0, 0, 0, 2 * time.Minute},
+		{"long life: capped", 0, 0, time.Hour, 2 * time.Minute},
+		{"quarter of what is left", 0, 0, 4 * time.Minute, time.Minute},
+		{"near expiry: floor", 0, 0, 20 * time.Second, 10 * time.Second},
+		{"expired: no expiry to race", 0, 0, -time.Minute, 2 * time.Minute},
+		{"options", time.Second, 5 * time.Second, 12 * time.Second, 3 * time.Second},
+		{"max below default min", 0, 200 * time.Millisecond, 100 * time.Millisecond, 200 * time.Millisecond},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s := &Source{o: SourceOptions{AttemptMin: tc.min, AttemptMax: tc.max, Now: func() time.Time { return now }}.withDefaults()}
+			if tc.left != 0 {
+				s.svid = &x509svid.SVID{Certificates: []*x509.Certificate{{NotAfter: now.Add(tc.left)}}}
+			}
+			if got := s.attemptTimeout(); got != tc.want {
+				t.Fatalf("attemptTimeout() = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+// A server that goes silent mid-stream must cost one bounded attempt, not
+// the SVID: the attempt is abandoned and retried, and RenewNow is not stuck
+// behind it.
+func TestSourceStalledAttestation(t *testing.T) {
+	ca := testca.New(t, "example.org")
+	opts := SourceOptions{RetryMin: 10 * time.Millisecond, RetryMax: 20 * time.Millisecond,
+		AttemptMin: 50 * time.Millisecond, AttemptMax: 200 * time.Millisecond}
+	// Cancelled at cleanup so that, should the bound be missing, stalled
+	// calls end and the test fails rather than hangs.
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+
+	t.Run("first attestation", func(t *testing.T) {
+		f := &fakeAttester{ca: ca, ttl: time.Hour, stall: true}
+		errc := make(chan error, 1)
+		go func() { _, err := NewSource(ctx, f.attest, opts); errc <- err }()
+		select {
+		case err := <-errc:
+			if !errors.Is(err, context.DeadlineExceeded) {
+				t.Fatalf("NewSource err = %v, want deadline exceeded", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("NewSource still waiting on a silent server")
+		}
+	})
+
+	t.Run("renewal", func(t *testing.T) {
+		f := &fakeAttester{ca: ca, ttl: time.Hour}
+		s, err := NewSource(ctx, f.attest, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		first, _ := s.GetX509SVID()
+		runCtx, stop := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { s.Run(runCtx); close(done) }()
+		defer func() { stop(); <-done }()
+
+		f.set(func(f *fakeAttester) { f.stall = true })
+		s.RenewNow()
+		waitFor(t, 5*time.Second, func() bool { return f.count() >= 4 })
+		f.mu.Lock()
+		budgets := append([]time.Duration(nil), f.budgets...)
+		f.mu.Unlock()
+		for i, b := range budgets {
+			if b <= 0 || b > opts.AttemptMax {
+				t.Fatalf("stalled attempt %d had %v, want a deadline within %v", i, b, opts.AttemptMax)
+			}
+		}
+		f.set(func(f *fakeAttester) { f.stall = false })
+		waitFor(t, 5*time.Second, func() bool {
+			cur, err := s.GetX509SVID()
+			return err == nil && cur.Certificates[0].SerialNumber.Cmp(first.Certificates[0].SerialNumber) != 0
+		})
+	})
 }
 
 func waitFor(t *testing.T, d time.Duration, cond func() bool) {

@@ -185,6 +185,11 @@ func clientCert(svid *x509svid.SVID) func(*tls.CertificateRequestInfo) (*tls.Cer
 }
 
 func runCmd(args []string) error {
+	// First: SIGHUP's default action ends the process (status 129, which
+	// systemd counts as clean, so Restart=on-failure does not restart it).
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	cfg, err := loadFlags("run", args, nil)
 	if err != nil {
 		return err
@@ -192,14 +197,27 @@ func runCmd(args []string) error {
 	log := cfg.Log.NewLogger()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, cfg, log); err != nil {
+	if err := run(ctx, cfg, log, hup); err != nil {
 		log.Error("palisade-agent stopped", "err", err)
 		return err
 	}
 	return nil
 }
 
-func run(ctx context.Context, cfg *Config, log *slog.Logger) error {
+func run(ctx context.Context, cfg *Config, log *slog.Logger, hup <-chan os.Signal) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	// The enforcer's ReloadPolicy, once it exists; nil without an enforcer.
+	var enforcerUp chan func() error
+	hupLog := log
+	if cfg.Enforcer != nil {
+		enforcerUp = make(chan func() error, 1)
+		hupLog = log.With("file", cfg.Enforcer.PolicyFile)
+	}
+	hupDone := make(chan struct{})
+	go func() { defer close(hupDone); serveHUP(ctx, hup, enforcerUp, hupLog) }()
+	defer func() { cancel(); <-hupDone }()
+
 	if cfg.Enforcer != nil {
 		release, err := lockPinDir(cfg.Enforcer.PinDir, true)
 		if err != nil {
@@ -234,8 +252,6 @@ func run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		}
 		return err
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	done := make(chan struct{})
 	go func() { defer close(done); src.Run(ctx) }()
 	defer func() { cancel(); <-done }()
@@ -276,25 +292,47 @@ func run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		return err
 	}
 	recheck.Store(enf.Admitter())
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
-	go func() {
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-hup:
-				if err := enf.ReloadPolicy(); err != nil {
-					log.Error("policy reload refused", "file", cfg.Enforcer.PolicyFile, "err", err)
-				} else {
-					log.Info("policy reloaded", "file", cfg.Enforcer.PolicyFile)
-				}
-			}
-		}
-	}()
+	enforcerUp <- enf.ReloadPolicy
 	log.Info("palisade-agent ready", "admission", enf.AdmissionAddr().String(), "interfaces", cfg.Enforcer.Interfaces, "mode", cfg.Enforcer.Mode)
 	return enf.Run(ctx)
+}
+
+// serveHUP turns SIGHUP into policy reloads until ctx ends. enforcerUp
+// delivers the enforcer's reload once it is running; it is nil in
+// attestation-only mode, where SIGHUP is logged and ignored. A SIGHUP before
+// the enforcer is up is remembered and applied once when it arrives: the
+// enforcer may have read the policy file before the edit it signals.
+func serveHUP(ctx context.Context, hup <-chan os.Signal, enforcerUp <-chan func() error, log *slog.Logger) {
+	var reload func() error
+	pending := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case reload = <-enforcerUp:
+			enforcerUp = nil
+			if !pending {
+				continue
+			}
+		case <-hup:
+			switch {
+			case reload != nil:
+			case enforcerUp == nil:
+				log.Info("SIGHUP ignored: no enforcer configured")
+				continue
+			default:
+				log.Info("SIGHUP before the enforcer is running: policy reload deferred until it starts")
+				pending = true
+				continue
+			}
+		}
+		pending = false
+		if err := reload(); err != nil {
+			log.Error("policy reload refused", "err", err)
+		} else {
+			log.Info("policy reloaded")
+		}
+	}
 }
 
 // firstSVID attests until it succeeds (the appliance may still be
