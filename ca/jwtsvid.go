@@ -46,13 +46,8 @@ func (c *CA) SignJWTSVID(ctx context.Context, req JWTRequest) (*JWTSVID, error) 
 	if req.ID.Path() == "" {
 		return nil, fmt.Errorf("%w: %s names the trust domain itself, not a workload", ErrInvalidSPIFFEID, req.ID)
 	}
-	if len(req.Audience) == 0 {
-		return nil, ErrBadAudience
-	}
-	for _, a := range req.Audience {
-		if a == "" {
-			return nil, fmt.Errorf("%w: empty audience value", ErrBadAudience)
-		}
+	if err := checkAudience(req.Audience); err != nil {
+		return nil, err
 	}
 	ttl, err := svidTTL(req.TTL, c.cfg.JWTSVIDTTL, c.cfg.MaxJWTSVIDTTL)
 	if err != nil {
@@ -109,6 +104,37 @@ func (c *CA) SignJWTSVID(ctx context.Context, req JWTRequest) (*JWTSVID, error) 
 		return nil, fmt.Errorf("ca: audit JWT-SVID: %w", err)
 	}
 	return &JWTSVID{Token: token, ID: req.ID, Audience: req.Audience, IssuedAt: now, ExpiresAt: exp, KeyID: s.rec.KeyID}, nil
+}
+
+// Bounds on a JWT-SVID's audience, so that the token and its audit record
+// stay small: a request over them is refused before anything is signed.
+const (
+	MaxAudiences         = 32
+	MaxAudienceBytes     = 256
+	MaxAudienceListBytes = 4 << 10
+)
+
+func checkAudience(aud []string) error {
+	if len(aud) == 0 {
+		return ErrBadAudience
+	}
+	if len(aud) > MaxAudiences {
+		return fmt.Errorf("%w: %d audience values (max %d)", ErrBadAudience, len(aud), MaxAudiences)
+	}
+	total := 0
+	for _, a := range aud {
+		switch {
+		case a == "":
+			return fmt.Errorf("%w: empty audience value", ErrBadAudience)
+		case len(a) > MaxAudienceBytes:
+			return fmt.Errorf("%w: audience value of %d bytes (max %d)", ErrBadAudience, len(a), MaxAudienceBytes)
+		}
+		total += len(a)
+	}
+	if total > MaxAudienceListBytes {
+		return fmt.Errorf("%w: audience values total %d bytes (max %d)", ErrBadAudience, total, MaxAudienceListBytes)
+	}
+	return nil
 }
 
 func jwsAlg(pub crypto.PublicKey) (alg string, hash crypto.Hash, size int, err error) {

@@ -2,8 +2,6 @@ package nodeapi
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"math/big"
 	"sync/atomic"
@@ -21,20 +19,26 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// TestBanRacesIssuance bans the calling node while its workload SVID
-// request is past the Gate, with the real CA, store and revocation
-// service: the node must end with no valid certificate (its own or one
-// issued through it) and the request refused, wherever the ban lands.
+// TestBanRacesIssuance bans a node while an SVID request from it (or from
+// one of its workloads) is past the Gate, with the real CA, store and
+// revocation service: the node must end with no valid certificate (its own
+// or one issued through it) and the request refused, wherever the ban
+// lands.
 func TestBanRacesIssuance(t *testing.T) {
 	tests := []struct {
 		name string
 		// pauseAt is the Gate call that waits for the ban: 1 after the
 		// check before issuance, 2 before the check after the record.
 		pauseAt int64
+		// workload: the caller is the node's workload, asking for its child.
+		workload bool
 	}{
 		{name: "ban between the check and the issuance", pauseAt: 1},
 		{name: "ban between the record and the re-check", pauseAt: 2},
 		{name: "no ban"},
+		{name: "workload caller, ban between the check and the issuance", pauseAt: 1, workload: true},
+		{name: "workload caller, ban between the record and the re-check", pauseAt: 2, workload: true},
+		{name: "workload caller, no ban", workload: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -47,9 +51,12 @@ func TestBanRacesIssuance(t *testing.T) {
 				t.Fatal(err)
 			}
 			nodeID := spiffeid.RequireFromPath(c.TrustDomain(), NodePathPrefix+"n1")
-			if _, err := st.CreateEntry(store.Entry{SPIFFEID: "spiffe://example.org/web", ParentID: nodeID.String(),
-				Selectors: []store.Selector{{Type: "unix", Value: "uid:1000"}}, X509TTL: 10 * time.Minute}); err != nil {
-				t.Fatal(err)
+			webID := spiffeid.RequireFromString("spiffe://example.org/web")
+			for _, e := range [][2]string{{webID.String(), nodeID.String()}, {"spiffe://example.org/web/child", webID.String()}} {
+				if _, err := st.CreateEntry(store.Entry{SPIFFEID: e[0], ParentID: e[1],
+					Selectors: []store.Selector{{Type: "unix", Value: "uid:1000"}}, X509TTL: 10 * time.Minute}); err != nil {
+					t.Fatal(err)
+				}
 			}
 
 			// The ban as the attestor does it: flag, then revoke what the
@@ -63,7 +70,7 @@ func TestBanRacesIssuance(t *testing.T) {
 			}
 			var calls atomic.Int64
 			paused, resume := make(chan struct{}), make(chan struct{})
-			gate := func(_ context.Context, caller spiffeid.ID) error {
+			gate := func(_ context.Context, node spiffeid.ID) error {
 				n := calls.Add(1)
 				if n == tt.pauseAt && n == 2 {
 					close(paused)
@@ -74,7 +81,7 @@ func TestBanRacesIssuance(t *testing.T) {
 					close(paused)
 					<-resume
 				}
-				if refused {
+				if refused && node == nodeID {
 					return errors.New("node banned")
 				}
 				return nil
@@ -85,22 +92,22 @@ func TestBanRacesIssuance(t *testing.T) {
 					_, err := rev.Revoke(ctx, "nodeapi", serial, 1)
 					return err
 				}})
-			node, err := IssueLocal(ctx, c, nodeID, store.KindNodeSVID, "test")
+			caller, err := IssueLocal(ctx, c, nodeID, store.KindNodeSVID, "test")
 			if err != nil {
 				t.Fatal(err)
 			}
-			conn, err := Dial(addr, c.TrustDomain(), []*x509.Certificate{c.Root()}, func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
-				return node, nil
-			})
-			if err != nil {
-				t.Fatal(err)
+			req := &nodev1.SignX509SVIDRequest{Csr: csr(t, webID.String())}
+			want := 2 // the node's SVID and the one issued
+			if tt.workload {
+				caller = issueUnder(t, c, webID, nodeID)
+				req.Csr = csr(t, "spiffe://example.org/web/child")
+				want = 3
 			}
-			t.Cleanup(func() { conn.Close() })
+			client := dial(t, addr, c, caller)
 
 			done := make(chan error, 1)
-			req := &nodev1.SignX509SVIDRequest{Csr: csr(t, "spiffe://example.org/web")}
 			go func() {
-				_, err := nodev1.NewNodeClient(conn).SignX509SVID(ctx, req)
+				_, err := client.SignX509SVID(ctx, req)
 				done <- err
 			}()
 			if tt.pauseAt != 0 {
@@ -116,9 +123,10 @@ func TestBanRacesIssuance(t *testing.T) {
 			}
 			err = <-done
 
+			// Every SVID but the server's own came from the node.
 			var valid, revoked int
 			if err := st.ForEachCert(func(r store.CertRecord) error {
-				if r.NodeID != nodeID.String() && r.SPIFFEID != nodeID.String() {
+				if r.Kind == store.KindServerSVID || store.IsCAKind(r.Kind) {
 					return nil
 				}
 				if r.Status == store.CertRevoked {
@@ -131,16 +139,16 @@ func TestBanRacesIssuance(t *testing.T) {
 				t.Fatal(err)
 			}
 			if tt.pauseAt == 0 {
-				if err != nil || valid != 2 || revoked != 0 {
-					t.Fatalf("request: %v; %d valid, %d revoked, want the node's and the workload's SVIDs valid", err, valid, revoked)
+				if err != nil || valid != want || revoked != 0 {
+					t.Fatalf("request: %v; %d valid, %d revoked, want %d valid", err, valid, revoked, want)
 				}
 				return
 			}
 			if status.Code(err) != codes.PermissionDenied {
 				t.Fatalf("request from the banned node: %v, want PermissionDenied", err)
 			}
-			if valid != 0 || revoked != 2 {
-				t.Fatalf("banned node: %d valid, %d revoked certificates, want 0 and 2 (its SVID and the workload's)", valid, revoked)
+			if valid != 0 || revoked != want {
+				t.Fatalf("banned node: %d valid, %d revoked certificates, want 0 and %d", valid, revoked, want)
 			}
 		})
 	}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"math/big"
 	"strings"
 	"time"
@@ -32,6 +33,14 @@ const NodePathPrefix = "/palisade/node/"
 // ServerPath is the path of palisade-server's own SVID.
 const ServerPath = "/palisade/server"
 
+// maxIDBytes is the longest SPIFFE ID the store accepts.
+const maxIDBytes = 2048
+
+// ErrGateUnavailable, wrapped by a Gate error, means the gate could not
+// decide (e.g. its store failed): the call is refused as Unavailable, which
+// a client retries, rather than PermissionDenied.
+var ErrGateUnavailable = errors.New("nodeapi: caller check unavailable")
+
 // Entries lists registration entries.
 type Entries interface {
 	ListEntries(store.EntryFilter) ([]store.Entry, error)
@@ -47,12 +56,14 @@ type Options struct {
 	CA      *ca.CA
 	Entries Entries
 	Certs   Certs
-	// Gate, if set, may refuse a verified caller (e.g. a banned node). It
-	// runs before and again after each issuance.
-	Gate func(ctx context.Context, caller spiffeid.ID) error
+	// Gate, if set, may refuse the node a verified caller descends from
+	// (e.g. a banned node; see ErrGateUnavailable). It runs before and again
+	// after each issuance.
+	Gate func(ctx context.Context, node spiffeid.ID) error
 	// Revoke, if set, durably revokes (and audits) serial, an X509-SVID
-	// issued through caller whom Gate refused once it was recorded.
-	Revoke func(ctx context.Context, caller spiffeid.ID, serial *big.Int) error
+	// issued through a descendant of node, which Gate refused once the SVID
+	// was recorded.
+	Revoke func(ctx context.Context, node spiffeid.ID, serial *big.Int) error
 	Log    *slog.Logger
 }
 
@@ -105,40 +116,62 @@ func Caller(ctx context.Context, bundle *x509bundle.Bundle) (spiffeid.ID, *x509.
 	return id, certs[0], nil
 }
 
-func (s *Service) authenticate(ctx context.Context) (spiffeid.ID, error) {
+// authenticate returns the verified caller and the node it descends from:
+// itself for a node SVID, else the node recorded for its own SVID (or
+// itself if none is, as for an SVID the operator issued). An SVID issued
+// through the caller is recorded under that node, so banning the node
+// revokes its workloads' descendants too.
+func (s *Service) authenticate(ctx context.Context) (caller, node spiffeid.ID, err error) {
 	b := x509bundle.FromX509Authorities(s.o.CA.TrustDomain(), []*x509.Certificate{s.o.CA.Root()})
 	id, leaf, err := Caller(ctx, b)
 	if err != nil {
-		return spiffeid.ID{}, status.Error(codes.Unauthenticated, err.Error())
+		return spiffeid.ID{}, spiffeid.ID{}, status.Error(codes.Unauthenticated, err.Error())
 	}
 	rec, err := s.o.Certs.Cert(leaf.SerialNumber)
 	switch {
 	case errors.Is(err, store.ErrCertNotFound):
-		return spiffeid.ID{}, status.Errorf(codes.Unauthenticated, "client SVID serial %x was not issued by this appliance", leaf.SerialNumber)
+		return spiffeid.ID{}, spiffeid.ID{}, status.Errorf(codes.Unauthenticated, "client SVID serial %x was not issued by this appliance", leaf.SerialNumber)
 	case err != nil:
-		return spiffeid.ID{}, status.Errorf(codes.Unavailable, "revocation lookup: %v", err)
+		return spiffeid.ID{}, spiffeid.ID{}, status.Errorf(codes.Unavailable, "revocation lookup: %v", err)
 	case rec.Status == store.CertRevoked:
-		return spiffeid.ID{}, status.Errorf(codes.PermissionDenied, "client SVID serial %x is revoked", leaf.SerialNumber)
+		return spiffeid.ID{}, spiffeid.ID{}, status.Errorf(codes.PermissionDenied, "client SVID serial %x is revoked", leaf.SerialNumber)
 	}
-	if s.o.Gate != nil {
-		if err := s.o.Gate(ctx, id); err != nil {
-			return spiffeid.ID{}, status.Errorf(codes.PermissionDenied, "%s: %v", id, err)
+	node = id
+	if !strings.HasPrefix(id.Path(), NodePathPrefix) && rec.NodeID != "" {
+		if node, err = spiffeid.FromString(rec.NodeID); err != nil {
+			return spiffeid.ID{}, spiffeid.ID{}, status.Errorf(codes.Internal, "client SVID serial %x is recorded under node %q: %v", leaf.SerialNumber, rec.NodeID, err)
 		}
 	}
-	return id, nil
+	if err := s.gate(ctx, node); err != nil {
+		return spiffeid.ID{}, spiffeid.ID{}, err
+	}
+	return id, node, nil
 }
 
-// afterIssue runs once the X509-SVID serial, issued through caller, is
-// durably recorded (SignX509SVID returns only then) and before it leaves.
-// It asks Gate again and, if caller is now refused, revokes serial and
-// refuses. A ban sets its flag, then revokes what the CA holds for the
-// node; an issuance records, then asks Gate. Whichever second step comes
-// last sees the other's first, so the SVID is revoked by the ban or here.
-func (s *Service) afterIssue(ctx context.Context, caller spiffeid.ID, serial *big.Int) error {
+// gate asks Gate about node and returns the refusal as a gRPC status.
+func (s *Service) gate(ctx context.Context, node spiffeid.ID) error {
 	if s.o.Gate == nil {
 		return nil
 	}
-	gerr := s.o.Gate(ctx, caller)
+	err := s.o.Gate(ctx, node)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, ErrGateUnavailable):
+		return status.Errorf(codes.Unavailable, "%s: %v", node, err)
+	}
+	return status.Errorf(codes.PermissionDenied, "%s: %v", node, err)
+}
+
+// afterIssue runs once the X509-SVID serial, recorded under node, is
+// durably recorded (SignX509SVID returns only then) and before it leaves.
+// It asks Gate again and, if node is now refused (or Gate cannot tell),
+// revokes serial and refuses. A ban sets its flag, then revokes what the
+// CA holds for the node; an issuance records, then asks Gate. Whichever
+// second step comes last sees the other's first, so the SVID is revoked by
+// the ban or here.
+func (s *Service) afterIssue(ctx context.Context, node spiffeid.ID, serial *big.Int) error {
+	gerr := s.gate(ctx, node)
 	if gerr == nil {
 		return nil
 	}
@@ -146,19 +179,22 @@ func (s *Service) afterIssue(ctx context.Context, caller spiffeid.ID, serial *bi
 		// The revocation must complete even if the caller hangs up.
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer cancel()
-		if err := s.o.Revoke(rctx, caller, serial); err != nil {
-			s.o.Log.Error("SVID issued to a refused caller could not be revoked", "caller", caller.String(),
+		if err := s.o.Revoke(rctx, node, serial); err != nil {
+			s.o.Log.Error("SVID issued to a refused node could not be revoked", "node", node.String(),
 				"serial", fmt.Sprintf("%x", serial), "err", err)
-			return status.Errorf(codes.Unavailable, "%s: %v (revoking the SVID just issued failed: %v)", caller, gerr, err)
+			return status.Errorf(codes.Unavailable, "%s (revoking the SVID just issued failed: %v)", status.Convert(gerr).Message(), err)
 		}
-		s.o.Log.Warn("revoked SVID whose issuance raced a refusal of its caller", "caller", caller.String(),
-			"serial", fmt.Sprintf("%x", serial), "reason", gerr)
+		s.o.Log.Warn("revoked SVID whose issuance raced a refusal of its node", "node", node.String(),
+			"serial", fmt.Sprintf("%x", serial), "reason", status.Convert(gerr).Message())
 	}
-	return status.Errorf(codes.PermissionDenied, "%s: %v", caller, gerr)
+	return gerr
 }
 
 // authorizedEntry finds the entry parented by caller for id.
 func (s *Service) authorizedEntry(caller, id spiffeid.ID) (store.Entry, error) {
+	if n := len(id.String()); n > maxIDBytes {
+		return store.Entry{}, status.Errorf(codes.InvalidArgument, "SPIFFE ID of %d bytes (max %d)", n, maxIDBytes)
+	}
 	if strings.HasPrefix(id.Path(), NodePathPrefix) || id.Path() == ServerPath {
 		return store.Entry{}, status.Errorf(codes.PermissionDenied, "%s is a node or server identity: it is only issued through attestation", id)
 	}
@@ -170,6 +206,24 @@ func (s *Service) authorizedEntry(caller, id spiffeid.ID) (store.Entry, error) {
 		return store.Entry{}, status.Errorf(codes.PermissionDenied, "%s is not authorised for %s (no registration entry with that parent)", caller, id)
 	}
 	return es[0], nil
+}
+
+// requestTTL is the TTL a request's ttl_seconds asks for (0: the entry's).
+// An entry's TTL, when set, is also the most a request may ask for.
+func requestTTL(secs int64, entryTTL time.Duration, kind string) (time.Duration, error) {
+	switch {
+	case secs < 0:
+		return 0, status.Error(codes.InvalidArgument, "ttl_seconds must not be negative")
+	case secs > math.MaxInt64/int64(time.Second):
+		return 0, status.Errorf(codes.InvalidArgument, "ttl_seconds %d out of range", secs)
+	case secs == 0:
+		return entryTTL, nil
+	}
+	ttl := time.Duration(secs) * time.Second
+	if entryTTL > 0 && ttl > entryTTL {
+		return 0, status.Errorf(codes.InvalidArgument, "ttl_seconds %d exceeds the entry's %s TTL of %s", secs, kind, entryTTL)
+	}
+	return ttl, nil
 }
 
 func caStatus(err error) error {
@@ -184,7 +238,7 @@ func caStatus(err error) error {
 
 // SignX509SVID implements nodev1.NodeServer.
 func (s *Service) SignX509SVID(ctx context.Context, req *nodev1.SignX509SVIDRequest) (*nodev1.SignX509SVIDResponse, error) {
-	caller, err := s.authenticate(ctx)
+	caller, node, err := s.authenticate(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -196,21 +250,18 @@ func (s *Service) SignX509SVID(ctx context.Context, req *nodev1.SignX509SVIDRequ
 	if err != nil {
 		return nil, err
 	}
-	ttl := time.Duration(req.GetTtlSeconds()) * time.Second
-	if ttl < 0 {
-		return nil, status.Error(codes.InvalidArgument, "ttl_seconds must not be negative")
-	}
-	if ttl == 0 {
-		ttl = entry.X509TTL
+	ttl, err := requestTTL(req.GetTtlSeconds(), entry.X509TTL, "X509-SVID")
+	if err != nil {
+		return nil, err
 	}
 	svid, err := s.o.CA.SignX509SVID(ctx, ca.X509Request{
 		CSR: csr, ID: csr.ID, TTL: ttl, DNSNames: entry.DNSNames,
-		NodeID: caller.String(), EntryID: entry.ID, Actor: caller.String(),
+		NodeID: node.String(), EntryID: entry.ID, Actor: caller.String(),
 	})
 	if err != nil {
 		return nil, caStatus(err)
 	}
-	if err := s.afterIssue(ctx, caller, svid.Certificates[0].SerialNumber); err != nil {
+	if err := s.afterIssue(ctx, node, svid.Certificates[0].SerialNumber); err != nil {
 		return nil, err
 	}
 	resp := &nodev1.SignX509SVIDResponse{EntryId: entry.ID}
@@ -222,7 +273,7 @@ func (s *Service) SignX509SVID(ctx context.Context, req *nodev1.SignX509SVIDRequ
 
 // MintJWTSVID implements nodev1.NodeServer.
 func (s *Service) MintJWTSVID(ctx context.Context, req *nodev1.MintJWTSVIDRequest) (*nodev1.MintJWTSVIDResponse, error) {
-	caller, err := s.authenticate(ctx)
+	caller, node, err := s.authenticate(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -234,29 +285,24 @@ func (s *Service) MintJWTSVID(ctx context.Context, req *nodev1.MintJWTSVIDReques
 	if err != nil {
 		return nil, err
 	}
-	ttl := time.Duration(req.GetTtlSeconds()) * time.Second
-	if ttl < 0 {
-		return nil, status.Error(codes.InvalidArgument, "ttl_seconds must not be negative")
-	}
-	if ttl == 0 {
-		ttl = entry.JWTTTL
+	ttl, err := requestTTL(req.GetTtlSeconds(), entry.JWTTTL, "JWT-SVID")
+	if err != nil {
+		return nil, err
 	}
 	tok, err := s.o.CA.SignJWTSVID(ctx, ca.JWTRequest{ID: id, Audience: req.GetAudience(), TTL: ttl, Actor: caller.String()})
 	if err != nil {
 		return nil, caStatus(err)
 	}
 	// A JWT-SVID cannot be revoked: withhold it if a ban landed meanwhile.
-	if s.o.Gate != nil {
-		if err := s.o.Gate(ctx, caller); err != nil {
-			return nil, status.Errorf(codes.PermissionDenied, "%s: %v", caller, err)
-		}
+	if err := s.gate(ctx, node); err != nil {
+		return nil, err
 	}
 	return &nodev1.MintJWTSVIDResponse{Token: tok.Token, ExpiresAt: tok.ExpiresAt.Unix()}, nil
 }
 
 // FetchBundle implements nodev1.NodeServer.
 func (s *Service) FetchBundle(ctx context.Context, _ *nodev1.FetchBundleRequest) (*nodev1.FetchBundleResponse, error) {
-	if _, err := s.authenticate(ctx); err != nil {
+	if _, _, err := s.authenticate(ctx); err != nil {
 		return nil, err
 	}
 	b := s.o.CA.Bundle()
@@ -274,7 +320,7 @@ func (s *Service) FetchBundle(ctx context.Context, _ *nodev1.FetchBundleRequest)
 
 // ListAuthorizedEntries implements nodev1.NodeServer.
 func (s *Service) ListAuthorizedEntries(ctx context.Context, _ *nodev1.ListAuthorizedEntriesRequest) (*nodev1.ListAuthorizedEntriesResponse, error) {
-	caller, err := s.authenticate(ctx)
+	caller, _, err := s.authenticate(ctx)
 	if err != nil {
 		return nil, err
 	}

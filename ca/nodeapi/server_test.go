@@ -5,7 +5,10 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"fmt"
+	"math"
 	"net"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -45,17 +48,26 @@ func TestSignX509SVIDAuthorization(t *testing.T) {
 	nodeID := spiffeid.RequireFromPath(td, NodePathPrefix+"n1")
 	bannedID := spiffeid.RequireFromPath(td, NodePathPrefix+"n2")
 	revokedID := spiffeid.RequireFromPath(td, NodePathPrefix+"n3")
+	flakyID := spiffeid.RequireFromPath(td, NodePathPrefix+"n4")
 	// Every caller has an entry for the workload: only the check under test
 	// can refuse it.
-	for _, parent := range []spiffeid.ID{nodeID, bannedID, revokedID} {
+	for _, parent := range []spiffeid.ID{nodeID, bannedID, revokedID, flakyID} {
 		if _, err := st.CreateEntry(store.Entry{SPIFFEID: "spiffe://example.org/web", ParentID: parent.String(),
 			Selectors: []store.Selector{{Type: "unix", Value: "uid:1000"}}, X509TTL: 10 * time.Minute}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	addr := serve(t, Options{CA: c, Entries: st, Certs: st, Gate: func(_ context.Context, caller spiffeid.ID) error {
-		if caller == bannedID {
+	// An entry with no TTL of its own: only the CA's cap bounds a request.
+	if _, err := st.CreateEntry(store.Entry{SPIFFEID: "spiffe://example.org/api", ParentID: nodeID.String(),
+		Selectors: []store.Selector{{Type: "unix", Value: "uid:1001"}}}); err != nil {
+		t.Fatal(err)
+	}
+	addr := serve(t, Options{CA: c, Entries: st, Certs: st, Gate: func(_ context.Context, node spiffeid.ID) error {
+		switch node {
+		case bannedID:
 			return errors.New("node is on the ban list")
+		case flakyID:
+			return fmt.Errorf("%w: ban list: store closed", ErrGateUnavailable)
 		}
 		return nil
 	}})
@@ -101,13 +113,21 @@ func TestSignX509SVIDAuthorization(t *testing.T) {
 		{name: "SVID from another root", cert: foreign, csr: csr(t, "spiffe://example.org/web"), code: codes.Unauthenticated, errHas: "client X509-SVID"},
 		{name: "revoked caller", cert: revoked, csr: csr(t, "spiffe://example.org/web"), code: codes.PermissionDenied, errHas: "revoked"},
 		{name: "banned caller", cert: issue(c, bannedID), csr: csr(t, "spiffe://example.org/web"), code: codes.PermissionDenied, errHas: "ban list"},
+		{name: "gate unavailable", cert: issue(c, flakyID), csr: csr(t, "spiffe://example.org/web"), code: codes.Unavailable, errHas: "store closed"},
 		{name: "no entry for the ID", cert: node, csr: csr(t, "spiffe://example.org/db"), code: codes.PermissionDenied, errHas: "not authorised"},
 		{name: "node identity", cert: node, csr: csr(t, nodeID.String()), code: codes.PermissionDenied, errHas: "only issued through attestation"},
 		{name: "server identity", cert: node, csr: csr(t, "spiffe://example.org"+ServerPath), code: codes.PermissionDenied, errHas: "only issued through attestation"},
 		{name: "malformed CSR", cert: node, csr: []byte("not a CSR"), code: codes.InvalidArgument, errHas: "CSR"},
 		{name: "foreign trust domain", cert: node, csr: csr(t, "spiffe://other.org/web"), code: codes.InvalidArgument, errHas: "other.org"},
+		{name: "SPIFFE ID over 2048 bytes", cert: node, csr: csr(t, "spiffe://example.org/"+strings.Repeat("a", 2048)), code: codes.InvalidArgument, errHas: "max 2048"},
 		{name: "negative TTL", cert: node, csr: csr(t, "spiffe://example.org/web"), ttl: -1, code: codes.InvalidArgument, errHas: "negative"},
-		{name: "TTL over the cap", cert: node, csr: csr(t, "spiffe://example.org/web"), ttl: 100 * 24 * 3600, code: codes.InvalidArgument, errHas: "TTL"},
+		{name: "TTL at the entry's", cert: node, csr: csr(t, "spiffe://example.org/web"), ttl: 600, code: codes.OK},
+		{name: "TTL over the entry's", cert: node, csr: csr(t, "spiffe://example.org/web"), ttl: 601, code: codes.InvalidArgument, errHas: "entry's X509-SVID TTL of 10m0s"},
+		{name: "TTL over the CA cap", cert: node, csr: csr(t, "spiffe://example.org/api"), ttl: 100 * 24 * 3600, code: codes.InvalidArgument, errHas: "exceeds the maximum"},
+		// 18446744074 s is 2^64 ns plus 0.29 s: a wrapping product is a
+		// short, valid TTL.
+		{name: "TTL overflowing a Duration", cert: node, csr: csr(t, "spiffe://example.org/web"), ttl: 18446744074, code: codes.InvalidArgument, errHas: "out of range"},
+		{name: "largest TTL in range", cert: node, csr: csr(t, "spiffe://example.org/api"), ttl: math.MaxInt64 / int64(time.Second), code: codes.InvalidArgument, errHas: "exceeds the maximum"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -170,4 +190,81 @@ func serve(t *testing.T, o Options) string {
 	go g.Serve(ln)
 	t.Cleanup(g.Stop)
 	return ln.Addr().String()
+}
+
+// TestMintJWTSVIDRequests checks a JWT-SVID request's TTL, audience and ID
+// bounds, and that the Gate is asked about the caller's node.
+func TestMintJWTSVIDRequests(t *testing.T) {
+	ctx := context.Background()
+	c, st := newCA(t, "example.org")
+	td := c.TrustDomain()
+	nodeID := spiffeid.RequireFromPath(td, NodePathPrefix+"n1")
+	bannedID := spiffeid.RequireFromPath(td, NodePathPrefix+"n2")
+	flakyID := spiffeid.RequireFromPath(td, NodePathPrefix+"n3")
+	for _, e := range [][2]string{
+		{"spiffe://example.org/web", nodeID.String()},
+		{"spiffe://example.org/web", flakyID.String()},
+		{"spiffe://example.org/web/child", "spiffe://example.org/web"},
+	} {
+		if _, err := st.CreateEntry(store.Entry{SPIFFEID: e[0], ParentID: e[1],
+			Selectors: []store.Selector{{Type: "unix", Value: "uid:1000"}}, JWTTTL: time.Minute}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	addr := serve(t, Options{CA: c, Entries: st, Certs: st, Gate: func(_ context.Context, node spiffeid.ID) error {
+		switch node {
+		case bannedID:
+			return errors.New("node is on the ban list")
+		case flakyID:
+			return fmt.Errorf("%w: ban list: store closed", ErrGateUnavailable)
+		}
+		return nil
+	}})
+	node, err := IssueLocal(ctx, c, nodeID, store.KindNodeSVID, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	flaky, err := IssueLocal(ctx, c, flakyID, store.KindNodeSVID, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A workload SVID issued through the banned node (not yet revoked).
+	bannedWorkload := issueUnder(t, c, spiffeid.RequireFromString("spiffe://example.org/web"), bannedID)
+
+	aud := []string{"db"}
+	tests := []struct {
+		name   string
+		cert   *tls.Certificate
+		id     string
+		aud    []string
+		ttl    int64
+		code   codes.Code
+		errHas string
+	}{
+		{name: "entry TTL by default", cert: node, id: "spiffe://example.org/web", aud: aud, code: codes.OK},
+		{name: "TTL at the entry's", cert: node, id: "spiffe://example.org/web", aud: aud, ttl: 60, code: codes.OK},
+		{name: "TTL over the entry's", cert: node, id: "spiffe://example.org/web", aud: aud, ttl: 3600, code: codes.InvalidArgument, errHas: "entry's JWT-SVID TTL of 1m0s"},
+		{name: "TTL overflowing a Duration", cert: node, id: "spiffe://example.org/web", aud: aud, ttl: 18446744074, code: codes.InvalidArgument, errHas: "out of range"},
+		{name: "negative TTL", cert: node, id: "spiffe://example.org/web", aud: aud, ttl: -1, code: codes.InvalidArgument, errHas: "negative"},
+		{name: "no audience", cert: node, id: "spiffe://example.org/web", code: codes.InvalidArgument, errHas: "audience"},
+		{name: "too many audiences", cert: node, id: "spiffe://example.org/web", aud: slices.Repeat(aud, ca.MaxAudiences+1), code: codes.InvalidArgument, errHas: "max 32"},
+		{name: "64 KiB audience", cert: node, id: "spiffe://example.org/web", aud: []string{strings.Repeat("a", 64<<10)}, code: codes.InvalidArgument, errHas: "max 256"},
+		{name: "SPIFFE ID over 2048 bytes", cert: node, id: "spiffe://example.org/" + strings.Repeat("a", 2048), aud: aud, code: codes.InvalidArgument, errHas: "max 2048"},
+		{name: "gate unavailable", cert: flaky, id: "spiffe://example.org/web", aud: aud, code: codes.Unavailable, errHas: "store closed"},
+		{name: "workload of a banned node", cert: bannedWorkload, id: "spiffe://example.org/web/child", aud: aud, code: codes.PermissionDenied, errHas: "ban list"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			resp, err := dial(t, addr, c, tt.cert).MintJWTSVID(ctx, &nodev1.MintJWTSVIDRequest{SpiffeId: tt.id, Audience: tt.aud, TtlSeconds: tt.ttl})
+			if got := status.Code(err); got != tt.code || !strings.Contains(status.Convert(err).Message(), tt.errHas) {
+				t.Fatalf("%v (%v), want %v naming %q", got, err, tt.code, tt.errHas)
+			}
+			if tt.code != codes.OK {
+				return
+			}
+			if left := time.Until(time.Unix(resp.GetExpiresAt(), 0)); left > time.Minute+time.Second {
+				t.Fatalf("JWT-SVID lives %s, entry says 1m", left)
+			}
+		})
+	}
 }

@@ -26,10 +26,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
 
 	"github.com/palisade-id/palisade/attestor"
-	"github.com/palisade-id/palisade/attestor/attestorpb"
 	attstore "github.com/palisade-id/palisade/attestor/store"
 	"github.com/palisade-id/palisade/ca"
 	"github.com/palisade-id/palisade/ca/admin"
@@ -198,20 +197,18 @@ func run(ctx context.Context, cfg *config.Server, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("node_api.listen: %w", err)
 	}
-	grpcSrv := grpc.NewServer(
-		grpc.Creds(credentials.NewTLS(nodeapi.ServerTLS(ident.GetCertificate))),
-		grpc.MaxRecvMsgSize(1<<20),
-	)
+	// Attestation shares the listener: a node has no SVID yet, so this
+	// service needs none (the listener only requests client certificates).
+	// The attestor's server carries its transport limits (message size,
+	// concurrent streams); the node API is added to it.
+	grpcSrv := att.NewGRPCServer(nodeapi.ServerTLS(ident.GetCertificate), grpcServerOptions(cfg)...)
 	nodeapi.New(nodeapi.Options{CA: app.CA, Entries: app.Store, Certs: app.Store, Log: log,
-		Gate: func(ctx context.Context, caller spiffeid.ID) error { return notBanned(ctx, att, caller) },
-		Revoke: func(ctx context.Context, caller spiffeid.ID, serial *big.Int) error {
-			_, err := crlSvc.Revoke(ctx, "nodeapi", serial, banCRLReason(ctx, att, caller))
+		Gate: func(ctx context.Context, node spiffeid.ID) error { return notBanned(ctx, att.Node, node) },
+		Revoke: func(ctx context.Context, node spiffeid.ID, serial *big.Int) error {
+			_, err := crlSvc.Revoke(ctx, "nodeapi", serial, banCRLReason(ctx, att, node))
 			return err
 		},
 	}).Register(grpcSrv)
-	// Attestation shares the listener: a node has no SVID yet, so this
-	// service needs none (the listener only requests client certificates).
-	attestorpb.RegisterAttestorServer(grpcSrv, att)
 
 	// Operator socket.
 	mux := admin.NewMux()
@@ -335,25 +332,45 @@ func run(ctx context.Context, cfg *config.Server, log *slog.Logger) error {
 	return runErr
 }
 
-// banCRLReason is the CRL reason of caller's ban, or unspecified.
-func banCRLReason(ctx context.Context, att *attestor.Service, caller spiffeid.ID) int {
-	if rec, err := att.Node(ctx, caller.String()); err == nil && rec.Banned && crl.ValidReason(rec.BanCRLReason) {
+// nodeAPIMaxMessage is the least receive limit the node API needs: a CSR
+// of ca.MaxCSRSize plus the rest of a request.
+const nodeAPIMaxMessage = ca.MaxCSRSize + 4<<10
+
+// grpcServerOptions are the node listener's options beyond the attestor's
+// own: the receive limit (attestor.max_message_bytes, raised if need be to
+// what the node API needs; the attestor checks its own limit per message)
+// and keepalive. Idle connections are closed after 5 minutes; clients may
+// ping every 30 s, even with no call open, so that palisade-agent's
+// keepalive pings are not answered with GOAWAY "too_many_pings".
+func grpcServerOptions(cfg *config.Server) []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(max(cfg.Attestor.MaxMessageBytes, nodeAPIMaxMessage)),
+		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: 5 * time.Minute}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 30 * time.Second, PermitWithoutStream: true}),
+	}
+}
+
+// banCRLReason is the CRL reason of node's ban, or unspecified.
+func banCRLReason(ctx context.Context, att *attestor.Service, node spiffeid.ID) int {
+	if rec, err := att.Node(ctx, node.String()); err == nil && rec.Banned && crl.ValidReason(rec.BanCRLReason) {
 		return rec.BanCRLReason
 	}
 	return 0
 }
 
-// notBanned refuses node-API callers that are banned nodes.
-func notBanned(ctx context.Context, att *attestor.Service, caller spiffeid.ID) error {
-	if !strings.HasPrefix(caller.Path(), nodeapi.NodePathPrefix) {
+// notBanned refuses node-API callers descending from a banned node, node
+// looked up by lookup (attestor.Service.Node). A failed lookup is reported
+// as nodeapi.ErrGateUnavailable: the caller may retry.
+func notBanned(ctx context.Context, lookup func(context.Context, string) (attestor.NodeRecord, error), node spiffeid.ID) error {
+	if !strings.HasPrefix(node.Path(), nodeapi.NodePathPrefix) {
 		return nil
 	}
-	rec, err := att.Node(ctx, caller.String())
+	rec, err := lookup(ctx, node.String())
 	if errors.Is(err, attestor.ErrNotFound) || errors.Is(err, attestor.ErrInvalidArgument) {
 		return nil // minted by the operator, not attested
 	}
 	if err != nil {
-		return err
+		return fmt.Errorf("%w: node record: %w", nodeapi.ErrGateUnavailable, err)
 	}
 	if rec.Banned {
 		return fmt.Errorf("node banned: %s", rec.BanReason)
