@@ -42,8 +42,8 @@ func entryCreate(ctx context.Context, e *env, args []string) error {
 	fs.StringVar(&req.ParentID, "parentID", "", "SPIFFE ID of the node that may obtain it")
 	fs.Var(&sels, "selector", "selector type:value (repeatable)")
 	fs.Var(&dns, "dns", "DNS SAN (repeatable)")
-	fs.StringVar(&req.X509TTL, "x509SVIDTTL", "", "X509-SVID TTL (e.g. 1h); empty for the CA default")
-	fs.StringVar(&req.JWTTTL, "jwtSVIDTTL", "", "JWT-SVID TTL; empty for the CA default")
+	fs.StringVar(&req.X509TTL, "x509SVIDTTL", "", "X509-SVID TTL (e.g. 1h), the default and the longest a node may ask; empty for the CA default")
+	fs.StringVar(&req.JWTTTL, "jwtSVIDTTL", "", "JWT-SVID TTL, the default and the longest a node may ask; empty for the CA default")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
