@@ -18,6 +18,9 @@ func TestConfigValidate(t *testing.T) {
 		{"hello timeout too short", Config{HelloTimeout: time.Millisecond}, false},
 		{"hello timeout over the session's", Config{SessionTimeout: 10 * time.Second, HelloTimeout: 20 * time.Second}, false},
 		{"hello timeout defaults within a short session", Config{SessionTimeout: 2 * time.Second}, true},
+		{"step timeout too short", Config{StepTimeout: time.Millisecond}, false},
+		{"step timeout over the session's", Config{SessionTimeout: 10 * time.Second, StepTimeout: 20 * time.Second}, false},
+		{"step timeout defaults within a short session", Config{SessionTimeout: 2 * time.Second}, true},
 		{"tiny messages", Config{MaxMessageBytes: 100}, false},
 		{"huge messages", Config{MaxMessageBytes: 1 << 30}, false},
 		{"negative nonces", Config{MaxPendingNonces: -1}, false},
@@ -36,6 +39,9 @@ func TestConfigValidate(t *testing.T) {
 	}
 	if got := (Config{}).WithDefaults().UnknownEKAuditPerMinute; got != DefaultUnknownEKAuditPerMinute {
 		t.Fatalf("default unknown_ek_audit_per_minute = %d, want %d", got, DefaultUnknownEKAuditPerMinute)
+	}
+	if got := (Config{}).WithDefaults().StepTimeout; got != DefaultStepTimeout {
+		t.Fatalf("default step_timeout = %v, want %v", got, DefaultStepTimeout)
 	}
 }
 

@@ -44,8 +44,10 @@ type Service struct {
 	slots    chan struct{} // one per concurrent Attest stream
 
 	refusals      Refusals
-	refusalLogged atomic.Int64 // unix nanoseconds of the last aggregated warning
-	unknownEKs    *auditBudget
+	refusalLogged atomic.Int64    // unix nanoseconds of the last aggregated warning
+	auditBudget   *auditBudget    // refusals before the peer proved its TPM
+	openMu        sync.Mutex      // guards open
+	open          map[string]bool // EK hashes with a session past its hello
 	summaryTick   time.Duration
 
 	mu       sync.Mutex // serialises admin mutations and cache reloads
@@ -82,8 +84,8 @@ func New(ctx context.Context, td spiffeid.TrustDomain, cfg Config, d Deps) (*Ser
 		d.Logger = slog.New(slog.DiscardHandler)
 	}
 	s := &Service{td: td, cfg: cfg, deps: d, log: d.Logger, nonces: newNonces(cfg.NonceTTL, cfg.MaxPendingNonces),
-		slots: make(chan struct{}, cfg.MaxSessions), unknownEKs: newAuditBudget(cfg.UnknownEKAuditPerMinute),
-		summaryTick: defaultSummaryTick}
+		slots: make(chan struct{}, cfg.MaxSessions), auditBudget: newAuditBudget(cfg.UnknownEKAuditPerMinute),
+		open: map[string]bool{}, summaryTick: defaultSummaryTick}
 	s.newSecret = func() ([]byte, error) {
 		b := make([]byte, 32)
 		_, err := io.ReadFull(s.deps.Rand, b)

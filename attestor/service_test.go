@@ -3,9 +3,11 @@ package attestor_test
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/rsa"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -20,6 +22,7 @@ import (
 	"github.com/palisade-id/palisade/attestor/store"
 	"github.com/palisade-id/palisade/attestor/verify"
 	"github.com/palisade-id/palisade/attestor/verify/verifytest"
+	"github.com/palisade-id/palisade/ca"
 	"github.com/palisade-id/palisade/test/attestor/attestortest"
 	"github.com/palisade-id/palisade/test/testca"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -447,7 +450,7 @@ func TestHelloTimeout(t *testing.T) {
 	if n := e.svc.Refusals().HelloTimeout.Load(); n != 1 {
 		t.Fatalf("%d hello timeouts counted, want 1", n)
 	}
-	// Only the hello has the short deadline.
+	// The hello's deadline does not apply to later steps (step_timeout).
 	d := attestortest.NewDriver(t, e.client)
 	qr := d.UpToQuote(td, e.tpm())
 	time.Sleep(300 * time.Millisecond)
@@ -455,6 +458,151 @@ func TestHelloTimeout(t *testing.T) {
 	if _, err := d.Send(attestortest.QuoteResponse(quoted, sig, values)); err != nil {
 		t.Fatalf("quote sent after the hello timeout: %v", err)
 	}
+}
+
+// After the hello, each wait for the node has step_timeout: a stream that
+// goes silent ends with DeadlineExceeded and frees its slot and its EK.
+func TestStepTimeout(t *testing.T) {
+	tests := []struct {
+		name     string
+		activate bool // answer the challenge, then go silent
+		counted  uint64
+	}{
+		{"silent after the challenge", false, 1},
+		{"silent after the quote request", true, 0}, // TPM proven: audited, not counted
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, attestor.Config{NonceTTL: 30 * time.Second, MaxSessions: 1, SessionTimeout: 30 * time.Second,
+				StepTimeout: 300 * time.Millisecond})
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			s, err := e.client.Attest(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := s.Send(attestortest.Hello(e.tpm(), e.node.AKPublic, attestortest.CSR(t, td, e.tpm()))); err != nil {
+				t.Fatal(err)
+			}
+			m, err := s.Recv()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.activate {
+				secret, err := e.tpm().ActivateCredential(m.GetChallenge().GetIdObject(), m.GetChallenge().GetEncryptedSecret())
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := s.Send(attestortest.ActivationProof(secret)); err != nil {
+					t.Fatal(err)
+				}
+				if m, err := s.Recv(); err != nil || m.GetQuoteRequest() == nil {
+					t.Fatalf("activation: %v, %v", m, err)
+				}
+			}
+			start := time.Now()
+			_, err = s.Recv()
+			if st, _ := status.FromError(err); st.Code() != codes.DeadlineExceeded || !strings.Contains(st.Message(), attestor.ErrStepTimeout.Error()) ||
+				time.Since(start) > 5*time.Second {
+				t.Fatalf("silent stream ended after %v with %v, want DeadlineExceeded naming the step timeout", time.Since(start), err)
+			}
+			if !strings.Contains(e.aud.Reason(), attestor.ErrStepTimeout.Error()) {
+				t.Fatalf("audit %q does not name the step timeout", e.aud.Reason())
+			}
+			if n := e.svc.Refusals().UnprovenEK.StepTimeout.Load(); n != tc.counted {
+				t.Fatalf("%d unproven step timeouts counted, want %d", n, tc.counted)
+			}
+			// The slot and the EK are free again.
+			if _, err := agent.Attest(context.Background(), e.client, e.tpm(), attestortest.CSR(t, td, e.tpm())); err != nil {
+				t.Fatalf("honest node after the silent stream: %v", err)
+			}
+		})
+	}
+}
+
+// One EK has at most one session open: a second hello is refused and
+// counted, not audited, and the first session goes on.
+func TestOneSessionPerEK(t *testing.T) {
+	e := newEnv(t)
+	first := attestortest.NewDriver(t, e.client)
+	m, err := first.Send(attestortest.Hello(e.tpm(), e.node.AKPublic, attestortest.CSR(t, td, e.tpm())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = attestortest.NewDriver(t, e.client).Send(attestortest.Hello(e.tpm(), e.node.AKPublic, attestortest.CSR(t, td, e.tpm())))
+	if st, _ := status.FromError(err); st.Code() != codes.ResourceExhausted || !strings.Contains(st.Message(), attestor.ErrSessionOpen.Error()) {
+		t.Fatalf("second session of the EK: %v, want ResourceExhausted naming the open session", err)
+	}
+	if n, a := e.svc.Refusals().SessionOpen.Load(), e.aud.Count(attestor.AuditAttestRefuse); n != 1 || a != 0 {
+		t.Fatalf("second session counted %d times, audited %d times; want 1 and 0", n, a)
+	}
+	secret, err := e.tpm().ActivateCredential(m.GetChallenge().GetIdObject(), m.GetChallenge().GetEncryptedSecret())
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err = first.Send(attestortest.ActivationProof(secret))
+	if err != nil {
+		t.Fatal(err)
+	}
+	quoted, sig, values, _ := e.node.Quote(m.GetQuoteRequest().GetNonce(), m.GetQuoteRequest().GetPcrs())
+	if m, err := first.Send(attestortest.QuoteResponse(quoted, sig, values)); err != nil || m.GetResult() == nil {
+		t.Fatalf("first session: %v, %v", m, err)
+	}
+	// Released once the first has its SVID.
+	if _, err := agent.Attest(context.Background(), e.client, e.tpm(), attestortest.CSR(t, td, e.tpm())); err != nil {
+		t.Fatalf("attestation after the first session: %v", err)
+	}
+}
+
+// A CSR whose key the CA would refuse is refused at the hello, before any
+// TPM round or record; a request the CA refuses anyway is the node's error.
+func TestCSRKeyRefused(t *testing.T) {
+	ctx := context.Background()
+	tests := []struct {
+		name string
+		key  func() (crypto.Signer, error)
+	}{
+		{"ECDSA P-224", func() (crypto.Signer, error) { return ecdsa.GenerateKey(elliptic.P224(), rand.Reader) }},
+		{"RSA 1024", func() (crypto.Signer, error) { return rsa.GenerateKey(rand.Reader, 1024) }},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			if _, err := agent.Attest(ctx, e.client, e.tpm(), attestortest.CSR(t, td, e.tpm())); err != nil {
+				t.Fatal(err)
+			}
+			id, err := agent.ExpectedNodeID(spiffeid.RequireTrustDomainFromString(td), e.node.EKPublic)
+			if err != nil {
+				t.Fatal(err)
+			}
+			key, err := tc.key()
+			if err != nil {
+				t.Fatal(err)
+			}
+			csr, err := agent.NewNodeCSR(key, id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = attestortest.NewDriver(t, e.client).Send(attestortest.Hello(e.tpm(), e.node.AKPublic, csr))
+			if st, _ := status.FromError(err); st.Code() != codes.InvalidArgument || !strings.Contains(st.Message(), ca.ErrCSRKey.Error()) {
+				t.Fatalf("hello: %v, want InvalidArgument naming the key", err)
+			}
+			if rec, err := e.svc.Node(ctx, id.String()); err != nil || rec.Attestations != 1 {
+				t.Fatalf("record %+v, %v; want the one attestation", rec, err)
+			}
+			if n := e.iss.Count(); n != 1 {
+				t.Fatalf("%d SVIDs issued, want 1", n)
+			}
+		})
+	}
+	t.Run("request refused by the CA", func(t *testing.T) {
+		e := newEnv(t)
+		e.iss.Fail = fmt.Errorf("%w: refused by the test", ca.ErrCSRKey)
+		_, err := agent.Attest(ctx, e.client, e.tpm(), attestortest.CSR(t, td, e.tpm()))
+		if status.Code(err) != codes.InvalidArgument {
+			t.Fatalf("attestation: %v, want InvalidArgument", err)
+		}
+	})
 }
 
 // TestRefusalsBeforeEKNotAudited floods the endpoint with streams refused

@@ -9,6 +9,7 @@ import (
 
 	"github.com/palisade-id/palisade/attestor/attestorpb"
 	"github.com/palisade-id/palisade/attestor/verify"
+	"github.com/palisade-id/palisade/ca"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/protobuf/proto"
 )
@@ -33,6 +34,12 @@ type session struct {
 	id    uint64
 	state sessionState
 	peer  string
+	// exclusive sessions (those of Attest) claim their EK: one open
+	// session per EK.
+	exclusive bool
+	claimed   string // EK hash claimed, released by release
+	// activated: the peer proved it holds the EK's TPM.
+	activated bool
 
 	ek     *verify.EK
 	ak     *verify.AK
@@ -47,6 +54,28 @@ type session struct {
 
 func (s *Service) newSession(peer string) *session {
 	return &session{s: s, id: s.sessions.Add(1), peer: peer}
+}
+
+// claimEK marks a session of the EK hashed h open, unless one is.
+func (s *Service) claimEK(h string) bool {
+	s.openMu.Lock()
+	defer s.openMu.Unlock()
+	if s.open[h] {
+		return false
+	}
+	s.open[h] = true
+	return true
+}
+
+// release ends the session's claim on its EK, if any.
+func (ss *session) release() {
+	if ss.claimed == "" {
+		return
+	}
+	ss.s.openMu.Lock()
+	delete(ss.s.open, ss.claimed)
+	ss.s.openMu.Unlock()
+	ss.claimed = ""
 }
 
 // actor names the node in audit records as precisely as known so far.
@@ -117,6 +146,12 @@ func (ss *session) hello(ctx context.Context, h *attestorpb.Hello) (*attestorpb.
 		return nil, err
 	}
 	ss.entry = entry
+	if ss.exclusive {
+		if !ss.s.claimEK(ek.HashHex()) {
+			return nil, ErrSessionOpen
+		}
+		ss.claimed = ek.HashHex()
+	}
 	if ss.nodeID, err = verify.NodeID(ss.s.td, ek.Hash); err != nil {
 		return nil, err
 	}
@@ -130,7 +165,7 @@ func (ss *session) hello(ctx context.Context, h *attestorpb.Hello) (*attestorpb.
 	if ss.ak, err = verify.ParseAKPublic(h.GetAkPublic()); err != nil {
 		return nil, fmt.Errorf("%w: AK: %w", ErrBadMessage, err)
 	}
-	if err := checkCSR(h.GetCsr(), ss.nodeID); err != nil {
+	if err := checkCSR(h.GetCsr(), ss.s.td, ss.nodeID); err != nil {
 		return nil, err
 	}
 	ss.csr = h.GetCsr()
@@ -156,23 +191,21 @@ func (ss *session) hello(ctx context.Context, h *attestorpb.Hello) (*attestorpb.
 }
 
 // checkCSR refuses, before any TPM round or record, a CSR the CA would
-// refuse: it must name the node's ID as its one URI SAN.
-func checkCSR(der []byte, nodeID spiffeid.ID) error {
+// refuse: it must pass ca.ParseCSR (signature, key type and size, one URI
+// SAN in td), be DER and name the node's ID.
+func checkCSR(der []byte, td spiffeid.TrustDomain, nodeID spiffeid.ID) error {
 	if len(der) == 0 || len(der) > MaxCSRSize {
 		return fmt.Errorf("%w: CSR is %d bytes (want 1..%d)", ErrBadMessage, len(der), MaxCSRSize)
 	}
-	csr, err := x509.ParseCertificateRequest(der)
-	if err != nil {
+	if _, err := x509.ParseCertificateRequest(der); err != nil {
 		return fmt.Errorf("%w: CSR: %v", ErrBadMessage, err)
 	}
-	if err := csr.CheckSignature(); err != nil {
-		return fmt.Errorf("%w: CSR signature: %v", ErrBadMessage, err)
+	csr, err := ca.ParseCSR(der, td)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrBadMessage, err)
 	}
-	if len(csr.URIs) != 1 {
-		return fmt.Errorf("%w: CSR has %d URI SANs, want exactly %s", ErrBadMessage, len(csr.URIs), nodeID)
-	}
-	if id, err := spiffeid.FromURI(csr.URIs[0]); err != nil || id != nodeID {
-		return fmt.Errorf("%w: CSR names %q, want %s", ErrBadMessage, csr.URIs[0].String(), nodeID)
+	if csr.ID != nodeID {
+		return fmt.Errorf("%w: CSR names %s, want %s", ErrBadMessage, csr.ID, nodeID)
 	}
 	return nil
 }
@@ -181,6 +214,7 @@ func (ss *session) activation(p *attestorpb.ActivationProof) (*attestorpb.Server
 	if subtle.ConstantTimeCompare(p.GetSecret(), ss.secret) != 1 {
 		return nil, ErrActivation
 	}
+	ss.activated = true
 	nonce, err := ss.s.newNonce()
 	if err != nil {
 		return nil, fmt.Errorf("attestor: nonce: %w", err)

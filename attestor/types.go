@@ -98,8 +98,10 @@ type Revoker interface {
 const (
 	AuditAttestAccept = "attestor.attest.accept"
 	// AuditAttestRefuse records a refusal once the node's EK is known;
-	// refusals before that are only counted (Service.Refusals), and those
-	// of EKs not in the manifest only within unknown_ek_audit_per_minute.
+	// refusals before that are only counted (Service.Refusals). Refusals
+	// of EKs not in the manifest, and of manifest EKs before credential
+	// activation proved the TPM, are audited only within their budgets
+	// (unknown_ek_audit_per_minute; per EK hash for the latter).
 	AuditAttestRefuse   = "attestor.attest.refuse"
 	AuditNodeBan        = "attestor.node.ban"
 	AuditNodeUnban      = "attestor.node.unban"
@@ -108,7 +110,7 @@ const (
 	AuditPolicySet      = "attestor.pcrpolicy.set"
 
 	// AuditAttestRefuseSuppressed summarises, at most once a minute, the
-	// refusals of EKs not in the manifest that were over the audit budget:
+	// budgeted refusals (above) that were over their audit budget:
 	// count, reasons, first and last time, samples of EK hashes and peers.
 	AuditAttestRefuseSuppressed = "attestor.attest.refuse.suppressed"
 )

@@ -10,12 +10,17 @@ import (
 	"time"
 
 	"github.com/palisade-id/palisade/attestor/verify"
+	"google.golang.org/grpc/codes"
 )
 
-// Anyone on the network can mint EKs that are not in the manifest, and each
-// individually audited refusal is an fsynced record: those refusals are
-// audited within a budget (Config.UnknownEKAuditPerMinute) and, beyond it,
-// summarised in at most one AuditAttestRefuseSuppressed record a minute.
+// Anyone on the network can mint EKs that are not in the manifest, and
+// replay the public EK (and EK certificate) of a node in it; each
+// individually audited refusal is an fsynced record. Refusals before the
+// peer proved it holds the EK's TPM (credential activation) are therefore
+// audited within budgets of Config.UnknownEKAuditPerMinute (one for EKs not
+// in the manifest, one for manifest EKs) and a per-EK allowance and, beyond
+// them, summarised in at most one AuditAttestRefuseSuppressed record a
+// minute.
 
 const (
 	// summaryInterval spaces the summaries of unaudited refusals.
@@ -24,6 +29,11 @@ const (
 	defaultSummaryTick = 5 * time.Second
 	// summarySample bounds each sample list of a summary.
 	summarySample = 8
+	// perEKAuditPerMinute caps the audited refusals of any one EK (at most
+	// the budget), so that one EK's flood cannot spend the others' budget.
+	perEKAuditPerMinute = 5
+	// maxTrackedEKs bounds the per-EK allowances held in memory.
+	maxTrackedEKs = 4096
 )
 
 // Reasons for refusing an EK not in the manifest (metric labels and keys
@@ -48,6 +58,51 @@ func unknownEKReason(err error) string {
 	default:
 		return reasonCertMalformed
 	}
+}
+
+// Reasons for refusing a manifest EK before the peer proved it holds the
+// EK's TPM (metric labels and keys of a summary's reasons).
+const (
+	reasonActivation  = "activation_failed" // wrong credential secret: the AK is not the EK's TPM's
+	reasonBanned      = "banned"            // the node is banned
+	reasonBadMessage  = "bad_message"       // malformed or unexpected message, EK certificate, AK or CSR refused, stream closed
+	reasonStepTimeout = "step_timeout"      // no answer to the credential challenge in time
+	reasonOther       = "other"             // anything else (no policy, store failure)
+)
+
+// unprovenReason classifies a refusal of a manifest EK before credential
+// activation succeeded.
+func unprovenReason(err error) string {
+	switch {
+	case errors.Is(err, ErrBanned):
+		return reasonBanned
+	case errors.Is(err, ErrActivation):
+		return reasonActivation
+	case errors.Is(err, ErrStepTimeout):
+		return reasonStepTimeout
+	case Code(err) == codes.InvalidArgument, errors.Is(err, verify.ErrEKCert), errors.Is(err, verify.ErrEKCertMismatch):
+		return reasonBadMessage
+	default:
+		return reasonOther
+	}
+}
+
+// UnprovenEKRefusals counts refusals of manifest EKs before the peer proved
+// it holds the EK's TPM, by reason. Unaudited counts those over the audit
+// budget, which only a summary record covers.
+type UnprovenEKRefusals struct {
+	ActivationFailed atomic.Uint64
+	Banned           atomic.Uint64
+	BadMessage       atomic.Uint64
+	StepTimeout      atomic.Uint64
+	Other            atomic.Uint64
+	Unaudited        atomic.Uint64
+}
+
+// ByReason returns the per-reason counters keyed by metric label.
+func (u *UnprovenEKRefusals) ByReason() map[string]*atomic.Uint64 {
+	return map[string]*atomic.Uint64{reasonActivation: &u.ActivationFailed, reasonBanned: &u.Banned,
+		reasonBadMessage: &u.BadMessage, reasonStepTimeout: &u.StepTimeout, reasonOther: &u.Other}
 }
 
 // UnknownEKRefusals counts refusals of EKs not in the manifest, by reason.
@@ -128,35 +183,80 @@ func sample(s []string, v string) []string {
 	return append(s, v)
 }
 
-// auditBudget is a token bucket of audit records for refusals of unknown
-// EKs, with the pending summary of those over it.
+// tokenBucket holds up to rate tokens and refills at rate a minute.
+type tokenBucket struct {
+	tokens float64
+	at     time.Time // last refill
+}
+
+func (b *tokenBucket) refill(now time.Time, rate float64) {
+	if el := now.Sub(b.at); !b.at.IsZero() && el > 0 {
+		b.tokens = min(rate, b.tokens+el.Minutes()*rate)
+	}
+	b.at = now
+}
+
+// auditBudget holds the audit budgets for refusals before the peer proved
+// it holds the EK's TPM, with the pending summary of those over them.
 type auditBudget struct {
 	mu       sync.Mutex
-	perMin   float64 // refill rate and burst
-	tokens   float64
-	refilled time.Time
+	perMin   float64                 // rate and burst of each global bucket
+	perEK    float64                 // rate and burst of each EK's allowance
+	unknown  tokenBucket             // EKs not in the manifest
+	unproven tokenBucket             // manifest EKs before credential activation
+	eks      map[string]*tokenBucket // allowances by EK hash
 	pending  refusalSummary
 }
 
 func newAuditBudget(perMinute int) *auditBudget {
-	return &auditBudget{perMin: float64(perMinute), tokens: float64(perMinute)}
+	r := float64(perMinute)
+	return &auditBudget{perMin: r, perEK: min(perEKAuditPerMinute, r), unknown: tokenBucket{tokens: r},
+		unproven: tokenBucket{tokens: r}, eks: map[string]*tokenBucket{}}
 }
 
-// allow takes a token if there is one; otherwise it adds the refusal to
-// the pending summary.
-func (b *auditBudget) allow(now time.Time, reason, ekHash, peer string) bool {
+// allow takes a token from the EK's allowance and from the global bucket
+// (of manifest EKs if inManifest) if both have one; otherwise it adds the
+// refusal to the pending summary.
+func (b *auditBudget) allow(now time.Time, inManifest bool, reason, ekHash, peer string) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if el := now.Sub(b.refilled); !b.refilled.IsZero() && el > 0 {
-		b.tokens = min(b.perMin, b.tokens+el.Minutes()*b.perMin)
+	global := &b.unknown
+	if inManifest {
+		global = &b.unproven
 	}
-	b.refilled = now
-	if b.tokens >= 1 {
-		b.tokens--
+	global.refill(now, b.perMin)
+	ek := b.allowance(ekHash, now)
+	ek.refill(now, b.perEK)
+	if global.tokens >= 1 && ek.tokens >= 1 {
+		global.tokens--
+		ek.tokens--
 		return true
 	}
 	b.pending.add(now, reason, ekHash, peer)
 	return false
+}
+
+// allowance returns the EK's allowance, a new one full. When maxTrackedEKs
+// are tracked, those untouched for a minute (full again) are forgotten, and
+// all of them if that frees nothing: the global buckets still bound the
+// total.
+func (b *auditBudget) allowance(ekHash string, now time.Time) *tokenBucket {
+	if e, ok := b.eks[ekHash]; ok {
+		return e
+	}
+	if len(b.eks) >= maxTrackedEKs {
+		for h, e := range b.eks {
+			if now.Sub(e.at) >= time.Minute {
+				delete(b.eks, h)
+			}
+		}
+		if len(b.eks) >= maxTrackedEKs {
+			clear(b.eks)
+		}
+	}
+	e := &tokenBucket{tokens: b.perEK}
+	b.eks[ekHash] = e
+	return e
 }
 
 // take removes the pending summary if it is due (or force and not empty).
@@ -182,15 +282,15 @@ func (b *auditBudget) restore(p refusalSummary, now time.Time) {
 // one interval later.
 func (s *Service) summarise(ctx context.Context, force bool) error {
 	now := s.deps.Now()
-	p, ok := s.unknownEKs.take(now, force)
+	p, ok := s.auditBudget.take(now, force)
 	if !ok {
 		return nil
 	}
 	if err := s.audit(ctx, AuditAttestRefuseSuppressed, "attestor", p); err != nil {
-		s.unknownEKs.restore(p, now)
+		s.auditBudget.restore(p, now)
 		return err
 	}
-	s.log.Warn("refusals of EKs not in the manifest over the audit budget (summary audited)",
+	s.log.Warn("refusals of unproven EKs over the audit budget (summary audited)",
 		"count", p.Count, "reasons", p.Reasons, "first", p.First, "last", p.Last, "peers", p.Peers)
 	return nil
 }

@@ -181,9 +181,8 @@ func (ca ekCA) issue(t *testing.T, n *verifytest.Node) []byte {
 	return der
 }
 
-// Refusals of an EK in the manifest (listed by hash or admitted by a
-// manifest CA) are audited one by one, whatever the budget for unknown EKs
-// has left.
+// Refusals after the peer proved it holds the EK's TPM (credential
+// activation) are audited one by one, whatever the budgets have left.
 func TestKnownEKRefusalsAlwaysAudited(t *testing.T) {
 	ctx := context.Background()
 	e := newEnv(t, attestor.Config{NonceTTL: 30 * time.Second, UnknownEKAuditPerMinute: 1})
@@ -195,14 +194,26 @@ func TestKnownEKRefusalsAlwaysAudited(t *testing.T) {
 	if _, err := e.svc.AddManifestEntry(ctx, "operator", entry); err != nil {
 		t.Fatal(err)
 	}
+	// Spend both budgets: EKs not in the manifest, and manifest EKs whose
+	// TPM is not proven.
 	stranger := softNode(t, 1)
 	helloFrom(t, e, stranger, nil)
 	// A certificate from a CA not in the manifest admits nothing.
 	if code := helloFrom(t, e, stranger, rogue.issue(t, stranger)); code != codes.PermissionDenied {
 		t.Fatalf("EK certificate from a rogue CA: %v", code)
 	}
-	if u := &e.svc.Refusals().UnknownEK; u.Unaudited.Load() != 1 || u.CertUntrusted.Load() != 1 {
-		t.Fatalf("budget not spent: unaudited %d, untrusted certificates %d", u.Unaudited.Load(), u.CertUntrusted.Load())
+	for range 2 { // refused before the manifest lookup, but the EK hash is listed
+		if code := helloFrom(t, e, e.node, selfSigned(t)); code != codes.PermissionDenied {
+			t.Fatalf("certificate for another key: %v", code)
+		}
+	}
+	r := e.svc.Refusals()
+	if r.UnknownEK.Unaudited.Load() != 1 || r.UnknownEK.CertUntrusted.Load() != 1 || r.UnprovenEK.Unaudited.Load() != 1 {
+		t.Fatalf("budgets not spent: unaudited unknown %d, untrusted certificates %d, unaudited unproven %d",
+			r.UnknownEK.Unaudited.Load(), r.UnknownEK.CertUntrusted.Load(), r.UnprovenEK.Unaudited.Load())
+	}
+	if n := e.aud.Count(attestor.AuditAttestRefuse); n != 2 {
+		t.Fatalf("%d refusals audited, want one per budget", n)
 	}
 	id := "spiffe://" + td + "/palisade/node/" + ekHash(t, e.node)
 	audited := func(want int, reason error) {
@@ -219,24 +230,10 @@ func TestKnownEKRefusalsAlwaysAudited(t *testing.T) {
 		if _, err := agent.Attest(ctx, e.client, e.tpm(), attestortest.CSR(t, td, e.tpm())); status.Code(err) != codes.PermissionDenied {
 			t.Fatalf("policy failure: %v", err)
 		}
-		audited(2+i, verify.ErrPCRMismatch)
+		audited(3+i, verify.ErrPCRMismatch)
 		if r, _ := e.aud.Last(attestor.AuditAttestRefuse); r.Actor != id {
 			t.Fatalf("refusal audited as %q, want %s", r.Actor, id)
 		}
-	}
-	// Refused before the manifest lookup, but the EK hash is listed.
-	if code := helloFrom(t, e, e.node, selfSigned(t)); code != codes.PermissionDenied {
-		t.Fatalf("certificate for another key: %v", code)
-	}
-	audited(5, verify.ErrEKCertMismatch)
-	if _, err := e.svc.BanNode(ctx, "op", ekHash(t, e.node), "stolen", 1); err != nil {
-		t.Fatal(err)
-	}
-	for i := range 2 {
-		if code := helloFrom(t, e, e.node, nil); code != codes.PermissionDenied {
-			t.Fatalf("banned node: %v", code)
-		}
-		audited(6+i, attestor.ErrBanned)
 	}
 	// Admitted by the manufacturer CA, failing the policy.
 	byCA := attestortest.SoftTPM{Node: softNode(t, 2), Cert: manufacturer.issue(t, softNode(t, 2))}
@@ -245,10 +242,91 @@ func TestKnownEKRefusalsAlwaysAudited(t *testing.T) {
 		if _, err := agent.Attest(ctx, e.client, byCA, attestortest.CSR(t, td, byCA)); status.Code(err) != codes.PermissionDenied {
 			t.Fatalf("CA-admitted node failing the policy: %v", err)
 		}
-		audited(8+i, verify.ErrPCRMismatch)
+		audited(6+i, verify.ErrPCRMismatch)
 	}
-	if u := &e.svc.Refusals().UnknownEK; u.Unaudited.Load() != 1 || u.NoEntry.Load() != 1 || u.CertUntrusted.Load() != 1 {
-		t.Fatalf("known EK counted as unknown: unaudited %d, no entry %d, untrusted %d", u.Unaudited.Load(), u.NoEntry.Load(), u.CertUntrusted.Load())
+	if r.UnknownEK.Unaudited.Load() != 1 || r.UnknownEK.NoEntry.Load() != 1 || r.UnprovenEK.Unaudited.Load() != 1 || r.UnprovenEK.BadMessage.Load() != 2 {
+		t.Fatalf("counted: unaudited unknown %d, no entry %d, unaudited unproven %d, bad message %d", r.UnknownEK.Unaudited.Load(),
+			r.UnknownEK.NoEntry.Load(), r.UnprovenEK.Unaudited.Load(), r.UnprovenEK.BadMessage.Load())
+	}
+}
+
+// A manifest EK's public key is no secret: until the peer proves it holds
+// the EK's TPM, its refusals are audited within a per-EK allowance and the
+// budget, and beyond them counted and summarised.
+func TestUnprovenEKAuditBudget(t *testing.T) {
+	// Each attempt presents a manifest EK with an AK the server cannot use:
+	// unreadable (even attempts) or another TPM's (odd ones).
+	attempt := func(t *testing.T, e *env, n *verifytest.Node, i int) {
+		t.Helper()
+		tpm := attestortest.SoftTPM{Node: n}
+		d := attestortest.NewDriver(t, e.client)
+		if i%2 == 0 {
+			if _, err := d.Send(attestortest.Hello(tpm, []byte("garbage AK"), attestortest.CSR(t, td, tpm))); status.Code(err) != codes.InvalidArgument {
+				t.Fatalf("attempt %d, unreadable AK: %v", i, err)
+			}
+			return
+		}
+		if _, err := d.Send(attestortest.Hello(tpm, softNode(t, 3).AKPublic, attestortest.CSR(t, td, tpm))); err != nil {
+			t.Fatalf("attempt %d, hello: %v", i, err)
+		}
+		if _, err := d.Send(attestortest.ActivationProof(make([]byte, 32))); status.Code(err) != codes.PermissionDenied {
+			t.Fatalf("attempt %d, activation without the TPM: %v", i, err)
+		}
+	}
+	tests := []struct {
+		name     string
+		budget   int
+		attempts []int // by EK in the manifest, one EK after the other
+		audited  []int
+	}{
+		{"one EK's flood held to its allowance", 60, []int{20, 1}, []int{5, 1}},
+		{"budget bounds all EKs", 3, []int{2, 6}, []int{2, 1}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			e := newEnv(t, attestor.Config{NonceTTL: 30 * time.Second, UnknownEKAuditPerMinute: tc.budget})
+			nodes := []*verifytest.Node{e.node, softNode(t, 1)}
+			entry, err := attestor.ParseManifestInput([]byte(ekHash(t, nodes[1])), "worker", "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := e.svc.AddManifestEntry(ctx, "operator", entry); err != nil {
+				t.Fatal(err)
+			}
+			var total, audited int
+			for k, n := range nodes {
+				for i := range tc.attempts[k] {
+					attempt(t, e, n, i)
+				}
+				var got int
+				for _, r := range e.aud.OfKind(attestor.AuditAttestRefuse) {
+					if strings.Contains(r.Actor, ekHash(t, n)) {
+						got++
+					}
+				}
+				if got != tc.audited[k] {
+					t.Fatalf("EK %d: %d of %d refusals audited, want %d", k, got, tc.attempts[k], tc.audited[k])
+				}
+				total, audited = total+tc.attempts[k], audited+got
+			}
+			u := &e.svc.Refusals().UnprovenEK
+			if u.Unaudited.Load() != uint64(total-audited) || u.BadMessage.Load()+u.ActivationFailed.Load() != uint64(total) {
+				t.Fatalf("counted %d unaudited, %d bad messages, %d failed activations; want %d unaudited of %d",
+					u.Unaudited.Load(), u.BadMessage.Load(), u.ActivationFailed.Load(), total-audited, total)
+			}
+			if n := e.svc.Refusals().UnknownEK.Unaudited.Load(); n != 0 {
+				t.Fatalf("%d manifest EK refusals counted as unknown EKs", n)
+			}
+			if err := e.svc.Shutdown(ctx); err != nil {
+				t.Fatal(err)
+			}
+			s := summaries(t, e.aud)
+			if len(s) != 1 || s[0].Count != uint64(total-audited) ||
+				s[0].Reasons["bad_message"]+s[0].Reasons["activation_failed"] != uint64(total-audited) {
+				t.Fatalf("summaries %+v, want one of %d refusals", s, total-audited)
+			}
+		})
 	}
 }
 

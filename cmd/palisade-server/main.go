@@ -108,7 +108,7 @@ func registerCRLMetrics(reg *prometheus.Registry, cm *crl.Metrics) {
 // counted instead of, or as well as, audited: those made before the node's
 // EK was known and those of EKs not in the manifest.
 func registerAttestorMetrics(reg *prometheus.Registry, r *attestor.Refusals) {
-	for reason, v := range map[string]*atomic.Uint64{"busy": &r.Busy, "hello_timeout": &r.HelloTimeout, "other": &r.Other} {
+	for reason, v := range map[string]*atomic.Uint64{"busy": &r.Busy, "hello_timeout": &r.HelloTimeout, "session_open": &r.SessionOpen, "other": &r.Other} {
 		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name:        "palisade_attest_refused_unidentified_total",
 			Help:        "Attestations refused before the node's EK was known (not audited one by one).",
@@ -126,6 +126,17 @@ func registerAttestorMetrics(reg *prometheus.Registry, r *attestor.Refusals) {
 		Name: "palisade_attest_refused_unknown_ek_unaudited_total",
 		Help: "Refusals of EKs not in the manifest over the audit budget: summarised once a minute (attestor.attest.refuse.suppressed), not audited one by one.",
 	}, func() float64 { return float64(r.UnknownEK.Unaudited.Load()) }))
+	for reason, v := range r.UnprovenEK.ByReason() {
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name:        "palisade_attest_refused_unproven_ek_total",
+			Help:        "Attestations refused for a manifest EK before credential activation proved its TPM (audited within unknown_ek_audit_per_minute and a per-EK allowance).",
+			ConstLabels: prometheus.Labels{"reason": reason},
+		}, func() float64 { return float64(v.Load()) }))
+	}
+	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "palisade_attest_refused_unproven_ek_unaudited_total",
+		Help: "Refusals of manifest EKs before activation over the audit budget: summarised once a minute (attestor.attest.refuse.suppressed), not audited one by one.",
+	}, func() float64 { return float64(r.UnprovenEK.Unaudited.Load()) }))
 }
 
 func run(ctx context.Context, cfg *config.Server, log *slog.Logger) error {
