@@ -62,15 +62,7 @@ func TestSignX509SVIDAuthorization(t *testing.T) {
 		Selectors: []store.Selector{{Type: "unix", Value: "uid:1001"}}}); err != nil {
 		t.Fatal(err)
 	}
-	addr := serve(t, Options{CA: c, Entries: st, Certs: st, Gate: func(_ context.Context, node spiffeid.ID) error {
-		switch node {
-		case bannedID:
-			return errors.New("node is on the ban list")
-		case flakyID:
-			return fmt.Errorf("%w: ban list: store closed", ErrGateUnavailable)
-		}
-		return nil
-	}})
+	addr := serve(t, Options{CA: c, Entries: st, Certs: st, Gate: testGate(bannedID, flakyID)})
 
 	issue := func(c *ca.CA, id spiffeid.ID) *tls.Certificate {
 		cert, err := IssueLocal(ctx, c, id, store.KindNodeSVID, "test")
@@ -211,15 +203,7 @@ func TestMintJWTSVIDRequests(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	addr := serve(t, Options{CA: c, Entries: st, Certs: st, Gate: func(_ context.Context, node spiffeid.ID) error {
-		switch node {
-		case bannedID:
-			return errors.New("node is on the ban list")
-		case flakyID:
-			return fmt.Errorf("%w: ban list: store closed", ErrGateUnavailable)
-		}
-		return nil
-	}})
+	addr := serve(t, Options{CA: c, Entries: st, Certs: st, Gate: testGate(bannedID, flakyID)})
 	node, err := IssueLocal(ctx, c, nodeID, store.KindNodeSVID, "test")
 	if err != nil {
 		t.Fatal(err)
@@ -266,5 +250,18 @@ func TestMintJWTSVIDRequests(t *testing.T) {
 				t.Fatalf("JWT-SVID lives %s, entry says 1m", left)
 			}
 		})
+	}
+}
+
+// testGate bans banned and cannot decide for flaky.
+func testGate(banned, flaky spiffeid.ID) func(context.Context, spiffeid.ID) error {
+	return func(_ context.Context, node spiffeid.ID) error {
+		switch node {
+		case banned:
+			return errors.New("node is on the ban list")
+		case flaky:
+			return fmt.Errorf("%w: ban list: store closed", ErrGateUnavailable)
+		}
+		return nil
 	}
 }
