@@ -70,9 +70,9 @@ type AdmitterOptions struct {
 	Infrastructure []Service
 	Ifindexes      []int
 	// RevocationGrace keeps an existing admission while its revocation
-	// status is unknown (the appliance unreachable, a CRL not yet fetched
-	// after a restart) for this long; 0 removes it at once. New admissions
-	// always need a known status.
+	// status is unknown (no CRL fetched yet after a restart, or the last
+	// one past its nextUpdate) for this long; 0 removes it at once. New
+	// admissions always need a known status.
 	RevocationGrace time.Duration
 	Logger          *slog.Logger
 }
