@@ -313,7 +313,10 @@ func (p *publisher) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// Rebuilt on every revocation: caches may keep it but must revalidate.
 	h.Set("Cache-Control", "public, no-cache")
 	h.Set("X-CRL-Number", strconv.FormatUint(doc.number, 10))
-	http.ServeContent(w, r, "", doc.thisUpdate, bytes.NewReader(doc.der))
+	// No modtime: thisUpdate has one-second resolution and deltas are
+	// rebuilt on every revocation, so two in one second would look
+	// unmodified to If-Modified-Since; the ETag tells them apart.
+	http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(doc.der))
 }
 
 // serveIssuers lists the live intermediates as PEM so clients that only

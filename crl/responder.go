@@ -51,6 +51,8 @@ var (
 type cached struct {
 	der          []byte
 	issuer       string
+	hash         crypto.Hash // of the request's certID
+	serial       []byte      // content octets
 	status       int
 	thisUpdate   time.Time
 	nextUpdate   time.Time
@@ -291,6 +293,13 @@ func (r *responder) ensureResponderCert(ctx context.Context, oi *ocspIssuer) err
 // key hash).
 func hashKey(h crypto.Hash, b []byte) string { return string(rune(h)) + string(b) }
 
+// answerKey keys cached answers and signing flights: the issuer's key ID
+// (hex) is part of it, so that a request naming another issuer's serial
+// neither replaces nor joins this issuer's answer.
+func answerKey(issuer string, h crypto.Hash, serial []byte) string {
+	return issuer + "/" + hashKey(h, serial)
+}
+
 // serialContent is the DER INTEGER content octets of a non-negative serial.
 func serialContent(s *big.Int) []byte { return intContent(s.Bytes()) }
 
@@ -308,11 +317,7 @@ func (r *responder) lookup(req *Request) (*ocspIssuer, *cached) {
 // cachedLocked is the answer cached for (h, serial) under oi, if any; r.mu
 // is held.
 func (r *responder) cachedLocked(oi *ocspIssuer, h crypto.Hash, serial []byte) *cached {
-	c := r.cache[hashKey(h, serial)]
-	if c != nil && c.issuer != oi.iss.KeyID {
-		return nil
-	}
-	return c
+	return r.cache[answerKey(oi.iss.KeyID, h, serial)]
 }
 
 // current is the unexpired answer cached for (h, serial) under oi, if any.
@@ -371,16 +376,19 @@ func (r *responder) signCached(oi *ocspIssuer, h crypto.Hash, serial []byte) (*c
 	}
 	r.m.Signatures.Add(1)
 	c := &cached{
-		der: der, issuer: oi.iss.KeyID, status: a.status, thisUpdate: a.thisUpdate, nextUpdate: a.nextUpdate, signedAt: r.now(),
+		der: der, issuer: oi.iss.KeyID, hash: h, serial: bytes.Clone(serial),
+		status: a.status, thisUpdate: a.thisUpdate, nextUpdate: a.nextUpdate, signedAt: r.now(),
 		notAfter: notAfter, etag: etagOf(der),
 		lastModified: a.thisUpdate.UTC().Format(http.TimeFormat),
 		expires:      a.nextUpdate.UTC().Format(http.TimeFormat),
 	}
 	r.mu.Lock()
 	// A revocation that landed while this was signed may have been missed
-	// by the status read: never cache a "good" across it.
-	if a.status != StatusGood || r.revEpoch.Load() == epoch {
-		r.cache[hashKey(h, serial)] = c
+	// by the status read: never cache a "good" across it. "Unknown" is
+	// never cached: anyone can ask about any number of made-up serials,
+	// and the cache would grow with each until its nextUpdate.
+	if a.status == StatusRevoked || a.status == StatusGood && r.revEpoch.Load() == epoch {
+		r.cache[answerKey(oi.iss.KeyID, h, serial)] = c
 	}
 	r.mu.Unlock()
 	return c, nil
@@ -429,7 +437,7 @@ func (r *responder) land(key string, f *flightCall) {
 // miss signs an answer on demand, one signature per key however many
 // requests (and the pre-sign worker) ask at once.
 func (r *responder) miss(ctx context.Context, oi *ocspIssuer, h crypto.Hash, serial []byte) (*cached, error) {
-	key := hashKey(h, serial)
+	key := answerKey(oi.iss.KeyID, h, serial)
 	f, own := r.flightFor(key)
 	if !own {
 		select {
@@ -456,12 +464,14 @@ func (r *responder) miss(ctx context.Context, oi *ocspIssuer, h crypto.Hash, ser
 
 var errBusy = errors.New("crl: OCSP signer busy")
 
-// invalidate drops every cached answer for serial (any hash).
+// invalidate drops every cached answer for serial (any issuer, any hash).
 func (r *responder) invalidate(serial []byte) {
 	r.mu.Lock()
 	r.revEpoch.Add(1)
-	for _, h := range hashOIDs {
-		delete(r.cache, hashKey(h.hash, serial))
+	for id := range r.issuers {
+		for _, h := range hashOIDs {
+			delete(r.cache, answerKey(id, h.hash, serial))
+		}
 	}
 	r.mu.Unlock()
 }
@@ -507,7 +517,7 @@ func (r *responder) presign(ctx context.Context, req presignReq) {
 	// Slot, then flight: a request joining the flight must not wait out
 	// the worker's wait for a slot, and the worker holds no slot while it
 	// waits for another's flight, whose owner may need one.
-	key := hashKey(crypto.SHA1, req.serial)
+	key := answerKey(req.issuer, crypto.SHA1, req.serial)
 	var f *flightCall
 	for {
 		if !r.acquire(ctx, time.Minute) {
@@ -526,9 +536,8 @@ func (r *responder) presign(ctx context.Context, req presignReq) {
 	}
 	defer r.release()
 	defer r.land(key, f)
-	// Revocation drops cached answers, so a known status cached since the
-	// certificate was recorded is current. An unknown one may predate the
-	// record: sign again.
+	// Revocation drops cached answers, so a cached answer is current
+	// ("unknown" is never cached).
 	if c := r.current(oi, crypto.SHA1, req.serial); c != nil && c.status != StatusUnknown {
 		f.c = c
 		return
@@ -557,7 +566,7 @@ func (r *responder) refresh(ctx context.Context) int {
 		half := c.signedAt.Add(c.nextUpdate.Sub(c.signedAt) / 2)
 		switch {
 		case now.Before(half):
-		case c.status == StatusUnknown || k[0] != byte(crypto.SHA1) || (!c.notAfter.IsZero() && now.After(c.notAfter)):
+		case c.status == StatusUnknown || c.hash != crypto.SHA1 || (!c.notAfter.IsZero() && now.After(c.notAfter)):
 			// Not worth keeping fresh: signed again on demand if asked.
 			if !now.Before(c.nextUpdate) {
 				expired = append(expired, item{k, c})
@@ -591,7 +600,7 @@ func (r *responder) refresh(ctx context.Context) int {
 		if !r.acquire(ctx, time.Minute) {
 			break
 		}
-		_, err := r.signCached(oi, crypto.SHA1, []byte(it.key[1:]))
+		_, err := r.signCached(oi, crypto.SHA1, it.c.serial)
 		r.release()
 		if err != nil {
 			failures++

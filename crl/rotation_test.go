@@ -171,3 +171,45 @@ func TestCheckerLearnsIssuersFromRoots(t *testing.T) {
 		return err == nil && r
 	})
 }
+
+// Requests naming a serial under another live issuer get that issuer's
+// answer and leave this issuer's pre-signed one in place; answers for
+// serials nobody issued are signed but never cached.
+func TestOCSPAnswersKeyedByIssuer(t *testing.T) {
+	e := newEnv(t, crl.Config{})
+	other := testca.New(t, "example.org")
+	oiss := crl.Issuer{KeyID: hex.EncodeToString(other.Intermediate().SubjectKeyId), Cert: other.Intermediate(), Signer: other.IssuerSigner(), Active: true}
+	svc, err := crl.New(crl.Config{DataDir: t.TempDir()}, crl.Options{Store: e.store, Audit: e.audit, Keys: e.keys,
+		Issuers: crl.IssuersFunc(func() []crl.Issuer { return []crl.Issuer{e.iss, oiss} })})
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := newServer(t, svc)
+	waitFor(t, "ready", func() bool { return svc.Ready() == nil })
+	leaf, _, _ := e.ca.MintX509SVID(t, "spiffe://example.org/w", time.Hour)
+	e.store.Add(crl.CertInfo{Serial: leaf.SerialNumber, IssuerKeyID: e.iss.KeyID, NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter})
+	svc.Issued(leaf.SerialNumber, e.iss.KeyID, leaf.NotAfter)
+	waitFor(t, "pre-signed", func() bool { return svc.Metrics().Signatures.Load() >= 1 })
+
+	own, _ := ocsp.CreateRequest(leaf, e.ca.Intermediate(), nil)
+	// The same serial under the other issuer's names and key.
+	forged := *leaf
+	forged.Issuer = other.Intermediate().Subject
+	cross, _ := ocsp.CreateRequest(&forged, other.Intermediate(), nil)
+	signed := svc.Metrics().Signatures.Load()
+	for range 5 {
+		_, body := postOCSP(t, url, cross)
+		if r, err := ocsp.ParseResponse(body, other.Intermediate()); err != nil || r.Status != ocsp.Unknown {
+			t.Fatalf("cross-issuer request: %v %v, want unknown from the other issuer", r, err)
+		}
+		_, body = postOCSP(t, url, own)
+		if r, err := ocsp.ParseResponseForCert(body, leaf, e.ca.Intermediate()); err != nil || r.Status != ocsp.Good {
+			t.Fatalf("own request: %v %v, want good", r, err)
+		}
+	}
+	// Five unknown answers signed (none cached), the pre-signed good one
+	// served from the cache every time.
+	if got := svc.Metrics().Signatures.Load() - signed; got != 5 {
+		t.Fatalf("%d signatures for 5 cross-issuer and 5 own requests, want 5", got)
+	}
+}

@@ -652,6 +652,22 @@ func TestCRLHTTP(t *testing.T) {
 		if isDelta != p.delta || resp.Header.Get("Content-Type") != "application/pkix-crl" || resp.Header.Get("ETag") == "" {
 			t.Fatalf("%s: delta=%v headers=%v", p.path, isDelta, resp.Header)
 		}
+		// thisUpdate has one-second resolution while deltas change with
+		// every revocation: a date must never make a changed CRL look
+		// unmodified, only the ETag decides.
+		if lm := resp.Header.Get("Last-Modified"); lm != "" {
+			t.Fatalf("%s: Last-Modified %q", p.path, lm)
+		}
+		cond, _ := http.NewRequest(http.MethodGet, e.url+p.path, nil)
+		cond.Header.Set("If-Modified-Since", time.Now().Add(time.Hour).UTC().Format(http.TimeFormat))
+		cresp, err := http.DefaultClient.Do(cond)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cresp.Body.Close()
+		if cresp.StatusCode != http.StatusOK {
+			t.Fatalf("%s with If-Modified-Since: HTTP %d, want 200", p.path, cresp.StatusCode)
+		}
 	}
 	if got := crl.CRLURL(e.url+"/", e.iss.KeyID); got != e.url+"/crl/"+e.iss.KeyID+".crl" {
 		t.Fatalf("CRLURL %s", got)

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	attcawire "github.com/palisade-id/palisade/attestor/cawire"
+	"golang.org/x/net/netutil"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -261,14 +262,20 @@ func run(ctx context.Context, cfg *config.Server, log *slog.Logger) error {
 	// Revocation paths go to the CRL service before any ServeMux: an OCSP
 	// GET's base64 may contain "//", which ServeMux would redirect.
 	crlHandler := crlSvc.Handler()
-	httpSrv := crlSvc.NewHTTPServer(&http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		p := r.URL.Path
-		if strings.HasPrefix(p, "/crl/") || p == "/ocsp" || strings.HasPrefix(p, "/ocsp/") || p == "/revocations" {
-			crlHandler.ServeHTTP(w, r)
-			return
-		}
-		httpMux.ServeHTTP(w, r)
-	})})
+	// Every node can reach this listener: connections net/http takes over
+	// from the lean OCSP path are bounded like the lean ones (idle 2 min),
+	// a request must arrive within 30 s, and a response (the feed's long
+	// poll included) leave within its timeout plus 30 s.
+	httpSrv := crlSvc.NewHTTPServer(&http.Server{ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second,
+		WriteTimeout: cfg.CRL.LongPollTimeout + 30*time.Second, IdleTimeout: 2 * time.Minute,
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			p := r.URL.Path
+			if strings.HasPrefix(p, "/crl/") || p == "/ocsp" || strings.HasPrefix(p, "/ocsp/") || p == "/revocations" {
+				crlHandler.ServeHTTP(w, r)
+				return
+			}
+			httpMux.ServeHTTP(w, r)
+		})})
 	registerCRLMetrics(m.reg, crlSvc.Metrics())
 
 	metricsLn, err := net.Listen("tcp", cfg.Metrics.Listen)
@@ -295,7 +302,7 @@ func run(ctx context.Context, cfg *config.Server, log *slog.Logger) error {
 	}
 	serve("node api", func() error { return grpcSrv.Serve(nodeLn) })
 	serve("admin", adminSrv.Serve)
-	serve("http", func() error { return httpSrv.Serve(httpLn) })
+	serve("http", func() error { return httpSrv.Serve(netutil.LimitListener(httpLn, maxHTTPConns)) })
 	serve("metrics", func() error { return metricsSrv.Serve(metricsLn) })
 	bg, cancelBG := context.WithCancel(ctx)
 	go ident.Run(bg, log)
@@ -342,6 +349,10 @@ func run(ctx context.Context, cfg *config.Server, log *slog.Logger) error {
 	}
 	return runErr
 }
+
+// maxHTTPConns caps the revocation listener's open connections, so that
+// hostile clients run it out of connections, not of file descriptors.
+const maxHTTPConns = 8192
 
 // nodeAPIMaxMessage is the least receive limit the node API needs: a CSR
 // of ca.MaxCSRSize plus the rest of a request.
