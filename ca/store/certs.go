@@ -333,24 +333,16 @@ func (s *Store) RevokeNode(nodeID string, reason int, at time.Time) ([]CertRecor
 	var out []CertRecord
 	err := s.update("revoke node", func(tx *bolt.Tx) error {
 		out = out[:0] // the transaction may not be retried, but stay safe
-		keys, err := s.subjectKeys(tx, nodeID, at)
-		if err != nil {
-			return err
-		}
-		for _, key := range keys {
-			r, err := s.getCert(tx, key)
-			if err != nil {
-				return err
-			}
-			if r.Status != CertValid || !at.Before(r.NotAfter) || (r.NodeID != nodeID && r.SPIFFEID != nodeID) || IsCAKind(r.Kind) {
-				continue
+		return s.walkSubject(tx, nodeID, at, func(key []byte, r CertRecord) error {
+			if r.Status != CertValid || IsCAKind(r.Kind) {
+				return nil
 			}
 			if err := s.revoke(tx, key, &r, reason, at); err != nil {
 				return err
 			}
 			out = append(out, r)
-		}
-		return nil
+			return nil
+		})
 	})
 	if err != nil {
 		return nil, err
@@ -358,21 +350,34 @@ func (s *Store) RevokeNode(nodeID string, reason int, at time.Time) ([]CertRecor
 	return out, nil
 }
 
-// subjectKeys returns, in serial order, the keys of the certificates whose
-// NodeID or SPIFFEID is id and whose NotAfter is not before at, from the
-// subject index (which orders a subject's certificates by NotAfter).
-func (s *Store) subjectKeys(tx *bolt.Tx, id string, at time.Time) ([][]byte, error) {
+// walkSubject calls fn, in serial order, with the key and record of every
+// certificate whose NodeID or SPIFFEID is id and which is not expired at
+// at, from the subject index (which orders a subject's certificates by
+// NotAfter). The keys are collected first, so fn may write in tx.
+func (s *Store) walkSubject(tx *bolt.Tx, id string, at time.Time, fn func(key []byte, r CertRecord) error) error {
 	p := compositeKey(id, nil)
 	var keys [][]byte
 	c := tx.Bucket(bucketCertSubject).Cursor()
 	for k, _ := c.Seek(compositeKey(id, expiryKey(at, nil))); k != nil && bytes.HasPrefix(k, p); k, _ = c.Next() {
 		if len(k) != len(p)+expiryPrefix+serialLen {
-			return nil, fmt.Errorf("%w: %s: subject index key of %d bytes", ErrCorrupt, s.path, len(k))
+			return fmt.Errorf("%w: %s: subject index key of %d bytes", ErrCorrupt, s.path, len(k))
 		}
 		keys = append(keys, append([]byte(nil), k[len(p)+expiryPrefix:]...))
 	}
 	sort.Slice(keys, func(a, b int) bool { return bytes.Compare(keys[a], keys[b]) < 0 })
-	return keys, nil
+	for _, key := range keys {
+		r, err := s.getCert(tx, key)
+		if err != nil {
+			return err
+		}
+		if !at.Before(r.NotAfter) || (r.NodeID != id && r.SPIFFEID != id) {
+			continue
+		}
+		if err := fn(key, r); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // ForEachOfSubject calls fn, in serial order, for every certificate not
@@ -390,23 +395,7 @@ func (s *Store) ForEachOfSubject(id string, at time.Time, fn func(CertRecord) er
 		return err
 	}
 	return s.view("subject scan", func(tx *bolt.Tx) error {
-		keys, err := s.subjectKeys(tx, id, at)
-		if err != nil {
-			return err
-		}
-		for _, key := range keys {
-			r, err := s.getCert(tx, key)
-			if err != nil {
-				return err
-			}
-			if !at.Before(r.NotAfter) || (r.NodeID != id && r.SPIFFEID != id) {
-				continue
-			}
-			if err := fn(r); err != nil {
-				return err
-			}
-		}
-		return nil
+		return s.walkSubject(tx, id, at, func(_ []byte, r CertRecord) error { return fn(r) })
 	})
 }
 
