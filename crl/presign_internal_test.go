@@ -35,7 +35,7 @@ func TestPresignWaitsForFlightWithoutSlot(t *testing.T) {
 		t.Fatal("the pre-sign worker held the only slot while waiting for the flight")
 	}
 	now := time.Now()
-	c := &cached{issuer: "k", status: StatusGood, thisUpdate: now, nextUpdate: now.Add(time.Hour), signedAt: now}
+	c := &cached{issuer: "k", nextUpdate: now.Add(time.Hour), signedAt: now}
 	r.mu.Lock()
 	r.cache[key] = c
 	r.mu.Unlock()

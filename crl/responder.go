@@ -53,11 +53,9 @@ type cached struct {
 	issuer       string
 	hash         crypto.Hash // of the request's certID
 	serial       []byte      // content octets
-	status       int
-	thisUpdate   time.Time
 	nextUpdate   time.Time
-	signedAt     time.Time // thisUpdate is backdated for clock skew; this is not
-	notAfter     time.Time // certificate's; zero for unknown
+	signedAt     time.Time // the response's thisUpdate is backdated for clock skew; this is not
+	notAfter     time.Time // certificate's
 	etag         string    // HTTP header values
 	lastModified string
 	expires      string
@@ -377,7 +375,7 @@ func (r *responder) signCached(oi *ocspIssuer, h crypto.Hash, serial []byte) (*c
 	r.m.Signatures.Add(1)
 	c := &cached{
 		der: der, issuer: oi.iss.KeyID, hash: h, serial: bytes.Clone(serial),
-		status: a.status, thisUpdate: a.thisUpdate, nextUpdate: a.nextUpdate, signedAt: r.now(),
+		nextUpdate: a.nextUpdate, signedAt: r.now(),
 		notAfter: notAfter, etag: etagOf(der),
 		lastModified: a.thisUpdate.UTC().Format(http.TimeFormat),
 		expires:      a.nextUpdate.UTC().Format(http.TimeFormat),
@@ -538,7 +536,7 @@ func (r *responder) presign(ctx context.Context, req presignReq) {
 	defer r.land(key, f)
 	// Revocation drops cached answers, so a cached answer is current
 	// ("unknown" is never cached).
-	if c := r.current(oi, crypto.SHA1, req.serial); c != nil && c.status != StatusUnknown {
+	if c := r.current(oi, crypto.SHA1, req.serial); c != nil {
 		f.c = c
 		return
 	}
@@ -566,7 +564,7 @@ func (r *responder) refresh(ctx context.Context) int {
 		half := c.signedAt.Add(c.nextUpdate.Sub(c.signedAt) / 2)
 		switch {
 		case now.Before(half):
-		case c.status == StatusUnknown || c.hash != crypto.SHA1 || (!c.notAfter.IsZero() && now.After(c.notAfter)):
+		case c.hash != crypto.SHA1 || (!c.notAfter.IsZero() && now.After(c.notAfter)):
 			// Not worth keeping fresh: signed again on demand if asked.
 			if !now.Before(c.nextUpdate) {
 				expired = append(expired, item{k, c})
