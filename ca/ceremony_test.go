@@ -351,19 +351,10 @@ func TestRotationRefusesUnsealedKeys(t *testing.T) {
 	mem := memkeys.New()
 	keys := &sealProbe{Store: mem, unsealed: never}
 	st := openCeremonyStore(t)
-	cfg := ca.Config{TrustDomain: td, IntermediateTTL: 12 * time.Hour}
-	at := time.Now()
-	now := func() time.Time { return at }
-	if _, err := ca.Ceremony(context.Background(), cfg, keys, st, "test", auditTo(&memca.Recorder{}), now); err != nil {
-		t.Fatal(err)
-	}
-	c, err := ca.Load(cfg, ca.Options{Keys: keys, Store: st, Audit: &memca.Recorder{}, Now: now})
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, at := rotatingCA(t, keys, st, &memca.Recorder{})
 	before := mem.Labels()
 	slices.Sort(before)
-	at = at.Add(7 * time.Hour) // past half-life: the next generation is due
+	*at = at.Add(7 * time.Hour) // past half-life: the next generation is due
 	keys.unsealed = func(l string) bool { return strings.HasPrefix(l, "palisade-jwt-") }
 	if _, err := c.Rotate(context.Background()); !errors.Is(err, ca.ErrKeyNotSealed) {
 		t.Fatalf("Rotate: %v, want ErrKeyNotSealed", err)

@@ -81,23 +81,14 @@ func TestRotationStepRefused(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			keys := memkeys.New()
 			st := &faultyStore{Store: openCeremonyStore(t)}
-			cfg := ca.Config{TrustDomain: td, IntermediateTTL: 12 * time.Hour}
-			at := time.Now()
-			now := func() time.Time { return at }
-			if _, err := ca.Ceremony(context.Background(), cfg, keys, st, "test", auditTo(&memca.Recorder{}), now); err != nil {
-				t.Fatal(err)
-			}
 			a := &memca.Recorder{}
-			c, err := ca.Load(cfg, ca.Options{Keys: keys, Store: st, Audit: a, Now: now})
-			if err != nil {
-				t.Fatal(err)
-			}
-			at = at.Add(7 * time.Hour) // past half-life: prepare
+			c, at := rotatingCA(t, keys, st, a)
+			*at = at.Add(7 * time.Hour) // past half-life: prepare
 			if tt.activate {
 				if ev, err := c.Rotate(context.Background()); err != nil || ev.Prepared == "" {
 					t.Fatalf("prepare: %+v %v", ev, err)
 				}
-				at = at.Add(4 * time.Hour) // past 5/6: activate
+				*at = at.Add(4 * time.Hour) // past 5/6: activate
 			}
 			storeBefore, issuersBefore, keysBefore := slots(t, st), issuerIDs(c), slices.Sorted(slices.Values(keys.Labels()))
 
@@ -158,17 +149,8 @@ func TestRotationPrepareWrittenDespiteError(t *testing.T) {
 	keys := memkeys.New()
 	errSync := errors.New("fdatasync: input/output error")
 	st := &faultyStore{Store: openCeremonyStore(t)}
-	cfg := ca.Config{TrustDomain: td, IntermediateTTL: 12 * time.Hour}
-	at := time.Now()
-	now := func() time.Time { return at }
-	if _, err := ca.Ceremony(context.Background(), cfg, keys, st, "test", auditTo(&memca.Recorder{}), now); err != nil {
-		t.Fatal(err)
-	}
-	c, err := ca.Load(cfg, ca.Options{Keys: keys, Store: st, Audit: &memca.Recorder{}, Now: now})
-	if err != nil {
-		t.Fatal(err)
-	}
-	at = at.Add(7 * time.Hour)
+	c, at := rotatingCA(t, keys, st, &memca.Recorder{})
+	*at = at.Add(7 * time.Hour)
 	st.putErr, st.putWrites = errSync, true
 	if _, err := c.Rotate(context.Background()); !errors.Is(err, errSync) {
 		t.Fatalf("Rotate: %v, want %v", err, errSync)
@@ -192,4 +174,22 @@ func TestRotationPrepareWrittenDespiteError(t *testing.T) {
 	if got := issuerIDs(c); len(got) != 2 {
 		t.Fatalf("CA issuers %v, want active and next", got)
 	}
+}
+
+// rotatingCA runs the ceremony (12 h intermediates) on keys and st and
+// loads the CA auditing to a, on a clock the test moves through at.
+func rotatingCA(t *testing.T, keys ca.CeremonyKeys, st ca.Store, a ca.Auditor) (*ca.CA, *time.Time) {
+	t.Helper()
+	cfg := ca.Config{TrustDomain: td, IntermediateTTL: 12 * time.Hour}
+	at := new(time.Time)
+	*at = time.Now()
+	now := func() time.Time { return *at }
+	if _, err := ca.Ceremony(context.Background(), cfg, keys, st, "test", auditTo(&memca.Recorder{}), now); err != nil {
+		t.Fatal(err)
+	}
+	c, err := ca.Load(cfg, ca.Options{Keys: keys, Store: st, Audit: a, Now: now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, at
 }
