@@ -99,9 +99,19 @@ func registerCRLMetrics(reg *prometheus.Registry, cm *crl.Metrics) {
 		{"palisade_crl_build_errors_total", "Failed CRL builds.", &cm.CRLBuildErrors},
 		{"palisade_http_handoffs_total", "Connections the lean OCSP path handed to the general HTTP server.", &cm.HTTPHandoffs},
 	} {
-		v := c.v
-		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: c.name, Help: c.help},
-			func() float64 { return float64(v.Load()) }))
+		registerCounter(reg, prometheus.CounterOpts{Name: c.name, Help: c.help}, c.v)
+	}
+}
+
+// registerCounter exports v as a counter.
+func registerCounter(reg *prometheus.Registry, opts prometheus.CounterOpts, v *atomic.Uint64) {
+	reg.MustRegister(prometheus.NewCounterFunc(opts, func() float64 { return float64(v.Load()) }))
+}
+
+// registerByReason exports one counter per reason label of name.
+func registerByReason(reg *prometheus.Registry, name, help string, byReason map[string]*atomic.Uint64) {
+	for reason, v := range byReason {
+		registerCounter(reg, prometheus.CounterOpts{Name: name, Help: help, ConstLabels: prometheus.Labels{"reason": reason}}, v)
 	}
 }
 
@@ -109,35 +119,23 @@ func registerCRLMetrics(reg *prometheus.Registry, cm *crl.Metrics) {
 // counted instead of, or as well as, audited: those made before the node's
 // EK was known and those of EKs not in the manifest.
 func registerAttestorMetrics(reg *prometheus.Registry, r *attestor.Refusals) {
-	for reason, v := range map[string]*atomic.Uint64{"busy": &r.Busy, "hello_timeout": &r.HelloTimeout, "session_open": &r.SessionOpen, "other": &r.Other} {
-		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name:        "palisade_attest_refused_unidentified_total",
-			Help:        "Attestations refused before the node's EK was known (not audited one by one).",
-			ConstLabels: prometheus.Labels{"reason": reason},
-		}, func() float64 { return float64(v.Load()) }))
-	}
-	for reason, v := range r.UnknownEK.ByReason() {
-		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name:        "palisade_attest_refused_unknown_ek_total",
-			Help:        "Attestations refused for an EK not in the manifest (audited within unknown_ek_audit_per_minute).",
-			ConstLabels: prometheus.Labels{"reason": reason},
-		}, func() float64 { return float64(v.Load()) }))
-	}
-	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+	registerByReason(reg, "palisade_attest_refused_unidentified_total",
+		"Attestations refused before the node's EK was known (not audited one by one).",
+		map[string]*atomic.Uint64{"busy": &r.Busy, "hello_timeout": &r.HelloTimeout, "session_open": &r.SessionOpen, "other": &r.Other})
+	registerByReason(reg, "palisade_attest_refused_unknown_ek_total",
+		"Attestations refused for an EK not in the manifest (audited within unknown_ek_audit_per_minute).",
+		r.UnknownEK.ByReason())
+	registerCounter(reg, prometheus.CounterOpts{
 		Name: "palisade_attest_refused_unknown_ek_unaudited_total",
 		Help: "Refusals of EKs not in the manifest over the audit budget: summarised once a minute (attestor.attest.refuse.suppressed), not audited one by one.",
-	}, func() float64 { return float64(r.UnknownEK.Unaudited.Load()) }))
-	for reason, v := range r.UnprovenEK.ByReason() {
-		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name:        "palisade_attest_refused_unproven_ek_total",
-			Help:        "Attestations refused for a manifest EK before credential activation proved its TPM (audited within unknown_ek_audit_per_minute and a per-EK allowance).",
-			ConstLabels: prometheus.Labels{"reason": reason},
-		}, func() float64 { return float64(v.Load()) }))
-	}
-	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+	}, &r.UnknownEK.Unaudited)
+	registerByReason(reg, "palisade_attest_refused_unproven_ek_total",
+		"Attestations refused for a manifest EK before credential activation proved its TPM (audited within unknown_ek_audit_per_minute and a per-EK allowance).",
+		r.UnprovenEK.ByReason())
+	registerCounter(reg, prometheus.CounterOpts{
 		Name: "palisade_attest_refused_unproven_ek_unaudited_total",
 		Help: "Refusals of manifest EKs before activation over the audit budget: summarised once a minute (attestor.attest.refuse.suppressed), not audited one by one.",
-	}, func() float64 { return float64(r.UnprovenEK.Unaudited.Load()) }))
+	}, &r.UnprovenEK.Unaudited)
 }
 
 func run(ctx context.Context, cfg *config.Server, log *slog.Logger) error {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/palisade-id/palisade/attestor"
 	"github.com/palisade-id/palisade/ca/nodeapi"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
@@ -42,5 +43,40 @@ func TestNotBanned(t *testing.T) {
 				t.Fatalf("refusal %q does not name the ban reason", err)
 			}
 		})
+	}
+}
+
+// The refusal counters are exported under their names, by reason, with
+// the values the attestor counts.
+func TestAttestorMetrics(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	var r attestor.Refusals
+	r.HelloTimeout.Add(2)
+	r.UnprovenEK.Unaudited.Add(3)
+	registerAttestorMetrics(reg, &r)
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, f := range families {
+		for _, m := range f.GetMetric() {
+			key := f.GetName()
+			for _, l := range m.GetLabel() {
+				key += "{" + l.GetValue() + "}"
+			}
+			got[key] = m.GetCounter().GetValue()
+		}
+	}
+	for key, want := range map[string]float64{
+		"palisade_attest_refused_unidentified_total{hello_timeout}": 2,
+		"palisade_attest_refused_unidentified_total{session_open}":  0,
+		"palisade_attest_refused_unknown_ek_total{no_entry}":        0,
+		"palisade_attest_refused_unproven_ek_unaudited_total":       3,
+		"palisade_attest_refused_unknown_ek_unaudited_total":        0,
+	} {
+		if v, ok := got[key]; !ok || v != want {
+			t.Errorf("%s = %v (exported %v), want %v", key, v, ok, want)
+		}
 	}
 }
